@@ -1,0 +1,223 @@
+"""Tiny, offline, random-weight Stable Diffusion pipelines for tests, demos and CI.
+
+``tiny_pipeline(kind)`` builds an SD 1.x, SD 2.x-style or SDXL pipeline from configs, never touching the
+Hub. Its tokenizer is the *real* CLIP BPE tokenizer (the vocabulary ships inside the ``open-clip-torch``
+wheel), so prompts tokenize exactly as with ``openai/clip-vit-large-patch14`` and class-token spans are
+realistic. Weights come from fixed seeds: the same call always builds the same pipeline. Images come out
+as noise: these models show the mechanics, not quality.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Kind = Literal["sd1", "sd2", "sdxl"]
+KINDS: tuple[str, ...] = ("sd1", "sd2", "sdxl")
+
+CLIP_VOCAB_SIZE = 49408
+_NUM_MERGES = 49152 - 256 - 2
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable unicode map (printable bytes map to themselves)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
+
+
+def clip_bpe_path() -> Path:
+    """The CLIP BPE merges file shipped inside the open-clip-torch wheel (no import of open_clip needed)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "open-clip-torch is required for the offline CLIP tokenizer: pip install open-clip-torch"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP BPE vocabulary not found at {path}; reinstall open-clip-torch.")
+    return path
+
+
+@lru_cache(maxsize=1)
+def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The 49408-token CLIP vocabulary and its BPE merges, rebuilt from the open-clip BPE file."""
+    lines = gzip.open(clip_bpe_path(), "rt", encoding="utf-8").read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
+    symbols = list(_bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    if len(vocab) != CLIP_VOCAB_SIZE:
+        raise RuntimeError(f"unexpected CLIP vocabulary size {len(vocab)} (expected {CLIP_VOCAB_SIZE})")
+    return vocab, merges  # type: ignore[return-value]
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """A transformers ``CLIPTokenizer`` with the real CLIP vocabulary, built offline.
+
+    ``pad_token="!"`` mirrors SDXL's second tokenizer (OpenCLIP bigG), which pads with "!" (id 0).
+    """
+    from transformers import CLIPTokenizer
+
+    vocab, merges = clip_vocab_and_merges()
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77, pad_token=pad_token)
+
+
+def _text_encoder(seed: int, *, with_projection: bool = False, hidden_act: str = "quick_gelu"):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        projection_dim=32,
+        hidden_act=hidden_act,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    torch.manual_seed(seed)
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
+
+
+def _vae(seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    # Four blocks, like the real VAE: the latent is 1/8 of the image, so size rules match real models.
+    return AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=128,
+    ).eval()
+
+
+def _unet(kind: Kind, seed: int):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    if kind == "sdxl":
+        # SDXL layout: no attention at the first (largest) level, text-time conditioning, two encoders (32 + 32).
+        return UNet2DConditionModel(
+            sample_size=16,
+            block_out_channels=(16, 32, 32),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4, 4),
+            transformer_layers_per_block=(1, 1, 2),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+            cross_attention_dim=64,
+            norm_num_groups=8,
+        ).eval()
+    # SD 1.x / 2.x layout: attention at the three largest levels, none at the smallest (plus the mid block).
+    return UNet2DConditionModel(
+        sample_size=16,
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        attention_head_dim=(2, 4, 4, 4) if kind == "sd2" else 4,
+        use_linear_projection=kind == "sd2",
+        cross_attention_dim=32,
+        norm_num_groups=8,
+    ).eval()
+
+
+def _scheduler(kind: Kind):
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    common = dict(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        num_train_timesteps=1000,
+    )
+    if kind == "sdxl":
+        return EulerDiscreteScheduler(**common, timestep_spacing="leading")
+    prediction = "v_prediction" if kind == "sd2" else "epsilon"
+    return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, prediction_type=prediction)
+
+
+def tiny_pipeline(kind: Kind = "sd1", img2img: bool = False, seed: int = 0):
+    """Build a tiny random-weight pipeline: ``"sd1"``, ``"sd2"`` (linear projection, v-prediction) or ``"sdxl"``.
+
+    The txt2img and img2img pipelines share the same components (weights are identical for a given seed).
+    Default image size: 128x128 (latent 16x16, VAE factor 8 as in the real models).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"tiny_pipeline: kind must be one of {KINDS}, got {kind!r}.")
+    from diffusers import (
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
+
+    with torch.random.fork_rng(devices=[]):
+        unet = _unet(kind, seed)
+        vae = _vae(seed + 1)
+        if kind == "sdxl":
+            components = dict(
+                unet=unet,
+                vae=vae,
+                scheduler=_scheduler(kind),
+                text_encoder=_text_encoder(seed + 2, hidden_act="gelu"),
+                text_encoder_2=_text_encoder(seed + 3, with_projection=True, hidden_act="gelu"),
+                tokenizer=clip_tokenizer(),
+                tokenizer_2=clip_tokenizer(pad_token="!"),
+            )
+            if img2img:
+                pipe = StableDiffusionXLImg2ImgPipeline(**components, requires_aesthetics_score=False)
+            else:
+                pipe = StableDiffusionXLPipeline(**components)
+        else:
+            components = dict(
+                unet=unet,
+                vae=vae,
+                scheduler=_scheduler(kind),
+                text_encoder=_text_encoder(seed + 2, hidden_act="gelu" if kind == "sd2" else "quick_gelu"),
+                tokenizer=clip_tokenizer(),
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+            cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
+            pipe = cls(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_pipeline(folder: str | Path, kind: Kind = "sd1", seed: int = 0) -> Path:
+    """Write a tiny pipeline with ``save_pretrained`` so code can load it like a real model folder."""
+    folder = Path(folder)
+    tiny_pipeline(kind, seed=seed).save_pretrained(folder)
+    (folder / "diffsynth_tiny.json").write_text(json.dumps({"kind": kind, "seed": seed}))
+    return folder
