@@ -139,7 +139,7 @@ def test_train_loader_instances_and_bitmasks(panoptic_split):
 
 
 def test_semseg_and_panoptic_evaluators(panoptic_split):
-    name, root = panoptic_split
+    name, _root = panoptic_split
     from panopticapi.utils import rgb2id
 
     dicts = d2.DatasetCatalog.get(name)

@@ -1,3 +1,49 @@
-"""diffsynth: annotated segmentation datasets drawn by Stable Diffusion, masks from its own attention."""
+"""diffsynth: annotated segmentation datasets drawn by Stable Diffusion, masks from its own attention.
+
+from diffsynth import generate
+ds = generate(["mold", "stain", "pipe"], num_images=500, model="stable-diffusion-v1-5/stable-diffusion-v1-5")
+ds.push_to_hub("me/wet-damage-synthetic")          # or diffsynth.push_to_hub(ds, ...) with a dataset card
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "generate": "diffsynth.generate",
+    "GenerationConfig": "diffsynth.generate",
+    "Generator": "diffsynth.generate",
+    "Category": "diffsynth.categories",
+    "resolve_categories": "diffsynth.categories",
+    "AttentionMasker": "diffsynth.masker",
+    "MaskerConfig": "diffsynth.masker",
+    "MaskResult": "diffsynth.masker",
+    "load_pipeline": "diffsynth.pipelines",
+    "to_dataset": "diffsynth.dataset",
+    "categories_of": "diffsynth.dataset",
+    "settings_of": "diffsynth.dataset",
+    "validate": "diffsynth.dataset",
+    "export_coco": "diffsynth.export",
+    "load_coco": "diffsynth.export",
+    "push_to_hub": "diffsynth.hub",
+    "stage_repo": "diffsynth.hub",
+    "health_report": "diffsynth.health",
+    "preview_grid": "diffsynth.preview",
+    "load_any": "diffsynth.io",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    """Import heavy modules (torch, diffusers) only when their names are first used."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'diffsynth' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,3 +1,132 @@
-"""seemadapt: fine-tune SEEM with light adapters on datasets that follow the diffsynth contract."""
+"""seemadapt: fine-tune SEEM with light adapters on datasets that follow the diffsynth contract.
+
+>>> from seemadapt import finetune, evaluate, SEEM                          # doctest: +SKIP
+>>> run = finetune(train=[real_ds, "me/wet-damage-synthetic"], eval=real_val,
+...                model="xdecoder/SEEM:seem_focalt_v1.pt", strategy="adapter-backbone/full-head")
+>>> print(evaluate(run.model, real_val).table())                           # doctest: +SKIP
+
+``import seemadapt`` stays light: every public name is imported on first access (torch, detectron2 and peft load
+only when needed).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: public name -> (module, attribute in that module)
+_LAZY: dict[str, tuple[str, str]] = {
+    # the main jobs
+    "finetune": ("seemadapt.finetune", "finetune"),
+    "evaluate": ("seemadapt.evaluate", "evaluate"),
+    "EvalResult": ("seemadapt.evaluate", "EvalResult"),
+    # the model
+    "SEEM": ("seemadapt.model.seem", "SEEM"),
+    "SEEMConfig": ("seemadapt.model.config", "SEEMConfig"),
+    # data
+    "load": ("seemadapt.data.sources", "load_source"),
+    "register": ("seemadapt.data.register", "register"),
+    "make_contract_dataset": ("seemadapt.testing", "make_contract_dataset"),
+    # adapters
+    "AdapterPlacement": ("seemadapt.adapters.placement", "AdapterPlacement"),
+    "apply_adapters": ("seemadapt.adapters.placement", "apply_adapters"),
+    "get_strategy": ("seemadapt.adapters.strategies", "get_strategy"),
+    "STRATEGIES": ("seemadapt.adapters.strategies", "STRATEGIES"),
+    # training
+    "TrainConfig": ("seemadapt.train.config", "TrainConfig"),
+    "Trainer": ("seemadapt.train", "Trainer"),
+    "Run": ("seemadapt.train", "Run"),
+    # metrics
+    "SemanticMetrics": ("seemadapt.metrics", "SemanticMetrics"),
+    "PanopticMetrics": ("seemadapt.metrics", "PanopticMetrics"),
+    "GroundingMetrics": ("seemadapt.metrics", "GroundingMetrics"),
+    "format_table": ("seemadapt.metrics", "format_table"),
+    "to_json": ("seemadapt.metrics", "to_json"),
+    # adapter files and the Hub
+    "save_adapters": ("seemadapt.hub", "save_adapters"),
+    "load_adapters": ("seemadapt.hub", "load_adapters"),
+    "push_adapters": ("seemadapt.hub", "push_adapters"),
+    "load_model": ("seemadapt.hub", "load_model"),
+}
+
+#: public functions that share their name with the submodule defining them
+_SHADOWED = frozenset({"finetune", "evaluate"})
+
+__all__ = [
+    "SEEM",
+    "STRATEGIES",
+    "AdapterPlacement",
+    "EvalResult",
+    "GroundingMetrics",
+    "PanopticMetrics",
+    "Run",
+    "SEEMConfig",
+    "SemanticMetrics",
+    "TrainConfig",
+    "Trainer",
+    "__version__",
+    "apply_adapters",
+    "evaluate",
+    "finetune",
+    "format_table",
+    "get_strategy",
+    "load",
+    "load_adapters",
+    "load_model",
+    "make_contract_dataset",
+    "push_adapters",
+    "register",
+    "save_adapters",
+    "to_json",
+]
+
+if TYPE_CHECKING:
+    from seemadapt.adapters.placement import AdapterPlacement, apply_adapters
+    from seemadapt.adapters.strategies import STRATEGIES, get_strategy
+    from seemadapt.data.register import register
+    from seemadapt.data.sources import load_source as load
+    from seemadapt.evaluate import EvalResult, evaluate
+    from seemadapt.finetune import finetune
+    from seemadapt.hub import load_adapters, load_model, push_adapters, save_adapters
+    from seemadapt.metrics import GroundingMetrics, PanopticMetrics, SemanticMetrics, format_table, to_json
+    from seemadapt.model.config import SEEMConfig
+    from seemadapt.model.seem import SEEM
+    from seemadapt.testing import make_contract_dataset
+    from seemadapt.train import Run, Trainer
+    from seemadapt.train.config import TrainConfig
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'seemadapt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``seemadapt.evaluate`` / ``seemadapt.finetune`` the *functions*.
+
+    Importing the submodule ``seemadapt.evaluate`` (``from seemadapt.evaluate import EvalResult``) makes Python bind
+    the module as the package attribute ``evaluate``, which would shadow the function of the same name depending on
+    import order. Such a binding is replaced by the function; the module stays reachable through ``sys.modules`` and
+    ``from seemadapt.evaluate import ...``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType) and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

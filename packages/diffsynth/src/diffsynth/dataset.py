@@ -1,0 +1,466 @@
+"""Samples -> contract ``datasets.Dataset``; categories and settings read back from the dataset alone; validation.
+
+``generate()`` (or a shard writer) builds one :class:`Sample` per image with :meth:`Sample.from_label_map`, then
+either calls :func:`to_dataset` on the list or, to stream rows into an Arrow writer, :func:`sample_to_row` with the
+Features of :func:`diffsynth.schema.features`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from datasets import ClassLabel, Dataset, Features, Image, IterableDataset, List, Value
+from panopticapi.utils import rgb2id
+from PIL import Image as PILImage
+
+from diffsynth.annotate import DEFAULT_MIN_AREA, IGNORE_INDEX, Annotation, annotate
+from diffsynth.categories import Category, resolve_categories
+from diffsynth.schema import (
+    COLUMNS,
+    encode_attention,
+    encode_image,
+    encode_png,
+    features,
+    image_format,
+    read_metadata,
+    segment_features,
+)
+
+__all__ = [
+    "ContractError",
+    "Sample",
+    "categories_of",
+    "category_files",
+    "sample_to_row",
+    "save_to_disk",
+    "settings_of",
+    "to_dataset",
+    "validate",
+    "with_metadata",
+    "write_category_files",
+]
+
+SOURCES = ("synthetic", "real")
+
+
+class ContractError(ValueError):
+    """A dataset breaks the contract of design.md section 4; the message names the row, column and fix."""
+
+
+@dataclass
+class Sample:
+    """One generated (or converted) image with its label map and annotation.
+
+    ``soft_maps``: optional float32 [K, h, w] in [0, 1], one map per target class in category order.
+    """
+
+    image: PILImage.Image
+    label_map: np.ndarray
+    annotation: Annotation
+    image_id: int
+    file_name: str
+    prompt: str = ""
+    seed: int = -1
+    source: str = "synthetic"
+    soft_maps: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image, PILImage.Image):
+            raise TypeError(f"Sample `image` must be a PIL image, got {type(self.image).__name__}.")
+        label_map = np.asarray(self.label_map)
+        expected = (self.image.height, self.image.width)
+        if label_map.shape != expected:
+            raise ValueError(
+                f"Sample {self.image_id}: `label_map` shape {label_map.shape} != image size (H, W) {expected}; "
+                "upsample the masks to the image resolution."
+            )
+        if self.annotation.semantic.shape != expected or self.annotation.panoptic.shape[:2] != expected:
+            raise ValueError(f"Sample {self.image_id}: `annotation` was made for another image size.")
+        if not isinstance(self.file_name, str) or not self.file_name or "/" in self.file_name:
+            raise ValueError(
+                f"Sample {self.image_id}: `file_name` must be a bare file name like '000001.jpg'."
+            )
+        image_format(self.file_name)
+        if self.source not in SOURCES:
+            raise ValueError(
+                f"Sample {self.image_id}: `source` must be one of {SOURCES}, got {self.source!r}."
+            )
+        if self.soft_maps is not None:
+            soft = np.asarray(self.soft_maps)
+            if soft.ndim != 3:
+                raise ValueError(f"Sample {self.image_id}: `soft_maps` must be [K, h, w], got {soft.shape}.")
+
+    @classmethod
+    def from_label_map(
+        cls,
+        image: PILImage.Image,
+        label_map: np.ndarray,
+        categories: Sequence[Category],
+        *,
+        image_id: int,
+        file_name: str | None = None,
+        prompt: str = "",
+        seed: int = -1,
+        source: str = "synthetic",
+        soft_maps: np.ndarray | None = None,
+        min_area: int | float = DEFAULT_MIN_AREA,
+        rng_seed: int | None = None,
+    ) -> Sample:
+        """Annotate ``label_map`` and wrap everything; ``file_name`` defaults to ``{image_id:06d}.jpg``."""
+        annotation = annotate(label_map, categories, image_id=image_id, min_area=min_area, rng_seed=rng_seed)
+        return cls(
+            image=image,
+            label_map=np.asarray(label_map),
+            annotation=annotation,
+            image_id=int(image_id),
+            file_name=file_name or f"{int(image_id):06d}.jpg",
+            prompt=prompt,
+            seed=int(seed),
+            source=source,
+            soft_maps=soft_maps,
+        )
+
+
+def sample_to_row(sample: Sample, *, with_attention: bool = False) -> dict[str, Any]:
+    """A row dict ready for ``Features.encode_example`` (images as encoded bytes)."""
+    ann = sample.annotation
+    row: dict[str, Any] = {
+        "image": encode_image(sample.image, sample.file_name),
+        "image_id": int(sample.image_id),
+        "file_name": sample.file_name,
+        "width": int(sample.image.width),
+        "height": int(sample.image.height),
+        "panoptic": encode_png(ann.panoptic),
+        "segments_info": [
+            {
+                "id": int(s["id"]),
+                "category_id": int(s["category_id"]),
+                "iscrowd": int(s.get("iscrowd", 0)),
+                "bbox": [float(v) for v in s["bbox"]],
+                "area": int(s["area"]),
+                "isthing": bool(s["isthing"]),
+            }
+            for s in ann.segments_info
+        ],
+        "semantic": encode_png(ann.semantic),
+        "grounding": [
+            {"segment_id": int(g["segment_id"]), "sentences": list(g["sentences"])} for g in ann.grounding
+        ],
+        "prompt": sample.prompt,
+        "seed": int(sample.seed),
+        "source": sample.source,
+    }
+    if with_attention:
+        if sample.soft_maps is None:
+            raise ValueError(
+                f"Sample {sample.image_id} has no `soft_maps` but the dataset stores attention; "
+                "give every sample soft maps or none."
+            )
+        row["attention"] = encode_attention(sample.soft_maps)
+    return row
+
+
+def to_dataset(
+    samples: Sequence[Sample],
+    categories: Sequence[Category],
+    settings: Mapping[str, Any] | None = None,
+    *,
+    with_attention: bool | None = None,
+) -> Dataset:
+    """The contract Dataset of ``samples``; ``categories`` and ``settings`` ride in its Features.
+
+    ``with_attention=None`` stores the ``attention`` column when every sample has soft maps.
+    """
+    samples = list(samples)
+    if not samples:
+        raise ValueError("`samples` is empty; nothing to put in a dataset.")
+    has_soft = [s.soft_maps is not None for s in samples]
+    if with_attention is None:
+        if any(has_soft) and not all(has_soft):
+            raise ValueError(
+                "Some samples have `soft_maps` and some do not; give all or none (or with_attention=)."
+            )
+        with_attention = all(has_soft)
+    for field in ("image_id", "file_name"):
+        values = [getattr(s, field) for s in samples]
+        if len(set(values)) != len(values):
+            dup = next(v for v in values if values.count(v) > 1)
+            raise ValueError(f"Two samples share `{field}` {dup!r}; it must be unique within a dataset.")
+    for sample in samples:
+        if (
+            with_attention
+            and sample.soft_maps is not None
+            and not 1 <= len(sample.soft_maps) <= len(categories)
+        ):
+            raise ValueError(
+                f"Sample {sample.image_id}: `soft_maps` has {len(sample.soft_maps)} maps for {len(categories)} "
+                "categories; give one map per target class, in category order."
+            )
+        for info in sample.annotation.segments_info:
+            if not 0 <= info["category_id"] < len(categories):
+                raise ValueError(
+                    f"Sample {sample.image_id}: category_id {info['category_id']} is out of range for "
+                    f"{len(categories)} categories; annotate with the same category list."
+                )
+    feats = features(categories, with_attention, settings=settings)
+    rows = [sample_to_row(s, with_attention=with_attention) for s in samples]
+    return Dataset.from_list(rows, features=feats)
+
+
+# ---------------------------------------------------------------------------------------------------- metadata
+def _features_of(ds: Dataset | IterableDataset | Features) -> Features:
+    feats = ds if isinstance(ds, Features) else ds.features
+    if feats is None:
+        raise ContractError(
+            "The dataset has no Features (an IterableDataset without them); cast it to the contract."
+        )
+    return feats
+
+
+def categories_of(ds: Dataset | IterableDataset | Features) -> list[Category]:
+    """The category list stored in the dataset (thing/stuff, colours, synonyms).
+
+    Datasets that follow the contract but were written by other tools carry only the ClassLabel names: thing/stuff
+    is then read from the first segment of each class (``segments_info.isthing``) and colours are assigned.
+    """
+    feats = _features_of(ds)
+    meta = read_metadata(feats)
+    if meta is not None:
+        return [Category.from_dict(c) for c in meta["categories"]]
+    try:
+        label = feats["segments_info"].feature["category_id"]
+    except (KeyError, AttributeError, TypeError):
+        raise ContractError(
+            "The dataset has no `segments_info.category_id` ClassLabel; it does not follow the contract."
+        ) from None
+    if not isinstance(label, ClassLabel):
+        raise ContractError("`segments_info.category_id` must be a ClassLabel holding the category names.")
+    isthing: dict[int, bool] = {}
+    if isinstance(ds, Dataset):
+        for segments in ds.select_columns(["segments_info"])["segments_info"]:
+            for seg in segments:
+                isthing.setdefault(seg["category_id"], bool(seg["isthing"]))
+            if len(isthing) == label.num_classes:
+                break
+    return resolve_categories(
+        [Category(name, isthing=isthing.get(i, True)) for i, name in enumerate(label.names)], background=None
+    )
+
+
+def settings_of(ds: Dataset | IterableDataset | Features) -> dict[str, Any]:
+    """The generation settings stored with the dataset (empty when none were stored)."""
+    meta = read_metadata(_features_of(ds))
+    return dict(meta.get("settings", {})) if meta else {}
+
+
+def with_metadata(
+    ds: Dataset,
+    *,
+    categories: Sequence[Category] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> Dataset:
+    """A copy of ``ds`` whose Features carry new categories (same names and order) and/or settings."""
+    current = categories_of(ds)
+    categories = list(categories) if categories is not None else current
+    if [c.name for c in categories] != [c.name for c in current]:
+        raise ValueError(
+            "`categories` must keep the dataset's names and order "
+            f"({[c.name for c in current]}); relabelling rows is not supported here."
+        )
+    settings = settings_of(ds) if settings is None else settings
+    feats = ds.features.copy()
+    feats["segments_info"] = segment_features(categories, settings)
+    return ds.cast(feats)
+
+
+# ---------------------------------------------------------------------------------------------------- validate
+def _feature_kind(feature: Any) -> Any:
+    """A comparable description of a feature, ignoring ``id`` (our metadata blob) and ClassLabel names."""
+    if isinstance(feature, dict):
+        return {k: _feature_kind(v) for k, v in feature.items()}
+    if isinstance(feature, List):
+        return ("list", _feature_kind(feature.feature), feature.length)
+    if isinstance(feature, ClassLabel):
+        return ("class_label",)
+    if isinstance(feature, Value):
+        return ("value", feature.dtype)
+    if isinstance(feature, Image):
+        return ("image",)
+    return (type(feature).__name__,)
+
+
+def _open(value: Any, what: str, where: str) -> PILImage.Image:
+    try:
+        if isinstance(value, PILImage.Image):
+            return value
+        if isinstance(value, Mapping):
+            data = value.get("bytes")
+            if data is None and value.get("path"):
+                return PILImage.open(value["path"])
+            return PILImage.open(io.BytesIO(data))
+        raise TypeError(type(value).__name__)
+    except Exception as err:
+        raise ContractError(
+            f"{where}: `{what}` cannot be decoded as an image ({err}); re-encode it as PNG."
+        ) from err
+
+
+def validate(ds: Dataset, *, max_rows: int | None = None) -> None:
+    """Check ``ds`` against the contract; raise :class:`ContractError` naming row, column and fix.
+
+    Checks columns and feature types, then per row: sizes, PNG modes, that every ``segments_info`` id is in the
+    panoptic PNG and vice versa (with matching areas), category ids in range, semantic values in range, grounding
+    segment ids, unique image ids. ``max_rows`` limits the per-row checks to the first rows.
+    """
+    if not isinstance(ds, Dataset):
+        raise ContractError(f"validate() needs a datasets.Dataset, got {type(ds).__name__}.")
+    missing = [c for c in COLUMNS if c not in ds.column_names]
+    if missing:
+        raise ContractError(
+            f"Missing contract columns {missing}; the contract (design.md section 4) needs {list(COLUMNS)}."
+        )
+    categories = categories_of(ds)
+    expected = features(categories, with_attention="attention" in ds.column_names)
+    for name, feature in expected.items():
+        if _feature_kind(ds.features[name]) != _feature_kind(feature):
+            raise ContractError(
+                f"Column `{name}` has feature {ds.features[name]!r}; the contract needs {feature!r}."
+            )
+    label = ds.features["segments_info"].feature["category_id"]
+    if list(label.names) != [c.name for c in categories]:
+        raise ContractError(
+            "The stored category list does not match the ClassLabel names; rebuild the Features."
+        )
+    num = len(categories)
+    image_ids = ds["image_id"]
+    if len(set(image_ids)) != len(image_ids):
+        dup = next(v for v in image_ids if image_ids.count(v) > 1)
+        raise ContractError(f"`image_id` {dup} appears twice; image ids must be unique within the dataset.")
+    file_names = ds["file_name"]
+    if len(set(file_names)) != len(file_names):
+        dup = next(v for v in file_names if file_names.count(v) > 1)
+        raise ContractError(
+            f"`file_name` {dup!r} appears twice; file names must be unique within the dataset."
+        )
+    cols = [
+        "image",
+        "image_id",
+        "width",
+        "height",
+        "panoptic",
+        "segments_info",
+        "semantic",
+        "grounding",
+        "source",
+    ]
+    view = ds.select_columns(cols).cast_column("image", Image(decode=False))
+    view = view.cast_column("panoptic", Image(decode=False)).cast_column("semantic", Image(decode=False))
+    rows = len(view) if max_rows is None else min(max_rows, len(view))
+    for i in range(rows):
+        row = view[i]
+        where = f"row {i} (image_id {row['image_id']})"
+        if row["source"] not in SOURCES:
+            raise ContractError(f"{where}: `source` is {row['source']!r}; use one of {SOURCES}.")
+        size = (row["width"], row["height"])
+        image = _open(row["image"], "image", where)
+        if image.size != size:
+            raise ContractError(f"{where}: `image` is {image.size} but width/height say {size}.")
+        panoptic = _open(row["panoptic"], "panoptic", where)
+        if panoptic.mode != "RGB" or panoptic.size != size:
+            raise ContractError(
+                f"{where}: `panoptic` must be an RGB PNG of size {size}, got mode {panoptic.mode} size "
+                f"{panoptic.size}."
+            )
+        ids, counts = np.unique(rgb2id(np.asarray(panoptic)), return_counts=True)
+        png_areas = {int(k): int(v) for k, v in zip(ids, counts) if k != 0}
+        seen: set[int] = set()
+        for seg in row["segments_info"]:
+            sid = seg["id"]
+            if sid in seen:
+                raise ContractError(f"{where}: segment id {sid} is listed twice in `segments_info`.")
+            seen.add(sid)
+            if sid == 0:
+                raise ContractError(f"{where}: segment id 0 is void in COCO panoptic PNGs; ids must be > 0.")
+            if not 0 <= seg["category_id"] < num:
+                raise ContractError(
+                    f"{where}: segment {sid} has category_id {seg['category_id']}, out of range 0..{num - 1}."
+                )
+            if sid not in png_areas:
+                raise ContractError(
+                    f"{where}: segment id {sid} of `segments_info` is not in the panoptic PNG."
+                )
+            if seg["area"] != png_areas[sid]:
+                raise ContractError(
+                    f"{where}: segment {sid} has area {seg['area']} but covers {png_areas[sid]} pixels in the PNG."
+                )
+            box = seg["bbox"]
+            if box is None or len(box) != 4:
+                raise ContractError(f"{where}: segment {sid} needs a bbox [x, y, w, h].")
+            if (
+                box[0] < 0
+                or box[1] < 0
+                or box[2] <= 0
+                or box[3] <= 0
+                or box[0] + box[2] > size[0]
+                or (box[1] + box[3] > size[1])
+            ):
+                raise ContractError(
+                    f"{where}: segment {sid} has bbox {box}, not an [x, y, w, h] box inside the {size} image."
+                )
+        extra = sorted(set(png_areas) - seen)
+        if extra:
+            raise ContractError(
+                f"{where}: panoptic PNG holds segment ids {extra[:5]} that `segments_info` does not list."
+            )
+        semantic = _open(row["semantic"], "semantic", where)
+        if semantic.mode != "L" or semantic.size != size:
+            raise ContractError(
+                f"{where}: `semantic` must be a mode L PNG of size {size}, got mode {semantic.mode} size "
+                f"{semantic.size}."
+            )
+        values = np.unique(np.asarray(semantic))
+        bad = [int(v) for v in values if v >= num and v != IGNORE_INDEX]
+        if bad:
+            raise ContractError(
+                f"{where}: `semantic` holds values {bad} outside 0..{num - 1} and {IGNORE_INDEX} (ignore)."
+            )
+        for ref in row["grounding"]:
+            if ref["segment_id"] not in seen:
+                raise ContractError(
+                    f"{where}: grounding refers to segment {ref['segment_id']}, which `segments_info` does not list."
+                )
+
+
+# ------------------------------------------------------------------------------------------------ side files
+def category_files(categories: Sequence[Category]) -> dict[str, Any]:
+    """``categories.json`` and ``id2label.json`` contents: the files written beside the data in every folder."""
+    return {
+        "categories.json": {
+            "ignore_index": IGNORE_INDEX,
+            "void_segment_id": 0,
+            "coco_category_id": "index + 1",
+            "categories": [{"id": i, "coco_id": i + 1, **c.to_dict()} for i, c in enumerate(categories)],
+        },
+        "id2label.json": {str(i): c.name for i, c in enumerate(categories)},
+    }
+
+
+def write_category_files(categories: Sequence[Category], folder: str | os.PathLike) -> None:
+    """Write ``categories.json`` and ``id2label.json`` (transformers' convention) into ``folder``."""
+    for name, content in category_files(categories).items():
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=2)
+            f.write("\n")
+
+
+def save_to_disk(ds: Dataset, folder: str | os.PathLike, **kwargs: Any) -> None:
+    """``ds.save_to_disk(folder)`` plus ``categories.json``/``id2label.json`` beside the Arrow files."""
+    categories = categories_of(ds)
+    ds.save_to_disk(os.fspath(folder), **kwargs)
+    write_category_files(categories, folder)

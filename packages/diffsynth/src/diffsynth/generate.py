@@ -1,0 +1,357 @@
+"""``generate()``: class names in, a contract ``datasets.Dataset`` out.
+
+Plans (prompt, classes, seed per sample) are fixed first (:mod:`diffsynth.plan`), then drawn in batches by
+the :class:`~diffsynth.masker.AttentionMasker`, annotated (:mod:`diffsynth.annotate`) and stored with the
+contract Features (:mod:`diffsynth.dataset`). :func:`make_samples` is the pure per-sample step that
+sharded, resumable or distributed runners (and engines such as Ray) call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from diffsynth.categories import Category, resolve_categories
+from diffsynth.dataset import Sample, to_dataset
+from diffsynth.masker import AttentionMasker, MaskerConfig
+from diffsynth.plan import SamplePlan, make_plans
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class GenerationConfig:
+    """All arguments of :func:`generate` that describe *what* to draw (YAML-friendly: the CLI reads it).
+
+    ``masker`` holds the attention/mask settings (:class:`~diffsynth.masker.MaskerConfig` fields:
+    ``num_inference_steps``, ``guidance_scale``, ``height``, ``width``, ``tau``, ``threshold``,
+    ``uncertainty_threshold``, resolutions, step window...).
+    """
+
+    classes: list[Any]
+    num_images: int
+    model: str = "tiny"
+    prompts: list[str] | None = None
+    templates: list[str] | None = None
+    classes_per_image: int = 1
+    context: list[str] = field(default_factory=list)
+    class_weights: dict[str, float] | None = None
+    init_images: list[str] | str | None = None
+    strength: float = 0.4
+    seed: int = 0
+    batch_size: int = 1
+    background: str | None = "background"
+    min_area: float = 0.001
+    with_attention: bool = False
+    scheduler: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    masker: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.classes, str):
+            raise TypeError(
+                "GenerationConfig.classes must be a list of class names, not one string; wrap it in []."
+            )
+        if not isinstance(self.num_images, int) or self.num_images <= 0:
+            raise ValueError(f"GenerationConfig.num_images must be an int > 0, got {self.num_images!r}.")
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"GenerationConfig.batch_size must be an int > 0, got {self.batch_size!r}.")
+        if not 0.0 < float(self.strength) <= 1.0:
+            raise ValueError(f"GenerationConfig.strength must be in (0, 1], got {self.strength}.")
+        if self.init_images is not None and not self.init_images:
+            raise ValueError(
+                "GenerationConfig.init_images is empty: image-to-image needs at least one image (a list of paths "
+                "or a folder); leave it None for text-to-image."
+            )
+        if self.min_area < 0:
+            raise ValueError(f"GenerationConfig.min_area must be >= 0, got {self.min_area}.")
+        self.masker_config()  # validates the mask settings now, before anything runs
+
+    def masker_config(self, **overrides: Any) -> MaskerConfig:
+        known = {f.name for f in dataclasses.fields(MaskerConfig)}
+        unknown = sorted(set(self.masker) - known)
+        if unknown:
+            raise ValueError(
+                f"GenerationConfig.masker has unknown keys {unknown}; valid keys: {sorted(known)}."
+            )
+        return MaskerConfig(**{**self.masker, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["classes"] = [c.to_dict() if isinstance(c, Category) else c for c in self.classes]
+        return data
+
+
+def load_init_images(images: Sequence[Any] | str | os.PathLike) -> list[Image.Image]:
+    """Open every init image now (a folder, paths, or PIL images), so a bad file fails before any drawing."""
+    if isinstance(images, str | os.PathLike):
+        folder = Path(images)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"init_images={str(folder)!r} is not a folder; give a folder or a list of images."
+            )
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(
+                f"init_images folder {str(folder)!r} holds no images ({sorted(_IMAGE_SUFFIXES)})."
+            )
+    loaded = []
+    for index, item in enumerate(images):
+        if isinstance(item, Image.Image):
+            loaded.append(item.convert("RGB"))
+            continue
+        try:
+            with Image.open(item) as handle:
+                handle.load()
+                loaded.append(handle.convert("RGB"))
+        except Exception as error:
+            raise ValueError(
+                f"init_images[{index}] = {str(item)!r} is not a readable image: {error}"
+            ) from None
+    return loaded
+
+
+def _settings(config: GenerationConfig, masker: AttentionMasker, model_name: str) -> dict[str, Any]:
+    import diffusers
+    import torch
+    import transformers
+
+    from diffsynth import __version__
+
+    cfg = masker.config
+    return {
+        "model": model_name,
+        "pipeline": type(masker.pipe).__name__,
+        "mode": "img2img" if config.init_images is not None else "txt2img",
+        "strength": config.strength if config.init_images is not None else None,
+        "num_images": config.num_images,
+        "seed": config.seed,
+        "num_inference_steps": cfg.num_inference_steps,
+        "guidance_scale": cfg.guidance_scale,
+        "height": masker.size[0],
+        "width": masker.size[1],
+        "tau": cfg.tau,
+        "threshold": cfg.threshold,
+        "uncertainty_threshold": cfg.uncertainty_threshold,
+        "softmax": cfg.softmax,
+        "class_prompt": cfg.class_prompt,
+        "step_window": list(cfg.step_window),
+        "resolutions": masker.resolutions(),
+        "scheduler": type(masker.pipe.scheduler).__name__,
+        "templates": config.templates,
+        "classes_per_image": config.classes_per_image,
+        "context": list(config.context),
+        "min_area": config.min_area,
+        "versions": {
+            "diffsynth": __version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        },
+    }
+
+
+class Generator:
+    """A loaded generation run: categories, plans and the masker, ready to draw any subset of samples."""
+
+    def __init__(self, config: GenerationConfig, pipeline: Any = None, *, progress: bool = True) -> None:
+        self.config = config
+        self.categories = resolve_categories(config.classes, background=config.background)
+        self.init_images = load_init_images(config.init_images) if config.init_images is not None else None
+        self.plans = make_plans(
+            self.categories,
+            config.num_images,
+            seed=config.seed,
+            prompts=config.prompts,
+            templates=config.templates,
+            classes_per_image=config.classes_per_image,
+            context=config.context,
+            weights=config.class_weights,
+            num_init_images=len(self.init_images or []),
+            background=config.background,
+        )
+        masker_config = config.masker_config(
+            progress=config.masker.get("progress", False) and progress,
+            background=config.background is not None,
+        )
+        model = pipeline if pipeline is not None else config.model
+        load = {
+            k: v
+            for k, v in (("dtype", config.dtype), ("device", config.device), ("scheduler", config.scheduler))
+            if v
+        }
+        if pipeline is not None and load:
+            from diffsynth.pipelines import load_pipeline
+
+            model, load = load_pipeline(pipeline, progress=False, **load), {}
+        self.masker = AttentionMasker(model, masker_config, **load)
+        self.model_name = (
+            config.model
+            if pipeline is None
+            else getattr(getattr(pipeline, "config", None), "_name_or_path", type(pipeline).__name__)
+        )
+        self.progress = progress
+        self._check_prompts()
+
+    @property
+    def target_names(self) -> list[str]:
+        """Category names except the background (label value K, after the targets)."""
+        names = [c.name for c in self.categories]
+        return names[:-1] if self.config.background is not None else names
+
+    def _check_prompts(self) -> None:
+        """Fail before drawing: every class must be found in its prompt by the pipeline's tokenizers."""
+        from diffsynth.prompts import class_token_spans, pipeline_tokenizers, prompt_token_ids
+
+        tokenizers = pipeline_tokenizers(self.masker.pipe)
+        checked: set[tuple[str, tuple[str, ...]]] = set()
+        for plan in self.plans:
+            key = (plan.prompt, plan.classes)
+            if key in checked:
+                continue
+            checked.add(key)
+            if not self.masker.config.class_prompt:
+                full = prompt_token_ids(tokenizers[0], plan.prompt, truncate=False)
+                if len(full) > 77:
+                    raise ValueError(
+                        f"prompt {plan.prompt!r} has {len(full)} tokens; CLIP keeps 77, so class tokens may be cut. "
+                        "Shorten the prompt or the class names."
+                    )
+                class_token_spans(tokenizers, plan.prompt, list(plan.classes))
+
+    def settings(self) -> dict[str, Any]:
+        return _settings(self.config, self.masker, str(self.model_name))
+
+    def make_samples(self, plans: Sequence[SamplePlan]) -> list[Sample]:
+        """Draw and annotate ``plans`` in one pipeline call: a pure function of the plans."""
+        init = None
+        if self.init_images is not None:
+            init = [self.init_images[p.init_image] for p in plans]  # type: ignore[index]
+        results = self.masker(
+            [p.prompt for p in plans],
+            [list(p.classes) for p in plans],
+            [p.seed for p in plans],
+            init_images=init,
+            strength=self.config.strength,
+            categories=self.target_names,
+        )
+        samples = []
+        for plan, result in zip(plans, results, strict=True):
+            soft = None
+            if self.config.with_attention and result.soft_maps is not None:
+                soft = _global_soft_maps(result, len(self.target_names))
+            samples.append(
+                Sample.from_label_map(
+                    result.image,
+                    result.label_map,
+                    self.categories,
+                    image_id=plan.index,
+                    file_name=f"{plan.index:06d}.jpg",
+                    prompt=result.prompt,
+                    seed=plan.seed,
+                    soft_maps=soft,
+                    min_area=self.config.min_area,
+                )
+            )
+        return samples
+
+    def batches(self, plans: Sequence[SamplePlan] | None = None) -> Iterator[list[SamplePlan]]:
+        plans = list(self.plans if plans is None else plans)
+        size = self.config.batch_size
+        for start in range(0, len(plans), size):
+            yield plans[start : start + size]
+
+    def run(self, plans: Sequence[SamplePlan] | None = None) -> list[Sample]:
+        plans = list(self.plans if plans is None else plans)
+        samples: list[Sample] = []
+        with tqdm(total=len(plans), desc="diffsynth", unit="img", disable=not self.progress) as bar:
+            for batch in self.batches(plans):
+                samples.extend(self.make_samples(batch))
+                bar.update(len(batch))
+        return samples
+
+
+def _global_soft_maps(result: Any, num_targets: int):
+    """Soft maps laid out over every target category (zeros for classes not prompted in this image)."""
+    import numpy as np
+
+    soft = np.zeros((num_targets, *result.soft_maps.shape[1:]), dtype=np.float32)
+    for local, global_id in enumerate(result.class_ids):
+        if global_id < num_targets:
+            soft[global_id] = result.soft_maps[local]
+    return soft
+
+
+def generate(
+    classes: Sequence[str | Category | dict],
+    num_images: int,
+    model: Any = "tiny",
+    *,
+    prompts: Sequence[str] | None = None,
+    init_images: Sequence[Any] | str | None = None,
+    strength: float = 0.4,
+    seed: int = 0,
+    batch_size: int = 1,
+    progress: bool = True,
+    **options: Any,
+):
+    """Draw ``num_images`` annotated images of ``classes`` and return them as a contract ``datasets.Dataset``.
+
+    ``model``: ``"tiny"`` (offline random weights), a Hub id, a local folder, or a loaded diffusers pipeline.
+    ``init_images`` (a folder or a list of paths/PIL images) switches to image-to-image at ``strength`` so the
+    output stays in your domain. Other options: every :class:`GenerationConfig` field (``templates``,
+    ``classes_per_image``, ``context``, ``background``, ``min_area``, ``with_attention``, ``scheduler``,
+    ``dtype``/``torch_dtype``, ``device``) and every :class:`~diffsynth.masker.MaskerConfig` field
+    (``num_inference_steps``, ``guidance_scale``, ``height``, ``width``, ``tau``, ``threshold``, ...).
+    ``output_dir`` writes resumable parquet shards as it goes (see :mod:`diffsynth.shards`).
+    """
+    output_dir = options.pop("output_dir", None)
+    if "torch_dtype" in options:
+        options["dtype"] = options.pop("torch_dtype")
+    config_fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+    masker_fields = {f.name for f in dataclasses.fields(MaskerConfig)}
+    masker_options = {
+        k: options.pop(k) for k in list(options) if k in masker_fields and k not in config_fields
+    }
+    unknown = sorted(set(options) - config_fields)
+    if unknown:
+        raise TypeError(f"generate() got unknown options {unknown}.")
+    pipeline = None if isinstance(model, str | os.PathLike) else model
+    config = GenerationConfig(
+        classes=list(classes),
+        num_images=num_images,
+        model=str(model) if pipeline is None else "pipeline",
+        prompts=list(prompts) if prompts is not None else None,
+        init_images=init_images
+        if isinstance(init_images, str | os.PathLike) or init_images is None
+        else list(init_images),
+        strength=strength,
+        seed=seed,
+        batch_size=batch_size,
+        masker={**options.pop("masker", {}), **masker_options},
+        **options,
+    )
+    return generate_from_config(config, pipeline=pipeline, progress=progress, output_dir=output_dir)
+
+
+def generate_from_config(
+    config: GenerationConfig, *, pipeline: Any = None, progress: bool = True, output_dir=None
+):
+    """:func:`generate` for a ready :class:`GenerationConfig` (the CLI's entry point)."""
+    generator = Generator(config, pipeline, progress=progress)
+    if output_dir is not None:
+        from diffsynth.shards import run_sharded
+
+        return run_sharded(generator, output_dir)
+    samples = generator.run()
+    return to_dataset(
+        samples, generator.categories, generator.settings(), with_attention=config.with_attention
+    )

@@ -1,0 +1,47 @@
+"""Adapters for fine-tuning SEEM: modules, their placement in the model, the four thesis strategies, optional LoRA.
+
+>>> report = apply_adapters(model, "adapter-backbone/full-head")   # doctest: +SKIP
+>>> print(report.table())                                            # doctest: +SKIP
+>>> weights = adapter_state_dict(model)                              # doctest: +SKIP
+"""
+
+from seemadapt.adapters.lora import LoRASpec, inject_lora, load_lora, save_lora
+from seemadapt.adapters.modules import AdapterModule, AdaptFormer, ChannelSpatialAdapter, VLAdapter
+from seemadapt.adapters.placement import (
+    GROUPS,
+    AdapterPlacement,
+    AdapterReport,
+    GroupCount,
+    adapter_report,
+    adapter_state_dict,
+    apply_adapters,
+    frozen_forward_context,
+    load_adapter_state_dict,
+    set_train_mode,
+)
+from seemadapt.adapters.strategies import DEFAULT_STRATEGY, STRATEGIES, get_strategy, resolve_placement
+
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "GROUPS",
+    "STRATEGIES",
+    "AdaptFormer",
+    "AdapterModule",
+    "AdapterPlacement",
+    "AdapterReport",
+    "ChannelSpatialAdapter",
+    "GroupCount",
+    "LoRASpec",
+    "VLAdapter",
+    "adapter_report",
+    "adapter_state_dict",
+    "apply_adapters",
+    "frozen_forward_context",
+    "get_strategy",
+    "inject_lora",
+    "load_adapter_state_dict",
+    "load_lora",
+    "resolve_placement",
+    "save_lora",
+    "set_train_mode",
+]

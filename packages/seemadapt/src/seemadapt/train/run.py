@@ -1,0 +1,209 @@
+"""``Run``: what a fine-tuning run returns - the trained model, its placement, metrics, history and reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from seemadapt.adapters import AdapterPlacement, AdapterReport
+    from seemadapt.model.seem import SEEM
+    from seemadapt.train.config import TrainConfig
+
+__all__ = ["Run", "save_adapter_folder"]
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _has_hub() -> bool:
+    return importlib.util.find_spec("seemadapt.hub") is not None
+
+
+def save_adapter_folder(
+    model: nn.Module,
+    folder: str | Path,
+    *,
+    placement: AdapterPlacement,
+    base_model: str,
+    classes: list[str],
+    metrics: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """Write the adapter weights and what is needed to rebuild the model into ``folder``.
+
+    Uses :func:`seemadapt.hub.save_adapters` (weights, placement, model card); without that module, a minimal
+    folder: ``adapter_model.safetensors`` (:func:`~seemadapt.adapters.adapter_state_dict`) and
+    ``adapter_config.json`` (placement, base model, classes, metrics).
+    """
+    folder = Path(folder)
+    if _has_hub():
+        from seemadapt.hub import save_adapters
+
+        result = save_adapters(
+            model,
+            folder,
+            placement=placement,
+            base_model=base_model,
+            classes=classes,
+            metrics=metrics,
+            config=config,
+        )
+        return Path(result) if result is not None else folder
+    from safetensors.torch import save_file
+
+    from seemadapt.adapters import adapter_state_dict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in adapter_state_dict(model).items()}
+    save_file(weights, str(folder / ADAPTER_WEIGHTS))
+    payload = {
+        "placement": placement.to_dict(),
+        "base_model": base_model,
+        "classes": list(classes),
+        "metrics": _json_safe(metrics or {}),
+        "config": config or {},
+    }
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(payload, indent=2))
+    return folder
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class Run:
+    """The result of :func:`seemadapt.finetune`.
+
+    Attributes:
+        model: the fine-tuned SEEM (final weights, eval mode).
+        placement: the adapter placement it was trained with.
+        classes: the class list (contiguous order) it was trained and evaluated with.
+        metrics: the last evaluation's metrics, flattened (``{"semantic/miou": 0.71, ...}``); empty without eval
+            data.
+        history: training log records (``step``, ``loss``, per-term losses, ``lr``, ``time`` = seconds per step,
+            and ``eval_<best_metric>`` records).
+        eval_history: every evaluation's metrics with its ``step``.
+        best_step, best_score, best_dir: the best evaluation (by ``TrainConfig.best_metric``) and the folder with
+            its adapters.
+        output_dir, report_dir: the run's folders (the report holds ``results.md``, ``metrics.json``,
+            ``history.json``, ``loss_curve.png`` and ``per_class.png``).
+    """
+
+    model: SEEM
+    placement: AdapterPlacement
+    classes: list[str]
+    metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    config: TrainConfig
+    base_model: str
+    output_dir: Path
+    report_dir: Path
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    best_step: int | None = None
+    best_score: float | None = None
+    best_dir: Path | None = None
+    eval_result: Any = None
+    report: AdapterReport | None = None
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, folder: str | Path) -> Path:
+        """Save the adapter weights, placement, classes, metrics and config (:func:`seemadapt.hub.save_adapters`)."""
+        return save_adapter_folder(
+            self.model,
+            folder,
+            placement=self.placement,
+            base_model=self.base_model,
+            classes=self.classes,
+            metrics=self.metrics or None,
+            config=self.config.to_dict(),
+        )
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None) -> Any:
+        """Save to a temporary folder and upload it with :func:`seemadapt.hub.push_adapters`; returns its result."""
+        if not _has_hub():
+            raise ImportError("Run.push_to_hub needs seemadapt.hub, which this installation lacks.")
+        from seemadapt.hub import push_adapters
+
+        with tempfile.TemporaryDirectory(prefix="seemadapt-push-") as tmp:
+            folder = self.save(Path(tmp) / "adapters")
+            return push_adapters(folder, repo_id, private=private, token=token)
+
+    # ------------------------------------------------------------------ reports
+
+    def table(self) -> str:
+        """The evaluation table (the evaluator's own when available), else the metrics one per line."""
+        if self.eval_result is not None and hasattr(self.eval_result, "table"):
+            return str(self.eval_result.table())
+        if not self.metrics:
+            return "(no evaluation data)"
+        width = max(len(k) for k in self.metrics)
+        return "\n".join(f"{k:<{width}}  {v:.4f}" for k, v in self.metrics.items())
+
+    def write_report(self) -> Path:
+        """Write ``results.md``, ``metrics.json``, ``history.json`` and the plots into :attr:`report_dir`."""
+        from seemadapt.plots import plot_loss_curve, plot_per_class
+
+        folder = Path(self.report_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "history.json").write_text(
+            json.dumps(_json_safe({"train": self.history, "eval": self.eval_history}), indent=1)
+        )
+        best = {"step": self.best_step, "score": self.best_score, "folder": str(self.best_dir) if self.best_dir else None}
+        (folder / "metrics.json").write_text(json.dumps(_json_safe({"final": self.metrics, "best": best}), indent=2))
+        lines = [
+            f"# seemadapt fine-tuning: {self.base_model}",
+            "",
+            f"- classes: {', '.join(self.classes)}",
+            f"- steps: {self.history[-1]['step'] if self.history else 0}",
+        ]
+        if self.best_step is not None:
+            lines.append(f"- best {self.config.best_metric}: {self.best_score:.4f} at step {self.best_step}")
+        if self.report is not None:
+            lines += ["", "## Trainable parameters", "", "```", self.report.table(), "```"]
+        lines += ["", "## Evaluation (last)", "", "```", self.table(), "```", ""]
+        (folder / "results.md").write_text("\n".join(lines))
+        if any("loss" in record for record in self.history):
+            plot_loss_curve(self.history, folder / "loss_curve.png", title="training loss")
+        per_class = _per_class_results(self.eval_result)
+        if per_class is not None:
+            plot_per_class(per_class, folder / "per_class.png", title="per-class scores (last evaluation)")
+        return folder
+
+
+def _per_class_results(result: Any) -> Any:
+    """The semantic (else panoptic) results object inside an evaluation result, if any."""
+    if result is None:
+        return None
+    from seemadapt.metrics import PanopticResults, SemanticResults
+
+    kinds = (SemanticResults, PanopticResults)
+    if isinstance(result, kinds):
+        return result
+    candidates: list[Any] = []
+    for name in ("semantic", "panoptic", "results"):
+        value = getattr(result, name, None)
+        if isinstance(value, dict):
+            candidates += list(value.values())
+        elif value is not None:
+            candidates.append(value)
+    for kind in kinds:
+        for value in candidates:
+            if isinstance(value, kind):
+                return value
+    return None

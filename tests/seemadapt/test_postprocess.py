@@ -1,0 +1,185 @@
+"""SEEM post-processing on hand-made tensors: resize path, semantic einsum, panoptic rules, instances, grounding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from seemadapt.model.postprocess import (
+    instance_inference,
+    match_grounding,
+    panoptic_inference,
+    resize_mask_logits,
+    semantic_inference,
+)
+
+BIG = 30.0  # sigmoid(+-30) is 1 or 0 up to 1e-13
+
+
+def class_logits(*rows: list[float]) -> torch.Tensor:
+    """Logits whose softmax is exactly the given probability rows (each row sums to 1)."""
+    probs = torch.tensor(rows, dtype=torch.float64)
+    assert torch.allclose(probs.sum(-1), torch.ones(len(rows), dtype=torch.float64))
+    return probs.log().float()
+
+
+def region(height: int, width: int, rows: slice, cols: slice, inside: float = BIG) -> torch.Tensor:
+    mask = torch.full((height, width), -BIG)
+    mask[rows, cols] = inside
+    return mask
+
+
+# ------------------------------------------------------------------------------------------------ resize
+
+
+def test_resize_crops_padding_and_scales_to_output_size():
+    # Logits already at the padded size (16x16, so the bilinear step is the identity); the image is the top-left
+    # 12x8 block; its left half (4 columns) is positive. After the crop and a 2x resize the boundary sits at col 8.
+    logits = torch.full((1, 16, 16), -5.0)
+    logits[:, :, :4] = 5.0
+    logits[:, 12:, :] = 100.0  # padding rows: must be cropped away
+    out = resize_mask_logits(logits, padded_size=(16, 16), image_size=(12, 8), output_size=(24, 16))
+    assert out.shape == (1, 24, 16)
+    assert (out[:, :, :7] > 0).all() and (out[:, :, 9:] < 0).all()
+    assert out.max() < 6.0  # nothing from the padding rows leaked in
+
+
+def test_resize_upsamples_from_stride_four_and_keeps_constants():
+    logits = torch.full((2, 4, 4), 3.0)
+    logits[1] = -2.0
+    out = resize_mask_logits(logits, padded_size=(16, 16), image_size=(13, 10), output_size=(40, 31))
+    assert out.shape == (2, 40, 31)
+    torch.testing.assert_close(out[0], torch.full((40, 31), 3.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], torch.full((40, 31), -2.0), atol=1e-5, rtol=0)
+
+
+def test_resize_downsampling_is_antialiased():
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 2.0 - 1.0  # +-1 checkerboard
+    out = resize_mask_logits(checker[None], padded_size=(32, 32), image_size=(32, 32), output_size=(8, 8))
+    assert out.abs().max() < 0.3  # averaged away; a plain bicubic resize would keep +-1 values
+
+
+# ------------------------------------------------------------------------------------------------ semantic
+
+
+def test_semantic_is_class_probability_times_mask_probability_summed_over_queries():
+    logits = class_logits([0.7, 0.2, 0.1], [0.1, 0.6, 0.3])
+    masks = torch.stack([torch.zeros(3, 4), region(3, 4, slice(None), slice(0, 1))])  # q0: p=0.5 everywhere
+    sem = semantic_inference(logits, masks)
+    assert sem.shape == (2, 3, 4)
+    # left column: q1 mask is 1; elsewhere 0
+    torch.testing.assert_close(sem[0, :, 0], torch.full((3,), 0.7 * 0.5 + 0.1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sem[0, :, 1:], torch.full((3, 3), 0.7 * 0.5), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sem[1, :, 0], torch.full((3,), 0.2 * 0.5 + 0.6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sem[1, :, 1:], torch.full((3, 3), 0.2 * 0.5), atol=1e-6, rtol=0)
+
+
+def test_semantic_rejects_mismatched_queries():
+    with pytest.raises(ValueError, match="same Q"):
+        semantic_inference(torch.zeros(3, 3), torch.zeros(2, 4, 4))
+
+
+# ------------------------------------------------------------------------------------------------ panoptic
+
+
+def test_panoptic_drops_queries_at_or_below_the_object_threshold():
+    logits = class_logits([0.79, 0.11, 0.10], [0.81, 0.09, 0.10])
+    masks = torch.stack([region(4, 8, slice(None), slice(0, 4)), region(4, 8, slice(None), slice(4, 8))])
+    seg, info = panoptic_inference(logits, masks, thing_ids={0, 1})
+    assert seg.dtype == torch.int32 and seg.shape == (4, 8)
+    assert [s["category_id"] for s in info] == [0]
+    assert info[0]["score"] == pytest.approx(0.81, abs=1e-5)
+    assert (seg[:, :4] == 0).all() and (seg[:, 4:] == info[0]["id"]).all()
+    assert info[0]["area"] == 16
+    seg_low, info_low = panoptic_inference(logits, masks, thing_ids={0, 1}, object_mask_threshold=0.5)
+    assert len(info_low) == 2 and (seg_low > 0).all()
+
+
+def test_panoptic_drops_background_queries():
+    logits = class_logits([0.02, 0.03, 0.95])
+    seg, info = panoptic_inference(
+        logits, region(4, 4, slice(None), slice(None))[None], object_mask_threshold=0.0
+    )
+    assert info == [] and (seg == 0).all()
+
+
+def test_panoptic_overlap_rule_drops_a_query_that_loses_most_of_its_mask():
+    # q0 (score 0.90) covers the whole 10-column image; q1 (score 0.95) covers the left 7 columns and wins them.
+    logits = class_logits([0.90, 0.05, 0.05], [0.04, 0.95, 0.01])
+    masks = torch.stack([region(5, 10, slice(None), slice(None)), region(5, 10, slice(None), slice(0, 7))])
+    seg, info = panoptic_inference(logits, masks, thing_ids={0, 1})
+    assert [s["category_id"] for s in info] == [1]  # q0 keeps 3/10 of its mask < 0.8
+    assert (seg[:, 7:] == 0).all() and (seg[:, :7] == info[0]["id"]).all()
+    seg, info = panoptic_inference(logits, masks, thing_ids={0, 1}, overlap_threshold=0.25)
+    by_class = {s["category_id"]: s for s in info}
+    assert set(by_class) == {0, 1}
+    assert (seg[:, 7:] == by_class[0]["id"]).all() and by_class[0]["area"] == 15
+
+
+def test_panoptic_counts_only_pixels_where_the_query_mask_is_on():
+    # q0 wins the argmax everywhere (the only query) but its mask is >= 0.5 only on the left half.
+    logits = class_logits([0.9, 0.05, 0.05])
+    seg, info = panoptic_inference(logits, region(4, 8, slice(None), slice(0, 4))[None])
+    assert len(info) == 1 and (seg[:, :4] == 1).all() and (seg[:, 4:] == 0).all()
+
+
+def test_panoptic_merges_stuff_per_class_and_keeps_thing_instances_apart():
+    # class 0 = thing, class 1 = stuff. Two stuff queries (top / bottom half), two thing queries (two squares).
+    logits = class_logits([0.05, 0.9, 0.05], [0.05, 0.85, 0.1], [0.95, 0.03, 0.02], [0.93, 0.05, 0.02])
+    masks = torch.stack(
+        [
+            region(8, 8, slice(0, 4), slice(None)),
+            region(8, 8, slice(4, 8), slice(None)),
+            region(8, 8, slice(1, 3), slice(1, 3)),
+            region(8, 8, slice(5, 7), slice(5, 7)),
+        ]
+    )
+    seg, info = panoptic_inference(logits, masks, thing_ids={0})
+    stuff = [s for s in info if not s["isthing"]]
+    things = [s for s in info if s["isthing"]]
+    assert len(stuff) == 1 and stuff[0]["category_id"] == 1
+    assert len(things) == 2 and {s["category_id"] for s in things} == {0}
+    assert stuff[0]["area"] == 64 - 8 and all(s["area"] == 4 for s in things)
+    assert sorted(s["id"] for s in info) == [1, 2, 3]
+    assert set(torch.unique(seg).tolist()) == {1, 2, 3}
+    # Without a thing list every class is a thing: the two stuff halves become two segments.
+    _, info_all_things = panoptic_inference(logits, masks, thing_ids=None)
+    assert len(info_all_things) == 4 and all(s["isthing"] for s in info_all_things)
+
+
+# ------------------------------------------------------------------------------------------------ instance
+
+
+def test_instance_top_k_pairs_scores_and_thing_filter():
+    logits = class_logits([0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8])
+    masks = torch.stack(
+        [
+            region(4, 4, slice(0, 2), slice(None), inside=2.0),
+            region(4, 4, slice(2, 4), slice(None), inside=BIG),
+            torch.full((4, 4), -1.0),  # empty mask
+        ]
+    )
+    out = instance_inference(logits, masks, top_k=2)
+    # best pairs: (q1, class 1) 0.7 and (q0, class 0) 0.6
+    assert out["labels"].tolist() == [1, 0]
+    assert out["masks"].dtype == torch.bool and out["masks"].shape == (2, 4, 4)
+    assert out["masks"][0, 2:].all() and not out["masks"][0, :2].any()
+    sig2 = 1 / (1 + math.exp(-2.0))
+    assert out["scores"].tolist() == pytest.approx([0.7 * 1.0, 0.6 * sig2], abs=1e-5)
+    only_class0 = instance_inference(logits, masks, thing_ids={0}, top_k=6)
+    assert set(only_class0["labels"].tolist()) == {0}
+    assert len(only_class0["labels"]) == 3  # every query paired with class 0
+    assert only_class0["scores"].min() == 0  # the empty mask scores 0
+
+
+# ------------------------------------------------------------------------------------------------ grounding
+
+
+def test_match_grounding_picks_the_most_similar_query_per_text():
+    captions = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    texts = torch.tensor([[0.0, 2.0], [3.0, 0.1]])
+    indices, confidence = match_grounding(captions, texts, logit_scale=math.log(50.0))
+    assert indices.tolist() == [1, 0]
+    assert ((confidence > 0.5) & (confidence <= 1.0)).all()
