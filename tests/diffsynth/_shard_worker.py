@@ -83,7 +83,7 @@ class FakeGenerator:
         return samples
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--num-images", type=int, required=True)
@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--made-log", default=None)
+    parser.add_argument("--fake", action="store_true", help="FakeGenerator instead of the tiny pipeline")
+    parser.add_argument(
+        "--init-group", action="store_true", help="start torch.distributed first, as a user would"
+    )
+    parser.add_argument("--seed-per-rank", action="store_true", help="a bug to catch: each rank its own seed")
     args = parser.parse_args(argv)
 
     import torch
@@ -98,9 +103,15 @@ def main(argv: list[str] | None = None) -> None:
     from diffsynth import shards
 
     torch.set_num_threads(1)
-    generator = Generator(tiny_config(args.num_images, batch_size=args.batch_size), progress=False)
-    draw = generator.make_samples
     rank = os.environ.get("RANK", "0")
+    if args.init_group:
+        torch.distributed.init_process_group("gloo")
+    if args.fake:
+        seed = int(rank) if args.seed_per_rank else 0
+        generator = FakeGenerator(args.num_images, batch_size=args.batch_size, seed=seed)
+    else:
+        generator = Generator(tiny_config(args.num_images, batch_size=args.batch_size), progress=False)
+    draw = generator.make_samples
 
     def make_samples(plans):
         samples = draw(plans)
@@ -118,8 +129,20 @@ def main(argv: list[str] | None = None) -> None:
             super().barrier()
 
     shards.ProcessSync = ReportingSync
-    result = shards.run_sharded(generator, args.out, shard_size=args.shard_size)
-    print(f"rank {rank} returned {type(result).__name__} {len(result) if result is not None else ''}", flush=True)
+    try:
+        result = shards.run_sharded(generator, args.out, shard_size=args.shard_size)
+    except shards.ShardMismatchError as error:
+        print(f"rank {rank} refused: {error}", flush=True)
+        return 3
+    if args.init_group:  # the user's group is still there and usable
+        print(f"rank {rank} user group alive: {torch.distributed.is_initialized()}", flush=True)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    print(
+        f"rank {rank} returned {type(result).__name__} {len(result) if result is not None else ''}",
+        flush=True,
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -61,9 +62,26 @@ def test_process_info_reads_the_launcher_variables(monkeypatch, no_launcher):
         process_info()
 
 
+def test_process_info_prefers_an_accelerate_state_already_set_up(monkeypatch, no_launcher):
+    import accelerate.state
+
+    class FakeState:
+        _shared_state: ClassVar[dict] = {"set": True}
+        process_index, num_processes, local_process_index = 3, 4, 1
+
+    monkeypatch.setattr(accelerate.state, "PartialState", FakeState)
+    assert process_info() == ProcessInfo(3, 4, 1, "accelerate")
+    FakeState._shared_state = {}  # not set up: fall back to the (absent) launcher variables
+    assert process_info() == ProcessInfo(0, 1, 0, "single")
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"rank": 2, "world_size": 2}, "rank=2"), ({"world_size": 0}, "world_size"), ({"local_rank": -1}, "local_rank")],
+    [
+        ({"rank": 2, "world_size": 2}, "rank=2"),
+        ({"world_size": 0}, "world_size"),
+        ({"local_rank": -1}, "local_rank"),
+    ],
 )
 def test_process_info_rejects_impossible_ranks(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -132,19 +150,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun(*worker_args: str) -> subprocess.Popen:
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", MASTER_ADDR="127.0.0.1"
+    )
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", str(_free_port()), str(WORKER), *worker_args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_torchrun_in_a_users_process_group_and_refusing_rank_divergent_arguments(tmp_path):
+    common = ["--fake", "--num-images", "7", "--shard-size", "2", "--init-group"]
+    launched = _torchrun(*common, "--out", str(tmp_path / "ok"), "--made-log", str(tmp_path / "made"))
+    output, _ = launched.communicate(timeout=300)
+    assert launched.returncode == 0, output
+    assert "rank 0 returned Dataset 7" in output and "rank 1 user group alive: True" in output
+    made = {r: sorted(i for line in Path(f"{tmp_path / 'made'}.rank{r}").read_text().splitlines()
+                      for i in json.loads(line)) for r in (0, 1)}  # fmt: skip
+    assert made == {0: [0, 1, 4, 5], 1: [2, 3, 6]}
+    assert rows(load_shards(tmp_path / "ok")) == rows(
+        run_sharded(FakeGenerator(7), tmp_path / "single", shard_size=2)
+    )
+
+    launched = _torchrun(*common, "--seed-per-rank", "--out", str(tmp_path / "bad"))
+    output, _ = launched.communicate(timeout=300)
+    assert launched.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank} refused: rank 1 was started with other arguments than rank 0" in output, output
+    assert "seed: rank 0 has 0, rank 1 has 1" in output
+    assert not (tmp_path / "bad" / "data").exists()  # refused before anything was written
+
+
 @pytest.mark.slow
 def test_two_processes_under_torchrun_equal_a_single_process_run(tmp_path):
     from diffsynth.generate import Generator
 
     out, log = tmp_path / "out", tmp_path / "made"
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", MASTER_ADDR="127.0.0.1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(name, None)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-        str(WORKER), "--out", str(out), "--num-images", "5", "--shard-size", "2", "--made-log", str(log),
-    ]  # fmt: skip
-    launched = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launched = _torchrun("--out", str(out), "--num-images", "5", "--shard-size", "2", "--made-log", str(log))
     # The single-process reference runs meanwhile.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -156,13 +201,19 @@ def test_two_processes_under_torchrun_equal_a_single_process_run(tmp_path):
     output, _ = launched.communicate(timeout=500)
     assert launched.returncode == 0, output
     assert "rank 0 returned Dataset 5" in output and "rank 1 returned NoneType" in output
-    assert "rank 0 barrier with process group: True" in output and "rank 1 barrier with process group: True" in output
+    assert (
+        "rank 0 barrier with process group: True" in output
+        and "rank 1 barrier with process group: True" in output
+    )
 
     made = {}
     for rank in (0, 1):
         lines = Path(f"{log}.rank{rank}").read_text().splitlines()
         made[rank] = [i for line in lines for i in json.loads(line)]
-    assert sorted(made[0]) == [0, 1, 4] and sorted(made[1]) == [2, 3]  # shards 0, 2 -> rank 0; shard 1 -> rank 1
+    assert sorted(made[0]) == [0, 1, 4] and sorted(made[1]) == [
+        2,
+        3,
+    ]  # shards 0, 2 -> rank 0; shard 1 -> rank 1
 
     merged = load_shards(out)
     assert merged["image_id"] == list(range(5))

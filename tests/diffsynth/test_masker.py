@@ -27,8 +27,9 @@ def pipes():
 
 
 def _config(**kwargs) -> MaskerConfig:
-    # Random-weight self-attention is nearly uniform, so (A_S)^4 leaves only float noise, which
-    # normalize() treats as "no signal" (all background). tau=1 keeps a real spatial signal to test with.
+    # Random-weight self-attention is nearly uniform, so (A_S)^4 leaves a spread of ~1e-3 or less of the
+    # map's level (sometimes only float noise, which normalize() treats as "no signal"). tau=1 keeps a
+    # clear spatial signal, so comparisons below test the capture and not float rounding.
     kwargs.setdefault("tau", 1)
     kwargs.setdefault("num_inference_steps", 3)
     kwargs.setdefault("progress", False)
@@ -180,14 +181,6 @@ def test_softmax_over_class_tokens_only(pipes):
     # The degenerate single one-token class: the map is 1 everywhere, normalised to 0 -> all background.
     (one,) = masker(["mold on a wall"], [["mold"]], [0])
     assert (one.cross_maps == 0).all() and (one.soft_maps == 0).all() and (one.label_map == 1).all()
-
-
-def test_default_tau_on_random_weights_finds_no_signal(pipes):
-    # Documented behaviour: a refined map with no spatial spread is not stretched into noise.
-    masker = AttentionMasker(pipes["sd1"], MaskerConfig(num_inference_steps=3, progress=False))
-    (result,) = masker(["mold on a wall"], [["mold", "wall"]], [0])
-    assert (result.soft_maps == 0).all() and (result.label_map == 2).all()
-    assert result.cross_maps.max() == 1.0
 
 
 def test_guidance_one_and_step_window(pipes):

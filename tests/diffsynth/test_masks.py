@@ -81,6 +81,15 @@ def test_normalize_per_class_and_constant_maps():
     assert (out[1] == 0).all()  # no spatial signal -> nothing, not NaN
 
 
+def test_normalize_does_not_stretch_float_noise_but_keeps_weak_signals():
+    g = torch.Generator().manual_seed(0)
+    noise = 0.3 + 1e-9 * torch.rand(1, 8, 8, generator=g)  # rounding-level spread: no signal
+    assert (normalize(noise) == 0).all()
+    weak = 0.3 + 1e-3 * torch.rand(1, 8, 8, generator=g)  # weak but real spread: stretched to [0, 1]
+    out = normalize(weak)
+    assert out.min() == 0 and out.max() == 1
+
+
 def test_upsample_shape_and_clamp():
     step = torch.zeros(1, 4, 4)
     step[:, :, 2:] = 1.0  # a sharp edge makes bicubic overshoot on both sides

@@ -46,7 +46,9 @@ def sd1():
 
 
 def test_tiny_ids_load_the_three_families():
-    assert isinstance(load_pipeline("tiny-sd2", progress=False), StableDiffusionPipeline)
+    sd2 = load_pipeline("tiny-sd2", progress=False)
+    assert isinstance(sd2, StableDiffusionPipeline) and sd2._progress_bar_config["disable"] is True
+    assert load_pipeline("tiny-sd2")._progress_bar_config["disable"] is False  # tqdm over steps by default
     sdxl = load_pipeline("tiny-sdxl", progress=False)
     assert isinstance(sdxl, StableDiffusionXLPipeline)
     assert isinstance(img2img(sdxl), StableDiffusionXLImg2ImgPipeline) and img2img(sdxl).unet is sdxl.unet

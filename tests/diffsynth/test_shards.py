@@ -12,6 +12,7 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from diffsynth.shards import (
     read_manifest,
     run_fingerprint,
     run_sharded,
+    stage_shards,
 )
 
 WORKER = Path(__file__).with_name("_shard_worker.py")
@@ -38,7 +40,17 @@ if "_shard_worker" not in sys.modules:  # tests run with --import-mode=importlib
     _spec.loader.exec_module(sys.modules["_shard_worker"])
 FakeGenerator = sys.modules["_shard_worker"].FakeGenerator
 tiny_config = sys.modules["_shard_worker"].tiny_config
-COMPARED = ("image", "image_id", "file_name", "panoptic", "segments_info", "semantic", "grounding", "prompt", "seed")
+COMPARED = (
+    "image",
+    "image_id",
+    "file_name",
+    "panoptic",
+    "segments_info",
+    "semantic",
+    "grounding",
+    "prompt",
+    "seed",
+)
 
 
 def raw_rows(ds) -> list[dict]:
@@ -59,7 +71,9 @@ def assert_same_rows(a, b) -> None:
 def reference(generator) -> Dataset:
     samples = generator.make_samples(generator.plans)
     generator.made.clear()
-    return to_dataset(samples, generator.categories, generator.settings(), with_attention=generator.config.with_attention)
+    return to_dataset(
+        samples, generator.categories, generator.settings(), with_attention=generator.config.with_attention
+    )
 
 
 def temp_files(folder: Path) -> list[str]:
@@ -74,9 +88,15 @@ def test_layout_cuts_every_sample_into_exactly_one_shard(num_images, shard_size)
     assert covered == list(range(num_images))
     assert all(layout.bounds(k)[1] - layout.bounds(k)[0] <= shard_size for k in range(layout.num_shards))
     for world in (1, 2, 3, 5):
-        owned = [k for rank in range(world) for k in assigned_shards(layout.num_shards, ProcessInfo(rank, world))]
+        owned = [
+            k for rank in range(world) for k in assigned_shards(layout.num_shards, ProcessInfo(rank, world))
+        ]
         assert sorted(owned) == list(range(layout.num_shards))  # disjoint, none dropped
-        assert all(k % world == rank for rank in range(world) for k in assigned_shards(layout.num_shards, ProcessInfo(rank, world)))
+        assert all(
+            k % world == rank
+            for rank in range(world)
+            for k in assigned_shards(layout.num_shards, ProcessInfo(rank, world))
+        )
     assert layout.file_name(0).startswith("train-00000-of-")
 
 
@@ -109,7 +129,11 @@ def test_run_writes_shards_and_manifest_and_equals_the_in_memory_dataset(tmp_pat
     assert temp_files(tmp_path / "out") == []
     manifest = read_manifest(tmp_path / "out")
     assert manifest["status"] == "complete" and manifest["num_images"] == 7 and manifest["shard_size"] == 3
-    assert [(s["start"], s["stop"], s["rows"]) for s in manifest["shards"]] == [(0, 3, 3), (3, 6, 3), (6, 7, 1)]
+    assert [(s["start"], s["stop"], s["rows"]) for s in manifest["shards"]] == [
+        (0, 3, 3),
+        (3, 6, 3),
+        (6, 7, 1),
+    ]
     assert manifest["fingerprint"] == run_fingerprint(generator)[0]
     assert json.loads((tmp_path / "out" / "categories.json").read_text())["categories"][0]["name"] == "cat"
     # The folder is a Hub-style dataset by itself.
@@ -189,7 +213,9 @@ def test_other_arguments_are_refused_naming_the_fields_unless_overwrite(tmp_path
     generator = FakeGenerator(4, steps=3)
     ds = run_sharded(generator, out, shard_size=2, overwrite=True)
     assert generator.made == [0, 1, 2, 3] and len(ds) == 4
-    assert sorted(p.name for p in (out / "data").iterdir()) == [f"train-0000{k}-of-00002.parquet" for k in range(2)]
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        f"train-0000{k}-of-00002.parquet" for k in range(2)
+    ]
     assert read_manifest(out)["fingerprint"] == run_fingerprint(generator)[0]
 
 
@@ -207,7 +233,7 @@ def test_a_shard_of_another_run_is_never_mixed_in(tmp_path):
 def test_a_folder_that_is_not_ours_is_refused_untouched(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     generator = FakeGenerator(2)
-    with pytest.raises(FileExistsError, match="notes.txt"):
+    with pytest.raises(FileExistsError, match=r"notes\.txt"):
         run_sharded(generator, tmp_path, shard_size=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and generator.made == []
 
@@ -249,7 +275,8 @@ def test_memory_stays_flat_as_the_run_grows(tmp_path):
 
 # -------------------------------------------------------------------------------------------------------- hub
 class FakeApi:
-    calls: list = []
+    calls: ClassVar[list] = []
+    target: ClassVar[Path]
 
     def __init__(self, token=None):
         self.token = token
@@ -279,12 +306,20 @@ def test_push_to_hub_straight_from_the_shards(tmp_path, monkeypatch):
         push_to_hub={"repo_id": "me/synthetic", "token": token, "private": True, "max_shard_bytes": 1},
     )
     (create, repo_id, kwargs), (upload, upload_kwargs) = FakeApi.calls
-    assert (create, repo_id, kwargs["repo_type"], kwargs["private"]) == ("create_repo", "me/synthetic", "dataset", True)
+    assert upload == "upload_folder"
+    assert (create, repo_id, kwargs["repo_type"], kwargs["private"]) == (
+        "create_repo",
+        "me/synthetic",
+        "dataset",
+        True,
+    )
     assert upload_kwargs["repo_id"] == "me/synthetic" and upload_kwargs["delete_patterns"] == ["data/train-*"]
 
     uploaded = FakeApi.target
     files = sorted(p.name for p in (uploaded / "data").iterdir())
-    assert files == [f"train-0000{k}-of-00003.parquet" for k in range(3)]  # tiny max size: one file per row group
+    assert files == [
+        f"train-0000{k}-of-00003.parquet" for k in range(3)
+    ]  # tiny max size: one file per row group
     for name in ("README.md", "categories.json", "id2label.json", "health.json", "preview.png"):
         assert (uploaded / name).is_file(), name
     assert "dataset_info" in (uploaded / "README.md").read_text()
@@ -294,6 +329,15 @@ def test_push_to_hub_straight_from_the_shards(tmp_path, monkeypatch):
     back = load_dataset(str(uploaded), split="train")
     assert categories_of(back) == generator.categories and settings_of(back) == generator.settings()
     assert_same_rows(back, ds)
+
+
+def test_staging_refuses_bad_split_names_and_incomplete_folders(tmp_path):
+    run_sharded(FakeGenerator(3), tmp_path / "out", shard_size=2)
+    with pytest.raises(ValueError, match="split="):
+        stage_shards(tmp_path / "out", tmp_path / "repo", split="train/0")
+    (tmp_path / "out" / "data" / "train-00000-of-00002.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        stage_shards(tmp_path / "out", tmp_path / "repo")
 
 
 def test_a_bad_repo_id_fails_before_anything_is_drawn(tmp_path):
@@ -324,7 +368,9 @@ def tiny_generator():
 
 
 def _worker_env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1"
+    )
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     return env
@@ -334,7 +380,18 @@ def _worker_env() -> dict:
 def test_sigkill_mid_shard_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_generator):
     killed = tmp_path / "killed"
     worker = subprocess.Popen(
-        [sys.executable, str(WORKER), "--out", str(killed), "--num-images", "6", "--shard-size", "2", "--sleep", "1.0"],
+        [
+            sys.executable,
+            str(WORKER),
+            "--out",
+            str(killed),
+            "--num-images",
+            "6",
+            "--shard-size",
+            "2",
+            "--sleep",
+            "1.0",
+        ],
         env=_worker_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

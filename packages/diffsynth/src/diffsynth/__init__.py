@@ -32,6 +32,12 @@ _EXPORTS = {
     "health_report": "diffsynth.health",
     "preview_grid": "diffsynth.preview",
     "load_any": "diffsynth.io",
+    "filter": "diffsynth.quality",
+    "quality_scores": "diffsynth.quality",
+    "QualityScore": "diffsynth.quality",
+    "GenerationPlan": "diffsynth.balance",
+    "plan_for_targets": "diffsynth.balance",
+    "plan_from_metrics": "diffsynth.loop_plan",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -23,6 +23,7 @@ from diffsynth.annotate import DEFAULT_MIN_AREA, IGNORE_INDEX, Annotation, annot
 from diffsynth.categories import Category, resolve_categories
 from diffsynth.schema import (
     COLUMNS,
+    QUALITY_FIELDS,
     encode_attention,
     encode_image,
     encode_png,
@@ -58,6 +59,7 @@ class Sample:
     """One generated (or converted) image with its label map and annotation.
 
     ``soft_maps``: optional float32 [K, h, w] in [0, 1], one map per target class in category order.
+    ``quality``: optional scores ``{field: float or None}`` (:data:`diffsynth.schema.QUALITY_FIELDS`).
     """
 
     image: PILImage.Image
@@ -69,6 +71,7 @@ class Sample:
     seed: int = -1
     source: str = "synthetic"
     soft_maps: np.ndarray | None = None
+    quality: dict[str, float | None] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.image, PILImage.Image):
@@ -95,6 +98,12 @@ class Sample:
             soft = np.asarray(self.soft_maps)
             if soft.ndim != 3:
                 raise ValueError(f"Sample {self.image_id}: `soft_maps` must be [K, h, w], got {soft.shape}.")
+        if self.quality is not None:
+            unknown = sorted(set(self.quality) - set(QUALITY_FIELDS))
+            if unknown:
+                raise ValueError(
+                    f"Sample {self.image_id}: `quality` has unknown fields {unknown}; use {list(QUALITY_FIELDS)}."
+                )
 
     @classmethod
     def from_label_map(
@@ -127,7 +136,9 @@ class Sample:
         )
 
 
-def sample_to_row(sample: Sample, *, with_attention: bool = False) -> dict[str, Any]:
+def sample_to_row(
+    sample: Sample, *, with_attention: bool = False, with_quality: bool = False
+) -> dict[str, Any]:
     """A row dict ready for ``Features.encode_example`` (images as encoded bytes)."""
     ann = sample.annotation
     row: dict[str, Any] = {
@@ -163,6 +174,12 @@ def sample_to_row(sample: Sample, *, with_attention: bool = False) -> dict[str, 
                 "give every sample soft maps or none."
             )
         row["attention"] = encode_attention(sample.soft_maps)
+    if with_quality:
+        quality = sample.quality or {}
+        row["quality"] = {
+            name: None if quality.get(name) is None else float(quality[name])  # type: ignore[arg-type]
+            for name in QUALITY_FIELDS
+        }
     return row
 
 
@@ -172,10 +189,12 @@ def to_dataset(
     settings: Mapping[str, Any] | None = None,
     *,
     with_attention: bool | None = None,
+    with_quality: bool | None = None,
 ) -> Dataset:
     """The contract Dataset of ``samples``; ``categories`` and ``settings`` ride in its Features.
 
-    ``with_attention=None`` stores the ``attention`` column when every sample has soft maps.
+    ``with_attention=None`` stores the ``attention`` column when every sample has soft maps;
+    ``with_quality=None`` stores the ``quality`` column when every sample has scores.
     """
     samples = list(samples)
     if not samples:
@@ -187,6 +206,8 @@ def to_dataset(
                 "Some samples have `soft_maps` and some do not; give all or none (or with_attention=)."
             )
         with_attention = all(has_soft)
+    if with_quality is None:
+        with_quality = all(s.quality is not None for s in samples)
     for field in ("image_id", "file_name"):
         values = [getattr(s, field) for s in samples]
         if len(set(values)) != len(values):
@@ -208,8 +229,8 @@ def to_dataset(
                     f"Sample {sample.image_id}: category_id {info['category_id']} is out of range for "
                     f"{len(categories)} categories; annotate with the same category list."
                 )
-    feats = features(categories, with_attention, settings=settings)
-    rows = [sample_to_row(s, with_attention=with_attention) for s in samples]
+    feats = features(categories, with_attention, settings=settings, with_quality=with_quality)
+    rows = [sample_to_row(s, with_attention=with_attention, with_quality=with_quality) for s in samples]
     return Dataset.from_list(rows, features=feats)
 
 
@@ -326,12 +347,16 @@ def validate(ds: Dataset, *, max_rows: int | None = None) -> None:
             f"Missing contract columns {missing}; the contract (design.md section 4) needs {list(COLUMNS)}."
         )
     categories = categories_of(ds)
-    expected = features(categories, with_attention="attention" in ds.column_names)
+    expected = features(
+        categories, with_attention="attention" in ds.column_names, with_quality="quality" in ds.column_names
+    )
     for name, feature in expected.items():
         if _feature_kind(ds.features[name]) != _feature_kind(feature):
             raise ContractError(
                 f"Column `{name}` has feature {ds.features[name]!r}; the contract needs {feature!r}."
             )
+    if "quality" in ds.column_names:
+        _check_quality(ds)
     label = ds.features["segments_info"].feature["category_id"]
     if list(label.names) != [c.name for c in categories]:
         raise ContractError(
@@ -435,6 +460,26 @@ def validate(ds: Dataset, *, max_rows: int | None = None) -> None:
                 raise ContractError(
                     f"{where}: grounding refers to segment {ref['segment_id']}, which `segments_info` does not list."
                 )
+
+
+def _check_quality(ds: Dataset) -> None:
+    """Scores that are fractions must lie in [0, 1]; counts must be >= 0 (null = not computed)."""
+    column = ds.select_columns(["quality"]).with_format("arrow")["quality"].combine_chunks()
+    for name in QUALITY_FIELDS:
+        values = np.asarray(column.field(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+        if name == "clip_score":  # a cosine similarity
+            low, high = -1.0, 1.0
+        elif name == "missing_classes":
+            low, high = 0.0, np.inf
+        else:
+            low, high = 0.0, 1.0
+        bad = np.flatnonzero(~np.isnan(values) & ((values < low - 1e-6) | (values > high + 1e-6)))
+        if bad.size:
+            i = int(bad[0])
+            raise ContractError(
+                f"row {i}: `quality.{name}` is {values[i]}, outside [{low}, {high}]; recompute it with "
+                "diffsynth.quality."
+            )
 
 
 # ------------------------------------------------------------------------------------------------ side files

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from diffsynth.categories import Category, resolve_categories
 from diffsynth.dataset import Sample, to_dataset
 from diffsynth.masker import AttentionMasker, MaskerConfig
-from diffsynth.plan import SamplePlan, make_plans
+from diffsynth.plan import SamplePlan, make_plans, sample_seed
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -33,6 +34,13 @@ class GenerationConfig:
     ``masker`` holds the attention/mask settings (:class:`~diffsynth.masker.MaskerConfig` fields:
     ``num_inference_steps``, ``guidance_scale``, ``height``, ``width``, ``tau``, ``threshold``,
     ``uncertainty_threshold``, resolutions, step window...).
+
+    Quality (:mod:`diffsynth.quality`): ``with_quality`` stores per-sample scores in a ``quality`` column;
+    ``min_quality`` redraws a sample whose overall score is below the bar, up to ``max_attempts`` draws per sample
+    (attempt ``a`` of sample ``i`` is index ``a * num_images + i``, seed ``sample_seed(seed, index)``, same prompt);
+    a sample that never passes keeps its best draw (counted as ``below_bar`` in the settings). ``clip_model`` (a Hub
+    id or folder of a CLIP model) adds the image-text score. ``plan`` (a :class:`~diffsynth.balance.GenerationPlan`
+    or its dict) splits the images over classes and adds per-class prompt variety.
     """
 
     classes: list[Any]
@@ -54,6 +62,11 @@ class GenerationConfig:
     dtype: str | None = None
     device: str | None = None
     masker: dict[str, Any] = field(default_factory=dict)
+    with_quality: bool = True
+    min_quality: float | None = None
+    max_attempts: int = 3
+    clip_model: str | None = None
+    plan: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.classes, str):
@@ -73,6 +86,27 @@ class GenerationConfig:
             )
         if self.min_area < 0:
             raise ValueError(f"GenerationConfig.min_area must be >= 0, got {self.min_area}.")
+        if self.min_quality is not None and not 0.0 <= float(self.min_quality) <= 1.0:
+            raise ValueError(
+                f"GenerationConfig.min_quality must be None or an overall score in [0, 1], got {self.min_quality}."
+            )
+        if (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or self.max_attempts < 1
+        ):
+            raise ValueError(
+                f"GenerationConfig.max_attempts must be an int >= 1 (draws per sample), got {self.max_attempts!r}."
+            )
+        if self.plan is not None:
+            from diffsynth.balance import GenerationPlan
+
+            self.plan = GenerationPlan.from_dict(self.plan).to_dict()
+            if self.prompts is not None or self.class_weights is not None:
+                raise ValueError(
+                    "GenerationConfig.plan builds the prompts and class shares itself; drop `prompts` and "
+                    "`class_weights`, or drop `plan`."
+                )
         self.masker_config()  # validates the mask settings now, before anything runs
 
     def masker_config(self, **overrides: Any) -> MaskerConfig:
@@ -127,7 +161,7 @@ def _settings(config: GenerationConfig, masker: AttentionMasker, model_name: str
     from diffsynth import __version__
 
     cfg = masker.config
-    return {
+    settings = {
         "model": model_name,
         "pipeline": type(masker.pipe).__name__,
         "mode": "img2img" if config.init_images is not None else "txt2img",
@@ -157,27 +191,51 @@ def _settings(config: GenerationConfig, masker: AttentionMasker, model_name: str
             "torch": torch.__version__,
         },
     }
+    if config.plan is not None:
+        settings["plan"] = config.plan
+    return settings
 
 
 class Generator:
     """A loaded generation run: categories, plans and the masker, ready to draw any subset of samples."""
 
-    def __init__(self, config: GenerationConfig, pipeline: Any = None, *, progress: bool = True) -> None:
+    def __init__(
+        self, config: GenerationConfig, pipeline: Any = None, *, progress: bool = True, clip: Any = None
+    ) -> None:
+        from diffsynth.quality import resolve_clip
+
         self.config = config
         self.categories = resolve_categories(config.classes, background=config.background)
         self.init_images = load_init_images(config.init_images) if config.init_images is not None else None
-        self.plans = make_plans(
-            self.categories,
-            config.num_images,
-            seed=config.seed,
-            prompts=config.prompts,
-            templates=config.templates,
-            classes_per_image=config.classes_per_image,
-            context=config.context,
-            weights=config.class_weights,
-            num_init_images=len(self.init_images or []),
-            background=config.background,
-        )
+        if config.plan is not None:
+            from diffsynth.balance import plan_samples
+
+            self.plans = plan_samples(
+                config.plan,
+                self.categories,
+                config.num_images,
+                seed=config.seed,
+                templates=config.templates,
+                classes_per_image=config.classes_per_image,
+                context=config.context,
+                num_init_images=len(self.init_images or []),
+                background=config.background,
+            )
+        else:
+            self.plans = make_plans(
+                self.categories,
+                config.num_images,
+                seed=config.seed,
+                prompts=config.prompts,
+                templates=config.templates,
+                classes_per_image=config.classes_per_image,
+                context=config.context,
+                weights=config.class_weights,
+                num_init_images=len(self.init_images or []),
+                background=config.background,
+            )
+        self.clip = resolve_clip(clip if clip is not None else config.clip_model)
+        self.quality_stats = {"attempts": 0, "rejected": 0, "below_bar": 0, "scored": 0, "overall_sum": 0.0}
         masker_config = config.masker_config(
             progress=config.masker.get("progress", False) and progress,
             background=config.background is not None,
@@ -228,10 +286,81 @@ class Generator:
                 class_token_spans(tokenizers, plan.prompt, list(plan.classes))
 
     def settings(self) -> dict[str, Any]:
-        return _settings(self.config, self.masker, str(self.model_name))
+        settings = _settings(self.config, self.masker, str(self.model_name))
+        if self.config.with_quality or self.config.min_quality is not None:
+            from diffsynth.quality import CLIP_SCALE, DEFAULT_CROSS_THRESHOLD
+
+            stats = self.quality_stats
+            quality: dict[str, Any] = {
+                "overall": "class_coverage * mean(1 - ignore_fraction, confidence, agreement, "
+                f"clip({CLIP_SCALE} * clip_score, 0, 1))",
+                "cross_threshold": DEFAULT_CROSS_THRESHOLD,
+                "clip_model": self.config.clip_model
+                or (type(self.clip.model).__name__ if self.clip is not None else None),
+                "min_quality": self.config.min_quality,
+                "max_attempts": self.config.max_attempts,
+            }
+            if stats["scored"]:
+                quality["mean_overall"] = stats["overall_sum"] / stats["scored"]
+            if self.config.min_quality is not None and stats["attempts"]:
+                quality.update({k: stats[k] for k in ("attempts", "rejected", "below_bar")})
+            settings["quality"] = quality
+        return settings
 
     def make_samples(self, plans: Sequence[SamplePlan]) -> list[Sample]:
-        """Draw and annotate ``plans`` in one pipeline call: a pure function of the plans."""
+        """Draw and annotate ``plans``: a pure function of the plans. With ``min_quality`` a sample below the bar is
+        redrawn (same prompt, the seed of index ``attempt * num_images + index``) up to ``max_attempts`` times."""
+        samples = self._draw(plans) if self.config.min_quality is None else self._draw_until_good(plans)
+        for sample in samples:
+            if sample.quality is not None:
+                self.quality_stats["scored"] += 1
+                self.quality_stats["overall_sum"] += float(sample.quality["overall"] or 0.0)
+        return samples
+
+    def _retry_plan(self, plan: SamplePlan, attempt: int) -> SamplePlan:
+        if attempt == 0:
+            return plan
+        index = attempt * self.config.num_images + plan.index
+        return dataclasses.replace(plan, index=index, seed=sample_seed(self.config.seed, index))
+
+    def _draw_until_good(self, plans: Sequence[SamplePlan]) -> list[Sample]:
+        bar = float(self.config.min_quality)  # type: ignore[arg-type]
+        slots = list(plans)
+        kept: list[Sample | None] = [None] * len(slots)
+        best: list[Sample | None] = [None] * len(slots)
+        pending = list(range(len(slots)))
+        stats = self.quality_stats
+        for attempt in range(self.config.max_attempts):
+            drawn = self._draw([self._retry_plan(slots[i], attempt) for i in pending])
+            stats["attempts"] += len(drawn)
+            still = []
+            for i, sample in zip(pending, drawn, strict=True):
+                score = float(sample.quality["overall"])  # type: ignore[index]
+                if score >= bar - 1e-9:
+                    kept[i] = sample
+                    continue
+                stats["rejected"] += 1
+                if best[i] is None or score > float(best[i].quality["overall"]):  # type: ignore[union-attr,index]
+                    best[i] = sample
+                still.append(i)
+            pending = still
+            if not pending:
+                break
+        for i in pending:  # never passed: keep the best draw rather than lose the slot
+            kept[i] = best[i]
+            stats["rejected"] -= 1
+            stats["below_bar"] += 1
+        if pending:
+            warnings.warn(
+                f"diffsynth: {len(pending)} sample(s) stayed below min_quality={bar} after {self.config.max_attempts} "
+                "draws each; their best draws are kept. Lower min_quality, raise max_attempts, or drop them with "
+                "diffsynth.filter.",
+                stacklevel=3,
+            )
+        return kept  # type: ignore[return-value]
+
+    def _draw(self, plans: Sequence[SamplePlan]) -> list[Sample]:
+        """Draw and annotate ``plans`` in one pipeline call (one draw each), scoring them when asked."""
         init = None
         if self.init_images is not None:
             init = [self.init_images[p.init_image] for p in plans]  # type: ignore[index]
@@ -243,8 +372,14 @@ class Generator:
             strength=self.config.strength,
             categories=self.target_names,
         )
+        score = self.config.with_quality or self.config.min_quality is not None
+        clip_scores = (
+            self.clip([r.image for r in results], [r.prompt for r in results])
+            if score and self.clip
+            else None
+        )
         samples = []
-        for plan, result in zip(plans, results, strict=True):
+        for k, (plan, result) in enumerate(zip(plans, results, strict=True)):
             soft = None
             if self.config.with_attention and result.soft_maps is not None:
                 soft = _global_soft_maps(result, len(self.target_names))
@@ -261,6 +396,13 @@ class Generator:
                     min_area=self.config.min_area,
                 )
             )
+            if score:
+                from diffsynth.quality import score_result
+
+                quality = score_result(result, samples[-1].annotation.semantic)
+                if clip_scores is not None:
+                    quality = quality.with_clip(clip_scores[k])
+                samples[-1].quality = quality.to_dict()
         return samples
 
     def batches(self, plans: Sequence[SamplePlan] | None = None) -> Iterator[list[SamplePlan]]:
@@ -312,8 +454,17 @@ def generate(
     ``dtype``/``torch_dtype``, ``device``) and every :class:`~diffsynth.masker.MaskerConfig` field
     (``num_inference_steps``, ``guidance_scale``, ``height``, ``width``, ``tau``, ``threshold``, ...).
     ``output_dir`` writes resumable parquet shards as it goes (see :mod:`diffsynth.shards`).
+
+    Quality and balance: ``min_quality`` (with ``max_attempts``) redraws samples whose overall quality score is
+    below the bar, ``with_quality`` stores the scores, ``clip`` adds CLIP's image-text score (a ``(CLIPModel,
+    CLIPProcessor)`` pair, a :class:`~diffsynth.quality.ClipScorer`, or a Hub id / folder), and ``plan`` (a
+    :class:`~diffsynth.balance.GenerationPlan`, e.g. from :func:`diffsynth.plan_from_metrics`) splits the images over
+    classes. See :class:`GenerationConfig`.
     """
     output_dir = options.pop("output_dir", None)
+    clip = options.pop("clip", None)
+    if isinstance(clip, str | os.PathLike):
+        options["clip_model"], clip = os.fspath(clip), None
     if "torch_dtype" in options:
         options["dtype"] = options.pop("torch_dtype")
     config_fields = {f.name for f in dataclasses.fields(GenerationConfig)}
@@ -339,19 +490,30 @@ def generate(
         masker={**options.pop("masker", {}), **masker_options},
         **options,
     )
-    return generate_from_config(config, pipeline=pipeline, progress=progress, output_dir=output_dir)
+    return generate_from_config(
+        config, pipeline=pipeline, progress=progress, output_dir=output_dir, clip=clip
+    )
 
 
 def generate_from_config(
-    config: GenerationConfig, *, pipeline: Any = None, progress: bool = True, output_dir=None
+    config: GenerationConfig,
+    *,
+    pipeline: Any = None,
+    progress: bool = True,
+    output_dir=None,
+    clip: Any = None,
 ):
     """:func:`generate` for a ready :class:`GenerationConfig` (the CLI's entry point)."""
-    generator = Generator(config, pipeline, progress=progress)
+    generator = Generator(config, pipeline, progress=progress, clip=clip)
     if output_dir is not None:
         from diffsynth.shards import run_sharded
 
         return run_sharded(generator, output_dir)
     samples = generator.run()
     return to_dataset(
-        samples, generator.categories, generator.settings(), with_attention=config.with_attention
+        samples,
+        generator.categories,
+        generator.settings(),
+        with_attention=config.with_attention,
+        with_quality=config.with_quality,
     )

@@ -14,6 +14,9 @@ The optional ``attention`` column is ``List(Image())``: one 8-bit greyscale PNG 
 ``round(255 * p)`` of the soft map ``p`` in [0, 1], at the resolution the engine produced. A list of PNG images round
 trips through Arrow, parquet and the Hub (embedded bytes) and shows in the dataset viewer;
 :func:`decode_attention` turns it back into ``float32 [K, h, w]``.
+
+The optional ``quality`` column is a struct of float32 scores per sample (:data:`QUALITY_FIELDS`, null where a score
+could not be computed); :mod:`diffsynth.quality` defines them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "COLUMNS",
     "IMAGE_FORMATS",
     "METADATA_KEY",
+    "QUALITY_FIELDS",
     "decode_attention",
     "encode_attention",
     "encode_image",
@@ -60,6 +64,16 @@ COLUMNS = (
     "prompt",
     "seed",
     "source",
+)
+#: Fields of the optional ``quality`` struct column (see :mod:`diffsynth.quality`).
+QUALITY_FIELDS = (
+    "overall",
+    "ignore_fraction",
+    "confidence",
+    "class_coverage",
+    "missing_classes",
+    "agreement",
+    "clip_score",
 )
 #: File extension -> PIL format used for the ``image`` column.
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
@@ -128,8 +142,10 @@ def features(
     with_attention: bool = False,
     *,
     settings: Mapping[str, Any] | None = None,
+    with_quality: bool = False,
 ) -> Features:
-    """The contract Features for ``categories`` (resolved, background included), optionally with ``attention``."""
+    """The contract Features for ``categories`` (resolved, background included), optionally with ``attention``
+    and ``quality``."""
     if not categories:
         raise ValueError("`categories` is empty; resolve them with diffsynth.categories.resolve_categories.")
     columns: dict[str, Any] = {
@@ -148,6 +164,8 @@ def features(
     }
     if with_attention:
         columns["attention"] = List(Image())
+    if with_quality:
+        columns["quality"] = {name: Value("float32") for name in QUALITY_FIELDS}
     return Features(columns)
 
 

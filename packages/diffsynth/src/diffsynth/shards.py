@@ -24,11 +24,13 @@ shards in index order and returns the ``Dataset``, while the other ranks return 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -51,7 +53,7 @@ from diffsynth.distributed import (
     assigned_shards,
     process_info,
 )
-from diffsynth.schema import features
+from diffsynth.schema import features as contract_features
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
@@ -86,7 +88,8 @@ RUN_ONLY_MASKER_FIELDS = ("progress", "chunk_mb")
 #: Resolved settings that pin down the model when a loaded pipeline is passed (``config.model`` is then "pipeline").
 RESOLVED_SETTINGS = ("model", "pipeline", "scheduler", "height", "width", "resolutions")
 _LONG_LIST = 64
-_KNOWN_ENTRIES = {MANIFEST, DATA_DIR, CACHE_DIR, "categories.json", "id2label.json"}
+#: Files diffsynth itself puts in an output folder (the CLI writes the resolved config before the run starts).
+_KNOWN_ENTRIES = {MANIFEST, DATA_DIR, CACHE_DIR, "categories.json", "id2label.json", "generation_config.yaml"}
 
 
 class ShardMismatchError(ValueError):
@@ -180,18 +183,25 @@ def _short(value: Any) -> str:
 _MISSING = object()
 
 
-def _differences(manifest: Mapping[str, Any], fields: Mapping[str, Any], layout: ShardLayout) -> list[str]:
+def _differences(
+    manifest: Mapping[str, Any],
+    fields: Mapping[str, Any],
+    layout: ShardLayout,
+    labels: tuple[str, str] = ("folder has", "now"),
+) -> list[str]:
+    """``"<field>: folder has <a>, now <b>"`` for every field that differs (dotted names for nested ones)."""
+    was, now_label = labels
     diffs = []
     for name, now in (("num_images", layout.num_images), ("shard_size", layout.shard_size)):
         if manifest.get(name) != now:
-            diffs.append(f"{name}: folder has {_short(manifest.get(name))}, now {_short(now)}")
+            diffs.append(f"{name}: {was} {_short(manifest.get(name))}, {now_label} {_short(now)}")
     old, new = _flatten(manifest.get("config", {})), _flatten(dict(fields))
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, _MISSING), new.get(key, _MISSING)
         if a != b:
             shown_a = "(absent)" if a is _MISSING else _short(a)
             shown_b = "(absent)" if b is _MISSING else _short(b)
-            diffs.append(f"{key}: folder has {shown_a}, now {shown_b}")
+            diffs.append(f"{key}: {was} {shown_a}, {now_label} {shown_b}")
     return diffs
 
 
@@ -261,17 +271,21 @@ def _shard_record(path: Path) -> dict[str, Any] | None:
     return record
 
 
-def _check_shard(path: Path, layout: ShardLayout, k: int, fingerprint: str) -> dict[str, Any] | None:
+def _check_shard(
+    path: Path, layout: ShardLayout, k: int, fingerprint: str, *, repair: bool = False
+) -> dict[str, Any] | None:
     """The shard's manifest entry if ``path`` is finished shard ``k`` of this run; None if it must be (re)made.
 
-    A shard of another run (different fingerprint) is an error: silently remaking it would mix two runs."""
+    ``repair`` (only for the process that owns the shard) deletes an unreadable or short file. A shard of another
+    run (different fingerprint) is an error: silently remaking it would mix two runs."""
     record = _shard_record(path)
     if record is None:
         return None
     start, stop = layout.bounds(k)
     if record.get("corrupt") or record.get("rows") != stop - start:
-        logger.warning("diffsynth: %s is unreadable or incomplete; it will be made again.", path)
-        path.unlink(missing_ok=True)
+        if repair:
+            logger.warning("diffsynth: %s is unreadable or incomplete; it will be made again.", path)
+            path.unlink(missing_ok=True)
         return None
     if record.get("fingerprint") != fingerprint or (record.get("start"), record.get("stop")) != (start, stop):
         raise ShardMismatchError(
@@ -311,7 +325,7 @@ class _ShardWriter:
         metadata[SHARD_KEY] = json.dumps(dict(record)).encode()
         self.schema = schema.with_metadata(metadata)
         self.feats = feats
-        self._file = open(self.tmp, "wb")
+        self._file = open(self.tmp, "wb")  # noqa: SIM115 - kept open across add() calls, closed in commit/abort
         self._writer = pq.ParquetWriter(self._file, self.schema)
         self._rows: list[dict[str, Any]] = []
         self._bytes = 0
@@ -340,10 +354,8 @@ class _ShardWriter:
         _fsync_dir(self.path.parent)
 
     def abort(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # closing a writer that already failed
             self._writer.close()
-        except Exception:  # pragma: no cover - closing a broken writer
-            pass
         self._file.close()
         self.tmp.unlink(missing_ok=True)
 
@@ -368,7 +380,7 @@ class _Run:
         return bool(self.generator.config.with_attention)
 
     def features(self) -> Features:
-        return features(self.generator.categories, self.with_attention, settings=self.settings)
+        return contract_features(self.generator.categories, self.with_attention, settings=self.settings)
 
     def shard_path(self, k: int) -> Path:
         return self.data / self.layout.file_name(k)
@@ -390,7 +402,7 @@ class _Run:
             "shards": [shards[k] for k in sorted(shards)],
         }
 
-    def scan(self, known: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    def scan(self, known: dict[int, dict[str, Any]], *, repair: bool = False) -> dict[int, dict[str, Any]]:
         """Add finished shards not yet in ``known`` (only new files' footers are read)."""
         if not self.data.is_dir():
             return known
@@ -398,7 +410,7 @@ class _Run:
         for entry in os.scandir(self.data):
             k = names.get(entry.name)
             if k is not None and k not in known:
-                record = _check_shard(Path(entry.path), self.layout, k, self.fingerprint)
+                record = _check_shard(Path(entry.path), self.layout, k, self.fingerprint, repair=repair)
                 if record is not None:
                     known[k] = record
         return known
@@ -414,7 +426,9 @@ def _prepare(run: _Run, *, overwrite: bool, clean: bool) -> dict[int, dict[str, 
     if overwrite:
         _wipe(out)
     elif manifest is None:
-        foreign = sorted(e.name for e in out.iterdir() if e.name not in _KNOWN_ENTRIES and not e.name.endswith(".tmp"))
+        foreign = sorted(
+            e.name for e in out.iterdir() if e.name not in _KNOWN_ENTRIES and not e.name.endswith(".tmp")
+        )
         if foreign:
             raise FileExistsError(
                 f"output_dir={str(out)!r} holds {foreign[:5]} and no diffsynth {MANIFEST}; use an empty or new "
@@ -441,7 +455,7 @@ def _prepare(run: _Run, *, overwrite: bool, clean: bool) -> dict[int, dict[str, 
     if clean:  # no other process writes yet: leftovers of killed runs can go
         _remove_temps(run.data)
         _remove_temps(out)
-    shards = run.scan({})
+    shards = run.scan({}, repair=clean)
     _write_json_atomic(out / MANIFEST, run.manifest(shards, "running"))
     write_category_files(run.generator.categories, out)
     return shards
@@ -478,7 +492,7 @@ def _make_shards(run: _Run, finished: dict[int, dict[str, Any]]) -> int:
     for k in assigned_shards(layout.num_shards, run.info):
         path = run.shard_path(k)
         _remove_temps(run.data, path.name)  # leftovers of a killed writer of this shard (we own it)
-        record = finished.get(k) or _check_shard(path, layout, k, run.fingerprint)
+        record = finished.get(k) or _check_shard(path, layout, k, run.fingerprint, repair=True)
         if record is None:
             todo.append(k)
         else:
@@ -540,7 +554,9 @@ def _repo_kwargs(push_to_hub: Any) -> dict[str, Any] | None:
     kwargs = {"repo_id": push_to_hub} if isinstance(push_to_hub, str) else dict(push_to_hub)
     repo_id = kwargs.get("repo_id")
     if not isinstance(repo_id, str) or repo_id.count("/") > 1 or not repo_id.strip("/"):
-        raise ValueError(f"push_to_hub needs a repo id like 'user/name' (or a dict with 'repo_id'), got {repo_id!r}.")
+        raise ValueError(
+            f"push_to_hub needs a repo id like 'user/name' (or a dict with 'repo_id'), got {repo_id!r}."
+        )
     return kwargs
 
 
@@ -582,12 +598,13 @@ def run_sharded(
     grouped = sync.active
     try:
         if grouped:
-            prints = sync.gather(fingerprint)
-            if len(set(prints)) > 1:
+            prints = sync.gather((fingerprint, layout.num_images, layout.shard_size))
+            if len(set(prints)) > 1:  # a rank-dependent argument: the processes would make different datasets
                 configs = sync.gather(fields)
                 other = next(r for r, p in enumerate(prints) if p != prints[0])
-                diffs = _differences({"config": configs[0], "num_images": layout.num_images,
-                                      "shard_size": layout.shard_size}, configs[other], layout)  # fmt: skip
+                old = {"config": configs[0], "num_images": prints[0][1], "shard_size": prints[0][2]}
+                theirs = ShardLayout(prints[other][1], prints[other][2])
+                diffs = _differences(old, configs[other], theirs, ("rank 0 has", f"rank {other} has"))
                 raise ShardMismatchError(
                     f"rank {other} was started with other arguments than rank 0:\n  " + "\n  ".join(diffs)
                 )
@@ -674,13 +691,17 @@ def load_shards(
     if features is None:
         features = Features.from_arrow_schema(pq.read_schema(files[0]))
     if streaming:
-        return load_dataset("parquet", data_files={SPLIT: files}, split=SPLIT, streaming=True, features=features)
+        return load_dataset(
+            "parquet", data_files={SPLIT: files}, split=SPLIT, streaming=True, features=features
+        )
     cache = os.fspath(cache_dir) if cache_dir is not None else os.fspath(out / CACHE_DIR)
     ds = load_dataset("parquet", data_files={SPLIT: files}, split=SPLIT, features=features, cache_dir=cache)
     n = int(manifest["num_images"])
     ids = ds.data.column("image_id").to_pylist()
     if ids != list(range(n)):
-        raise RuntimeError(f"{out}: merged rows have image ids {ids[:5]}... (expected 0..{n - 1}); shards are damaged.")
+        raise RuntimeError(
+            f"{out}: merged rows have image ids {ids[:5]}... (expected 0..{n - 1}); shards are damaged."
+        )
     return ds
 
 
@@ -739,13 +760,14 @@ def stage_shards(
     from diffsynth.hub import MAX_SHARD_BYTES, dataset_card
     from diffsynth.preview import preview_grid
 
+    if not re.fullmatch(r"[A-Za-z0-9_]+", split):
+        raise ValueError(f"split={split!r} must use letters, digits and '_' only (the Hub's split names).")
     out = Path(output_dir)
     _, files = _complete_files(out)
     ds = dataset if dataset is not None else load_shards(out)
     folder = Path(folder)
     data_dir = folder / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    dataset_card({split: ds}, split=split, preview=None)  # validates the split name and the dataset first
     for stale in data_dir.glob(f"{split}-*.parquet"):
         stale.unlink()
     _repack(files, data_dir, split, max_shard_bytes or MAX_SHARD_BYTES)
@@ -800,4 +822,3 @@ def push_shards_to_hub(
             revision=revision,
             delete_patterns=[f"data/{split}-*"],
         )
-

@@ -236,9 +236,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         classes=config.get("classes"),
         config=train_config,
     )
-    summary = getattr(run, "summary", None)
-    if callable(summary):
-        print(summary())
+    table = getattr(run, "table", None)
+    if callable(table):
+        print(table())
     repo = config.get("push_to_hub")
     if repo:
         url = run.push_to_hub(repo, private=bool(config.get("private", False)))
@@ -366,12 +366,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CLIError("--classes: name the classes to segment (or give --adapters, which store them)")
     paths = _image_paths(args.images)
     model = _model_from_args(args)
-    size = _image_size(args.image_size)
-    sizes = (
-        {}
-        if size is None
-        else ({"short_edge": size} if isinstance(size, int) else dict(zip(("short_edge", "max_size"), size)))
-    )
+    from seemadapt.evaluate import image_size_kwargs
+
+    sizes = image_size_kwargs(_image_size(args.image_size))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(paths), args.batch_size):

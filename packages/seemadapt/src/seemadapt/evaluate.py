@@ -11,8 +11,8 @@ accumulators of :mod:`seemadapt.metrics` count against the ground truth at full 
   (:class:`~seemadapt.metrics.PanopticMetrics`);
 * grounding (opt-in): each grounded segment's first sentence through ``model.ground`` against the segment's mask.
 
-Under ``accelerate launch`` / ``torchrun`` each process scores every ``world_size``-th row and the metric sums are
-all-reduced once at the end, so every process returns the same :class:`EvalResult`.
+With ``distributed=True`` under ``accelerate launch`` / ``torchrun``, each process scores every ``world_size``-th row
+and the metric sums are all-reduced once at the end, so every process returns the same :class:`EvalResult`.
 
 Anything with a ``predict(images, classes, task=..., thing_classes=...)`` method (and ``ground`` for grounding)
 can be evaluated; that is also how the bookkeeping is tested independently of the model.
@@ -43,7 +43,7 @@ from seemadapt.metrics import (
     to_json,
 )
 
-__all__ = ["TASKS", "EvalExample", "EvalResult", "evaluate"]
+__all__ = ["TASKS", "EvalExample", "EvalResult", "evaluate", "image_size_kwargs"]
 
 logger = logging.getLogger(__name__)
 
@@ -220,8 +220,9 @@ def _check_tasks(tasks: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tasks))
 
 
-def _sizes(image_size: int | Sequence[int] | None) -> dict[str, int]:
-    """``predict`` keyword arguments for ``image_size``: the shortest edge, or ``(shortest, longest)``."""
+def image_size_kwargs(image_size: int | Sequence[int] | None) -> dict[str, int]:
+    """``predict`` / ``ground`` keyword arguments for ``image_size``: the shortest edge (longest at most 1333/800
+    of it), or ``(shortest, longest)``; ``{}`` for ``None``."""
     if image_size is None:
         return {}
     if isinstance(image_size, int) and not isinstance(image_size, bool):
@@ -373,6 +374,7 @@ def evaluate(
     split: str | None = None,
     max_images: int | None = None,
     num_examples: int = 4,
+    distributed: bool = False,
 ) -> EvalResult:
     """Score ``model`` on ``dataset``.
 
@@ -395,6 +397,10 @@ def evaluate(
         split: which split of a multi-split source.
         max_images: score only the first N rows (quick checks).
         num_examples: images kept (with predictions) for :meth:`EvalResult.save`'s overlays.
+        distributed: call it on *every* process of an initialised ``torch.distributed`` group (``accelerate
+            launch``): each scores every ``world_size``-th row and the sums are all-reduced. Leave it False when
+            only one process evaluates (e.g. the main process during training): a collective that the other
+            processes never join would hang.
 
     Returns:
         an :class:`EvalResult`; identical on every process when run distributed.
@@ -410,7 +416,7 @@ def evaluate(
         raise ValueError(f"evaluate: batch_size must be a positive int, got {batch_size!r}.")
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"evaluate: max_images must be None or a positive int, got {max_images!r}.")
-    sizes = _sizes(image_size)
+    sizes = image_size_kwargs(image_size)
     if isinstance(model, str):
         from seemadapt.hub import load_model
 
@@ -424,6 +430,8 @@ def evaluate(
         model.to(device)
 
     ds = _load_dataset(dataset, split)
+    if len(ds) == 0:
+        raise ValueError("evaluate: the dataset has no rows; give at least one annotated image.")
     categories = read_categories(ds)
     names, lookup = _class_lookup(class_names_of(ds), classes)
     isthing = {int(lookup[c.id]): c.isthing for c in categories if lookup[c.id] >= 0}
@@ -437,7 +445,7 @@ def evaluate(
     )
     grounding_metrics = GroundingMetrics() if grounding else None
 
-    rank, world = _rank_world()
+    rank, world = _rank_world() if distributed else (0, 1)
     total = len(ds) if max_images is None else min(len(ds), max_images)
     indices = list(range(rank, total, world))
     subset = ds.select(indices) if len(indices) != len(ds) else ds
@@ -500,15 +508,21 @@ def evaluate(
         count = sum_across_processes(count)
     result = EvalResult(
         classes=tuple(names),
-        semantic=semantic.all_reduce().compute() if semantic is not None else None,
-        panoptic=panoptic.all_reduce().compute() if panoptic is not None else None,
-        grounding=grounding_metrics.all_reduce().compute() if grounding_metrics is not None else None,
+        semantic=_reduce(semantic, world),
+        panoptic=_reduce(panoptic, world),
+        grounding=_reduce(grounding_metrics, world),
         num_images=int(count.item()),
         seconds=seconds,
         examples=examples,
     )
     logger.info("evaluated %d images in %.1f s: %s", result.num_images, seconds, _summary(result))
     return result
+
+
+def _reduce(metrics: Any, world: int) -> Any:
+    if metrics is None:
+        return None
+    return (metrics.all_reduce() if world > 1 else metrics).compute()
 
 
 def _summary(result: EvalResult) -> str:

@@ -65,9 +65,9 @@ def _describe(model: Any) -> str:
     from seemadapt.model.seem import SEEM
 
     if isinstance(model, SEEM):
-        report = getattr(model, "load_report", None)
-        source = getattr(report, "source", None)
-        return str(source) if source else f"SEEM ({model.config.name})"
+        source = getattr(getattr(model, "load_report", None), "source", None)
+        # A preset built with from_config: its name rebuilds it (exactly, for the seeded "tiny").
+        return str(source) if source else str(model.config.name)
     return os.fspath(model)
 
 

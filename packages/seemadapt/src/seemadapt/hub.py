@@ -589,7 +589,8 @@ def load_adapters(
     the differing config fields and names the base checkpoint to load), when the model already carries adapters, or
     when any weight is missing, unexpected or of another shape. Warns when the frozen base weights differ from the
     ones the adapters were trained on. Returns ``model`` (so ``load_adapters(SEEM.from_pretrained(base), repo)``
-    chains).
+    chains). The geometry is checked before anything changes; a weight mismatch is found only after the placement
+    was applied, so discard the model after that error.
     """
     from safetensors.torch import load_file
 

@@ -403,6 +403,11 @@ def _resolve_folder(folder: Path, filename: str | None) -> ResolvedCheckpoint:
             raise FileNotFoundError(f"{filename} not found in {folder}.")
         config = folder / CONFIG_NAME if weights.name == WEIGHTS_NAME else None
         return ResolvedCheckpoint(weights, config if config and config.is_file() else None, str(weights))
+    if (folder / "adapter_model.safetensors").is_file() and not (folder / WEIGHTS_NAME).is_file():
+        raise CheckpointError(
+            f"{folder} holds adapters, not a full model: use seemadapt.load_model(adapters='{folder}') "
+            "or load the base model and then model.load_adapters(folder)."
+        )
     if (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file():
         return ResolvedCheckpoint(folder / WEIGHTS_NAME, folder / CONFIG_NAME, str(folder))
     files = [p for p in sorted(folder.iterdir()) if p.suffix in (".pt", ".pth", ".bin", ".safetensors")]

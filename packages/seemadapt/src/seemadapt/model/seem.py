@@ -194,6 +194,18 @@ class SEEM(nn.Module):
 
         return str(save_pretrained(self, folder))
 
+    def load_adapters(
+        self,
+        repo_or_folder: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+    ) -> SEEM:
+        """Apply and load adapters written by :func:`seemadapt.hub.save_adapters` (a folder or a Hub repo)."""
+        from seemadapt.hub import load_adapters
+
+        return load_adapters(self, repo_or_folder, revision=revision, token=token)
+
     # ------------------------------------------------------------------ parts
 
     @property
@@ -500,6 +512,174 @@ class SEEM(nn.Module):
             "scores": scores,
             "query_indices": indices,
         }
+
+    def segment(
+        self,
+        image: ImageInput,
+        points: Any = None,
+        boxes: Any = None,
+        scribbles: Any = None,
+        mask: Any = None,
+        text: str | Sequence[str] | None = None,
+        *,
+        rounds: int = 1,
+        prev_mask: Tensor | None = None,
+        prev_prompts: Any = None,
+        generator: torch.Generator | None = None,
+        short_edge: int | None = None,
+        max_size: int | None = None,
+        threshold: float = 0.0,
+        point_size: int = 3,
+        scribble_width: int = 3,
+    ) -> dict[str, Any]:
+        """Segment the objects given by visual prompts (and/or text) in one ``image``: SEEM's interactive mode.
+
+        Every prompt object gives one mask, in the order points, boxes, scribbles, masks (coordinates are the
+        image's own pixels; see :mod:`seemadapt.model.prompts` for the exact conventions):
+
+        * ``points``: ``[(x, y), (x, y, 0), ...]`` is **one** object (label 1 = on it, default; 0 = not on it);
+          a list of such lists is one object per inner list. Every object needs a positive point.
+        * ``boxes``: ``[x0, y0, x1, y1]`` or ``[k, 4]``, one object per box (the filled box is the prompt).
+        * ``scribbles``: a list of polylines ``[(x, y), ...]`` or bool masks ``[H, W]`` / ``[n, H, W]``, one object
+          each.
+        * ``mask``: bool ``[H, W]`` or ``[n, H, W]``, one object each.
+        * ``text``: with visual prompts, one text for all objects or one per object: it helps pick among each
+          object's candidate masks (see :mod:`seemadapt.model.interactive`). Without visual prompts every text is
+          one object, segmented by :meth:`ground`.
+
+        Refinement: ``rounds > 1`` re-runs the decoder with each round's masks as memory prompts. To correct a
+        result, pass it back: ``prev_mask=result["logits"]`` feeds the memories, and either repeat every prompt
+        with the new clicks (e.g. ``points=old_points + [(x, y, 0)]``) or give ``prev_prompts=result["prompts"]``
+        and only the new clicks (one point group per object, ``[]`` for objects without clicks; a flat list when
+        there is one object), which then may be negative only.
+
+        ``generator`` drives SEEM's random choices (which object queries serve each prompt, point sampling, memory
+        slots); the default is a fresh generator seeded with 0, so a call is reproducible.
+
+        Returns ``{"masks": bool [n, H, W] (logits > threshold), "scores": [n], "logits": [n, H, W], "kinds":
+        [str] * n, "prompts": VisualPrompts | None}`` at the image's size; ``scores`` is the chosen candidate's
+        probability among the object's candidates (text: the grounding score of :meth:`ground`).
+        """
+        from seemadapt.model import interactive
+        from seemadapt.model.prompts import encode_prompts, logits_to_canvas
+
+        image_list, _ = as_image_list(image)
+        if len(image_list) != 1:
+            raise ValueError(f"segment: takes one image, got {len(image_list)}; call it once per image.")
+        if rounds < 1:
+            raise ValueError(f"segment: rounds must be >= 1, got {rounds}.")
+        texts = None if text is None else ([text] if isinstance(text, str) else [str(t) for t in text])
+        if texts is not None and not texts:
+            raise ValueError("segment: text must name at least one sentence (or be None).")
+        visual = prev_prompts is not None or any(p is not None for p in (points, boxes, scribbles, mask))
+        if not visual:
+            if texts is None:
+                raise ValueError(
+                    "segment: give at least one prompt (points, boxes, scribbles, mask or text)."
+                )
+            if prev_mask is not None:
+                raise ValueError(
+                    "segment: prev_mask feeds the memories of visual prompts; give visual prompts."
+                )
+            grounded = self.ground(
+                image_list[0], texts, short_edge=short_edge, max_size=max_size, threshold=threshold
+            )
+            return {
+                "masks": grounded["masks"],
+                "scores": grounded["scores"],
+                "logits": grounded["mask_logits"],
+                "kinds": ["text"] * len(texts),
+                "prompts": None,
+            }
+        with self._evaluating(), torch.inference_mode():
+            encoded = interactive.encode_features(self, image_list, short_edge=short_edge, max_size=max_size)
+            geometry = encoded.geometry()
+            if prev_prompts is not None:
+                prompts = self._merge_clicks(
+                    prev_prompts, points, (boxes, scribbles, mask), geometry, point_size
+                )
+            else:
+                prompts = encode_prompts(
+                    geometry,
+                    points,
+                    boxes,
+                    scribbles,
+                    mask,
+                    point_size=point_size,
+                    scribble_width=scribble_width,
+                )
+            if len(prompts) == 0:
+                raise ValueError("segment: the visual prompts are empty.")
+            if texts is not None and len(texts) not in (1, len(prompts)):
+                raise ValueError(
+                    f"segment: {len(texts)} texts for {len(prompts)} visual prompts; give one text for all "
+                    "objects or one per object."
+                )
+            text_embeddings = None if texts is None else self.language_encoder.encode(texts, normalize=True)
+            memory = None
+            if prev_mask is not None:
+                if prev_mask.dim() != 3 or prev_mask.shape[0] != len(prompts):
+                    raise ValueError(
+                        f"segment: prev_mask must be [{len(prompts)}, H, W] logits (one per object, a previous "
+                        f"result's 'logits'), got {tuple(prev_mask.shape)}."
+                    )
+                memory = logits_to_canvas(prev_mask.to(self.device), geometry, encoded.decoder_size)[None]
+            decoded = interactive.decode_prompts(
+                self,
+                encoded,
+                prompts,
+                text_embeddings=text_embeddings,
+                prev_mask=memory,
+                rounds=rounds,
+                generator=generator,
+            )
+            logits = resize_mask_logits(
+                decoded.mask_logits,
+                encoded.batch.padded_size,
+                encoded.batch.image_sizes[0],
+                encoded.batch.original_sizes[0],
+            )
+        return {
+            "masks": logits > threshold,
+            "scores": decoded.scores,
+            "logits": logits,
+            "kinds": list(prompts.kinds),
+            "prompts": prompts,
+        }
+
+    @staticmethod
+    def _merge_clicks(
+        prev_prompts: Any, points: Any, others: tuple[Any, ...], geometry: Any, point_size: int
+    ) -> Any:
+        """``prev_prompts`` plus new corrective clicks, one point group per previous object (for :meth:`segment`)."""
+        from seemadapt.model.prompts import VisualPrompts, encode_points, group_points
+
+        if not isinstance(prev_prompts, VisualPrompts):
+            raise TypeError("segment: prev_prompts must be a previous result's 'prompts' (VisualPrompts).")
+        if any(other is not None for other in others):
+            raise ValueError(
+                "segment: with prev_prompts only corrective points may be added (no boxes/scribbles/mask)."
+            )
+        if prev_prompts.geometry is not None and prev_prompts.geometry != geometry:
+            raise ValueError(
+                f"segment: prev_prompts were drawn for {prev_prompts.geometry}, this call has {geometry}; use the "
+                "same image and short_edge/max_size."
+            )
+        if points is None:
+            return prev_prompts
+        groups = group_points(points)
+        if len(groups) == 1 and len(prev_prompts) > 1:
+            raise ValueError(
+                f"segment: {len(prev_prompts)} objects in prev_prompts; give one point group per object "
+                "(points=[[clicks of object 0], [clicks of object 1], ...], [] for none)."
+            )
+        if len(groups) != len(prev_prompts):
+            raise ValueError(
+                f"segment: {len(groups)} point groups for {len(prev_prompts)} objects in prev_prompts; give one "
+                "group per object ([] for none)."
+            )
+        clicks = encode_points(groups, geometry, point_size, require_positive=False)
+        return prev_prompts.merged(clicks)
 
     # ------------------------------------------------------------------ bookkeeping
 

@@ -66,7 +66,8 @@ class TrainConfig:
             epoch, 0 = only at the end. The run always evaluates (when eval data is given) and saves at the end.
         save_total_limit: checkpoints kept (the newest ones); the best adapters are kept apart.
         best_metric: evaluation key that picks the best checkpoint (higher is better), e.g. ``"miou"``.
-        eval_batch_size, eval_tasks: passed to :func:`seemadapt.evaluate.evaluate`.
+        eval_batch_size, eval_tasks, eval_image_size: passed to :func:`seemadapt.evaluate.evaluate`
+            (``eval_image_size``: shortest edge the images are resized to inside the model; ``None`` = own size).
         tracker: ``"tensorboard"`` (default), ``"wandb"`` or ``None``; project_name: the tracker's run name.
         resume_from: ``"latest"`` (newest complete checkpoint in ``output_dir``, or a fresh start if none) or a
             checkpoint folder.
@@ -107,6 +108,7 @@ class TrainConfig:
     best_metric: str = "miou"
     eval_batch_size: int = 4
     eval_tasks: tuple[str, ...] = ("semantic", "panoptic")
+    eval_image_size: int | None = None
     tracker: str | None = "tensorboard"
     project_name: str = "seemadapt"
     resume_from: str | None = None
@@ -192,6 +194,8 @@ class TrainConfig:
         if not isinstance(self.best_metric, str) or not self.best_metric:
             raise ValueError(f"TrainConfig.best_metric must name an evaluation metric, got {self.best_metric!r}.")
         _int_at_least("eval_batch_size", self.eval_batch_size, 1)
+        if self.eval_image_size is not None:
+            _int_at_least("eval_image_size", self.eval_image_size, 32)
         if not self.eval_tasks:
             raise ValueError("TrainConfig.eval_tasks must name at least one task, e.g. ('semantic',).")
         if self.tracker is not None and self.tracker not in TRACKERS:

@@ -544,8 +544,11 @@ class Trainer:
             totals: dict[str, float] = {}
             loss_sum = 0.0
             grad_norm = None
+            data_time = 0.0
             for micro in range(config.grad_accum):
+                fetched = time.perf_counter()
                 batch = next(batches)
+                data_time += time.perf_counter() - fetched
                 with accelerator.accumulate(prepared):
                     losses = self._losses(accelerator, prepared, criterion, batch, step, micro)
                     loss = criterion.total(losses)
@@ -562,7 +565,7 @@ class Trainer:
                 for name, value in _term_totals(losses).items():
                     totals[name] = totals.get(name, 0.0) + value / config.grad_accum
             self.state.step = step + 1
-            record = {"loss": loss_sum, **totals, "time": time.perf_counter() - began}
+            record = {"loss": loss_sum, **totals, "time": time.perf_counter() - began, "data_time": data_time}
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
             window.append(record)
@@ -661,6 +664,8 @@ class Trainer:
                 batch_size=config.eval_batch_size,
                 device=accelerator.device,
                 tasks=config.eval_tasks,
+                image_size=config.eval_image_size,
+                progress=False,
             )
             set_train_mode(self.model, True)
             metrics = _flatten_metrics(getattr(result, "metrics", result))
@@ -697,7 +702,13 @@ class Trainer:
             classes=self.classes,
             metrics=metrics,
             config=self.config.to_dict(),
+            datasets=self._dataset_names(),
         )
+
+    def _dataset_names(self) -> list[Any]:
+        """The training sources that are names (Hub ids end up in the model card)."""
+        sources = self._train_source if isinstance(self._train_source, list | tuple) else [self._train_source]
+        return [s for s in sources if isinstance(s, str)]
 
     def _save_checkpoint(self, accelerator) -> None:
         folder = self.output_dir / CHECKPOINTS / f"step_{self.state.step:08d}"
@@ -730,6 +741,7 @@ class Trainer:
             best_dir=(self.output_dir / BEST_DIR) if self.state.best_step is not None else None,
             eval_result=self.eval_result,
             report=self.report,
+            datasets=self._dataset_names(),
         )
         if accelerator.is_main_process:
             run.write_report()

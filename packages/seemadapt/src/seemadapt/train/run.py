@@ -36,6 +36,7 @@ def save_adapter_folder(
     classes: list[str],
     metrics: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
+    datasets: list[Any] | tuple[Any, ...] = (),
 ) -> Path:
     """Write the adapter weights and what is needed to rebuild the model into ``folder``.
 
@@ -55,6 +56,7 @@ def save_adapter_folder(
             classes=classes,
             metrics=metrics,
             config=config,
+            datasets=list(datasets),
         )
         return Path(result) if result is not None else folder
     from safetensors.torch import save_file
@@ -95,8 +97,9 @@ class Run:
         classes: the class list (contiguous order) it was trained and evaluated with.
         metrics: the last evaluation's metrics, flattened (``{"semantic/miou": 0.71, ...}``); empty without eval
             data.
-        history: training log records (``step``, ``loss``, per-term losses, ``lr``, ``time`` = seconds per step,
-            and ``eval_<best_metric>`` records).
+        history: training log records (``step``, ``loss``, per-term losses, ``lr``, ``grad_norm``, ``time`` =
+            seconds per step, ``data_time`` = seconds of it spent waiting for data) averaged over each logging
+            window, and ``{"step", "eval_<best_metric>"}`` records.
         eval_history: every evaluation's metrics with its ``step``.
         best_step, best_score, best_dir: the best evaluation (by ``TrainConfig.best_metric``) and the folder with
             its adapters.
@@ -119,6 +122,7 @@ class Run:
     best_dir: Path | None = None
     eval_result: Any = None
     report: AdapterReport | None = None
+    datasets: list[Any] = field(default_factory=list)
 
     # ------------------------------------------------------------------ saving
 
@@ -132,6 +136,7 @@ class Run:
             classes=self.classes,
             metrics=self.metrics or None,
             config=self.config.to_dict(),
+            datasets=self.datasets,
         )
 
     def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None) -> Any:
@@ -178,8 +183,13 @@ class Run:
             lines += ["", "## Trainable parameters", "", "```", self.report.table(), "```"]
         lines += ["", "## Evaluation (last)", "", "```", self.table(), "```", ""]
         (folder / "results.md").write_text("\n".join(lines))
-        if any("loss" in record for record in self.history):
-            plot_loss_curve(self.history, folder / "loss_curve.png", title="training loss")
+        keys = list(dict.fromkeys(k for record in self.history for k in record))
+        losses = [k for k in keys if k.startswith("loss")]
+        scores = [k for k in keys if k.startswith("eval_")]
+        if losses:
+            plot_loss_curve(
+                self.history, folder / "loss_curve.png", loss_keys=losses, metric_keys=scores, title="training"
+            )
         per_class = _per_class_results(self.eval_result)
         if per_class is not None:
             plot_per_class(per_class, folder / "per_class.png", title="per-class scores (last evaluation)")
