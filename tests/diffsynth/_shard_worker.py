@@ -30,7 +30,8 @@ def tiny_config(num_images: int, **overrides) -> GenerationConfig:
 
 class FakeGenerator:
     """Quacks like :class:`diffsynth.generate.Generator` (config, categories, plans, settings, make_samples,
-    batches) but draws a seeded random image and label map per sample: shard logic without a pipeline."""
+    batches, quality_stats) but draws a seeded random image, label map and quality score per sample: shard logic
+    without a pipeline. Scores are multiples of 1/8, so their sums are exact in any order."""
 
     batches = Generator.batches
 
@@ -46,9 +47,14 @@ class FakeGenerator:
         self.progress = False
         self.size = size
         self.made: list[int] = []
+        self.quality_stats = {"scored": 0, "overall_sum": 0.0}
 
     def settings(self) -> dict:
+        quality = {"min_quality": None}
+        if self.quality_stats["scored"]:
+            quality["mean_overall"] = self.quality_stats["overall_sum"] / self.quality_stats["scored"]
         return {
+            "quality": quality,
             "model": "fake",
             "pipeline": "FakeGenerator",
             "num_images": self.config.num_images,
@@ -67,18 +73,20 @@ class FakeGenerator:
             blocks = rng.integers(0, len(self.categories), (self.size // 8, self.size // 8)).astype(np.uint8)
             label = np.kron(blocks, np.ones((8, 8), np.uint8))
             soft = rng.random((len(self.categories) - 1, 8, 8)).astype(np.float32)
-            samples.append(
-                Sample.from_label_map(
-                    image,
-                    label,
-                    self.categories,
-                    image_id=plan.index,
-                    prompt=plan.prompt,
-                    seed=plan.seed,
-                    soft_maps=soft if self.config.with_attention else None,
-                    min_area=0,
-                )
+            sample = Sample.from_label_map(
+                image,
+                label,
+                self.categories,
+                image_id=plan.index,
+                prompt=plan.prompt,
+                seed=plan.seed,
+                soft_maps=soft if self.config.with_attention else None,
+                min_area=0,
             )
+            sample.quality = {"overall": int(rng.integers(0, 9)) / 8, "confidence": float(rng.random())}
+            self.quality_stats["scored"] += 1
+            self.quality_stats["overall_sum"] += sample.quality["overall"]
+            samples.append(sample)
             self.made.append(plan.index)
         return samples
 

@@ -15,7 +15,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from diffsynth.dataset import categories_of, to_dataset
+from diffsynth.dataset import categories_of, settings_of, to_dataset
 from diffsynth.distributed import (
     ProcessInfo,
     ProcessSync,
@@ -217,8 +217,11 @@ def test_two_processes_under_torchrun_equal_a_single_process_run(tmp_path):
 
     merged = load_shards(out)
     assert merged["image_id"] == list(range(5))
+    assert settings_of(merged)["quality"]["mean_overall"] == pytest.approx(
+        settings_of(expected)["quality"]["mean_overall"], rel=1e-9
+    )
     assert categories_of(merged) == generator.categories
     assert read_manifest(out)["world_size"] == 2
     for i, (a, b) in enumerate(zip(rows(merged), rows(expected))):
-        for column in ("image", "panoptic", "segments_info", "semantic", "prompt", "seed"):
+        for column in ("image", "panoptic", "segments_info", "semantic", "prompt", "seed", "quality"):
             assert a[column] == b[column], f"row {i} column {column} differs"

@@ -237,14 +237,17 @@ def test_min_quality_redraws_weak_samples(pipe, plain):
     stats = settings_of(ds)["quality"]
     assert stats["attempts"] > 4 and stats["rejected"] >= 1
     assert stats["attempts"] == 4 + stats["rejected"] + stats["below_bar"]
-    redrawn = [i for i in ds["image_id"] if i >= 4]
-    assert redrawn, "a sample below the bar must be replaced by a draw with a new index"
+    assert ds["image_id"] == [0, 1, 2, 3]
+    redrawn = [row["image_id"] for row in ds if row["seed"] != sample_seed(0, row["image_id"])]
+    assert redrawn, "a sample below the bar must be replaced by a draw with the seed of a new index"
     for row in ds:
-        assert row["seed"] == sample_seed(0, row["image_id"])
+        i = row["image_id"]
+        assert row["seed"] in {sample_seed(0, a * 4 + i) for a in range(4)}
         if stats["below_bar"] == 0:
             assert row["quality"]["overall"] >= bar - 1e-6
-        slot = row["image_id"] % 4
-        assert row["prompt"] == plain[slot]["prompt"]  # a redraw keeps its slot's prompt and classes
+        assert row["prompt"] == plain[i]["prompt"]  # a redraw keeps its slot's prompt and classes
+        if i not in redrawn:
+            assert row["quality"] == plain[i]["quality"]
 
 
 def test_min_quality_out_of_reach_keeps_the_best_draw_and_says_so(pipe):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from datasets import Dataset, Image, IterableDataset, load_dataset
@@ -50,6 +51,7 @@ COMPARED = (
     "grounding",
     "prompt",
     "seed",
+    "quality",
 )
 
 
@@ -68,12 +70,32 @@ def assert_same_rows(a, b) -> None:
             assert x[column] == y[column], f"row {i} column {column} differs"
 
 
+def assert_same_settings(a: dict, b: dict) -> None:
+    """Equal settings; floats (e.g. a mean quality summed shard by shard) to 1e-9."""
+    assert a.keys() == b.keys(), (a.keys(), b.keys())
+    for key in a:
+        if isinstance(a[key], dict):
+            assert_same_settings(a[key], b[key])
+        elif isinstance(a[key], float):
+            assert a[key] == pytest.approx(b[key], rel=1e-9), key
+        else:
+            assert a[key] == b[key], key
+
+
+def reset_counters(generator) -> None:
+    """Zero the generator's running counters (as if freshly built)."""
+    stats = generator.quality_stats
+    stats.update({k: type(v)() for k, v in stats.items()})
+
+
 def reference(generator) -> Dataset:
+    """The in-memory dataset of a fresh generator (what ``generate()`` without ``output_dir`` returns)."""
+    reset_counters(generator)
     samples = generator.make_samples(generator.plans)
+    settings = generator.settings()
     generator.made.clear()
-    return to_dataset(
-        samples, generator.categories, generator.settings(), with_attention=generator.config.with_attention
-    )
+    reset_counters(generator)
+    return to_dataset(samples, generator.categories, settings, with_attention=generator.config.with_attention)
 
 
 def temp_files(folder: Path) -> list[str]:
@@ -123,7 +145,8 @@ def test_run_writes_shards_and_manifest_and_equals_the_in_memory_dataset(tmp_pat
     assert isinstance(ds, Dataset) and len(ds) == 7 and ds["image_id"] == list(range(7))
     assert_same_rows(ds, expected)
     assert categories_of(ds) == generator.categories
-    assert settings_of(ds) == generator.settings()
+    assert settings_of(ds) == settings_of(expected)  # run counters summed over the shards: mean quality too
+    assert "mean_overall" in settings_of(ds)["quality"]
     data = tmp_path / "out" / "data"
     assert sorted(p.name for p in data.iterdir()) == [f"train-0000{k}-of-00003.parquet" for k in range(3)]
     assert temp_files(tmp_path / "out") == []
@@ -134,6 +157,7 @@ def test_run_writes_shards_and_manifest_and_equals_the_in_memory_dataset(tmp_pat
         (3, 6, 3),
         (6, 7, 1),
     ]
+    assert [s["stats"]["scored"] for s in manifest["shards"]] == [3, 3, 1]
     assert manifest["fingerprint"] == run_fingerprint(generator)[0]
     assert json.loads((tmp_path / "out" / "categories.json").read_text())["categories"][0]["name"] == "cat"
     # The folder is a Hub-style dataset by itself.
@@ -165,6 +189,7 @@ def test_resume_makes_only_missing_shards_and_removes_leftovers(tmp_path, caplog
     assert "unreadable or incomplete" in caplog.text
     assert temp_files(out) == []
     assert_same_rows(resumed, first)
+    assert settings_of(resumed) == settings_of(first)
 
     finished = FakeGenerator(7)
     assert len(run_sharded(finished, out, shard_size=3)) == 7
@@ -320,6 +345,9 @@ def test_push_to_hub_straight_from_the_shards(tmp_path, monkeypatch):
     assert files == [
         f"train-0000{k}-of-00003.parquet" for k in range(3)
     ]  # tiny max size: one file per row group
+    for name in files:  # per-shard bookkeeping stays home
+        keys = set(pq.read_metadata(uploaded / "data" / name).metadata)
+        assert not {b"diffsynth_shard", b"diffsynth_stats"} & keys
     for name in ("README.md", "categories.json", "id2label.json", "health.json", "preview.png"):
         assert (uploaded / name).is_file(), name
     assert "dataset_info" in (uploaded / "README.md").read_text()
@@ -398,6 +426,7 @@ def test_sigkill_mid_shard_then_resume_equals_an_uninterrupted_run(tmp_path, tin
     )
     try:
         # Meanwhile, the uninterrupted runs: in memory, and sharded in another folder.
+        reset_counters(tiny_generator)
         expected = to_dataset(tiny_generator.run(), tiny_generator.categories, tiny_generator.settings())
         uninterrupted = run_sharded(tiny_generator, tmp_path / "uninterrupted", shard_size=2)
         assert_same_rows(uninterrupted, expected)
@@ -428,7 +457,9 @@ def test_sigkill_mid_shard_then_resume_equals_an_uninterrupted_run(tmp_path, tin
     assert len(resumed) == 6 and resumed["image_id"] == list(range(6))
     assert_same_rows(resumed, expected)
     assert categories_of(resumed) == tiny_generator.categories
-    assert settings_of(resumed) == tiny_generator.settings()
+    assert settings_of(resumed) == settings_of(uninterrupted)
+    assert_same_settings(settings_of(resumed), settings_of(expected))
+    assert "quality" in resumed.column_names and "mean_overall" in settings_of(resumed)["quality"]
 
 
 @pytest.mark.slow

@@ -45,7 +45,9 @@ def test_two_process_ddp_ends_with_identical_trained_weights(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert set(ranks[0]) == set(ranks[1])
     for key, value in ranks[0].items():
-        assert torch.equal(value, ranks[1][key]), key  # different data, same weights: gradients were all-reduced
+        assert torch.equal(value, ranks[1][key]), (
+            key
+        )  # different data, same weights: gradients were all-reduced
     initial = SEEM.from_config("tiny")
     apply_adapters(initial, "adapter-backbone/full-head")
     start = adapter_state_dict(initial)

@@ -73,7 +73,7 @@ def test_load_model_forms(tmp_path, monkeypatch):
 def test_bad_overrides_fail_before_anything_runs(data, tmp_path):
     with pytest.raises(ValueError, match="unknown fields"):
         finetune(data, model="tiny", lrr=1.0, output_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="TrainConfig.batch_size"):
+    with pytest.raises(ValueError, match=r"TrainConfig\.batch_size"):
         finetune(data, model="tiny", batch_size=0, output_dir=str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
 
@@ -127,7 +127,15 @@ def test_classes_reorder_the_data_consistently(data, cache, tmp_path):
 
     assert list(MetadataCatalog.get("seemadapt_train").stuff_classes) == order
     with pytest.raises(Exception, match="disc"):
-        finetune(data, model="tiny", classes=["background", "square"], max_steps=1, tracker=None, cache_dir=cache, **FAST)
+        finetune(
+            data,
+            model="tiny",
+            classes=["background", "square"],
+            max_steps=1,
+            tracker=None,
+            cache_dir=cache,
+            **FAST,
+        )
 
 
 # ---------------------------------------------------------------------- the full job
@@ -209,7 +217,9 @@ def test_push_to_hub_saves_then_uploads(data, cache, tmp_path, monkeypatch):
     seen = {}
 
     def fake_push(folder, repo_id, *, private, token):
-        seen.update(files=sorted(p.name for p in folder.iterdir()), repo=repo_id, private=private, token=token)
+        seen.update(
+            files=sorted(p.name for p in folder.iterdir()), repo=repo_id, private=private, token=token
+        )
         return "https://huggingface.co/me/x/commit/1"
 
     monkeypatch.setattr(hub, "push_adapters", fake_push)

@@ -628,9 +628,14 @@ def _all_metrics_on_shard(rank, world_size):
 
 
 @pytest.mark.slow  # two spawned interpreters import torch
-def test_all_reduce_across_two_gloo_processes(tmp_path):
+def test_all_reduce_across_two_gloo_processes(tmp_path, monkeypatch):
+    from pathlib import Path
+
     import torch.multiprocessing as mp
 
+    # Spawned children unpickle the worker by its module name (tests.seemadapt.test_metrics under pytest's
+    # importlib mode): the repository root must be importable there.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))  # spawn passes sys.path on
     mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     sem, pan, grd = _all_metrics_on_shard(0, 1)  # everything in one process
     for rank in range(2):

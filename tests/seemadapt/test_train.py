@@ -166,8 +166,11 @@ def test_param_groups_cover_exactly_the_trainable_parameters_with_the_right_deca
     assert decay[id(names["sem_seg_head.predictor.decoder_norm.weight"])] == 0.0  # norm
     assert decay[id(names["sem_seg_head.predictor.query_feat.weight"])] == 0.0  # nn.Embedding
     bias = next(p for n, p in names.items() if n.endswith(".bias") and p.requires_grad)
-    weight = next(p for n, p in names.items() if n.endswith("proj.weight") and p.requires_grad and p.ndim == 2)
+    weight = next(
+        p for n, p in names.items() if n.endswith("proj.weight") and p.requires_grad and p.ndim == 2
+    )
     assert decay[id(bias)] == 0.0 and decay[id(weight)] == 0.05
+    assert build_optimizer(model, TrainConfig(), report.group_of).defaults["fused"] is True  # CPU tensors
     # Same learning rate everywhere by default: the backbone adapters are not starved (the fork's 0.1).
     assert {g["lr"] for g in groups} == {1e-4}
     assert any(g["name"].startswith("backbone adapters/") for g in groups)
@@ -186,7 +189,9 @@ def test_optimizer_needs_trainable_parameters():
 def test_schedules():
     cosine = LRSchedule(TrainConfig(schedule="cosine"), 100)
     assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
-    official = LRSchedule(TrainConfig(schedule="multistep"), 27)  # x0.1 at round(27 * 8/9) = 24, round(27 * 26/27)
+    official = LRSchedule(
+        TrainConfig(schedule="multistep"), 27
+    )  # x0.1 at round(27 * 8/9) = 24, round(27 * 26/27)
     assert [official(s) for s in (0, 23, 24, 25, 26)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
     warm = LRSchedule(TrainConfig(schedule="constant", warmup_steps=10, warmup_factor=0.001), 100)
     assert warm(0) == pytest.approx(0.001) and warm(5) == pytest.approx(0.5005) and warm(10) == 1.0
@@ -202,7 +207,12 @@ def _record(masks: torch.Tensor, labels: list[int], grounding_masks: torch.Tenso
     mode = "text" if len(grounding_masks) else "class"
     return {
         "instances": instances,
-        "groundings": {"masks": grounding_masks, "texts": texts, "mode": mode, "hash": list(range(len(texts)))},
+        "groundings": {
+            "masks": grounding_masks,
+            "texts": texts,
+            "mode": mode,
+            "hash": list(range(len(texts))),
+        },
         "file_name": "x.png",
     }
 
@@ -221,7 +231,10 @@ def test_build_targets_pads_masks_like_the_images_and_skips_empty_grounding():
     assert targets[0]["labels"].tolist() == [1, 0]
     assert targets[0]["grounding_masks"].shape == (1, 64, 64)
     assert targets[1]["grounding_masks"] is None
-    assert "grounding_masks" not in build_targets([without], {"padded_size": (64, 64)}, "cpu", grounding=False)[0]
+    assert (
+        "grounding_masks"
+        not in build_targets([without], {"padded_size": (64, 64)}, "cpu", grounding=False)[0]
+    )
     outputs["grounding_class_embs"][0] = torch.randn(3, 8)
     with pytest.raises(ValueError, match="grounding texts"):
         build_targets([with_text, without], outputs, torch.device("cpu"))
@@ -251,7 +264,10 @@ def _frozen_and_trained(model: SEEM) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize(
     "placement",
-    [*STRATEGY_NAMES, AdapterPlacement(backbone_adapters=True, backbone_stages=(2, 3), decoder_adapters=("ffn",))],
+    [
+        *STRATEGY_NAMES,
+        AdapterPlacement(backbone_adapters=True, backbone_stages=(2, 3), decoder_adapters=("ffn",)),
+    ],
     ids=[*STRATEGY_NAMES, "custom"],
 )
 def test_every_strategy_trains_its_parameters_and_only_them(placement, data, cache, tmp_path):
@@ -268,6 +284,35 @@ def test_every_strategy_trains_its_parameters_and_only_them(placement, data, cac
     assert not run.model.language_encoder.training and not run.model.training
 
 
+@pytest.mark.parametrize(
+    ("strategy", "backbone_graph"),
+    [("frozen-backbone/full-head", False), ("adapter-backbone/adapter-head", True)],
+)
+def test_frozen_parts_run_outside_autograd_and_prompts_come_from_the_cache(
+    strategy, backbone_graph, data, cache, tmp_path
+):
+    model = tiny_with(strategy)
+    seen: dict[str, list] = {"backbone": [], "pixel": [], "text": []}
+    model.backbone.register_forward_hook(lambda m, i, o: seen["backbone"].append(o["res5"].requires_grad))
+    model.pixel_decoder.register_forward_hook(lambda m, i, o: seen["pixel"].append(o[0].requires_grad))
+    model.language_encoder.register_forward_hook(
+        lambda m, i, o: seen["text"].append((m.training, o.sentence.requires_grad))
+    )
+    lang = model.language_encoder
+    calls = []
+    encode_ids = lang.encode_ids
+    lang.encode_ids = lambda *args, **kwargs: calls.append(args[0].shape[0]) or encode_ids(*args, **kwargs)
+    Trainer(model, data, fast_config(tmp_path, cache, max_steps=3)).train()
+    # Without trainable backbone weights or adapters, backbone and pixel decoder build no autograd graph.
+    assert seen["backbone"] == [backbone_graph] * 3 and seen["pixel"] == [backbone_graph] * 3
+    # The text encoder runs in eval mode and without a graph (grounding texts, token level).
+    assert seen["text"] == [(False, False)] * 3
+    # Class prompts: every (class, template) pair encoded once, then drawn from the cache on every step.
+    names = data.features["segments_info"].feature["category_id"].names
+    texts = set(names) | {"background"}  # SEEM appends "background"; the data has one too (the same text)
+    assert calls == [len(texts) * 81]
+
+
 def test_trainer_needs_a_placement(data, cache, tmp_path):
     with pytest.raises(ValueError, match="apply_adapters"):
         Trainer(SEEM.from_config("tiny"), data, fast_config(tmp_path, cache))
@@ -279,7 +324,9 @@ def test_gradient_accumulation_counts_optimizer_steps(data, cache, tmp_path):
     trainer = Trainer(model, data, config)
     run = trainer.train()
     assert [h["step"] for h in run.history] == [1, 2, 3]
-    assert [h["lr"] for h in run.history] == pytest.approx([1e-3 * LRSchedule(config, 3)(s) for s in (1, 2, 3)])
+    assert [h["lr"] for h in run.history] == pytest.approx(
+        [1e-3 * LRSchedule(config, 3)(s) for s in (1, 2, 3)]
+    )
 
 
 def _crash_at(monkeypatch, step_index: int) -> None:
@@ -319,7 +366,9 @@ def test_resume_repeats_the_uninterrupted_run(data, cache, tmp_path, monkeypatch
         torch.testing.assert_close(final[key], value, rtol=1e-5, atol=1e-6)
 
     # A checkpoint does not load into another placement: the error says so before anything trains.
-    other = Trainer(tiny_with("frozen-backbone/adapter-head"), data, config.replace(resume_from=str(checkpoint)))
+    other = Trainer(
+        tiny_with("frozen-backbone/adapter-head"), data, config.replace(resume_from=str(checkpoint))
+    )
     with pytest.raises(ValueError, match="does not match this model and placement"):
         other.train()
 
@@ -358,7 +407,9 @@ def test_overfits_two_images_to_a_high_miou(data, cache, tmp_path):
     def miou() -> float:
         metrics = SemanticMetrics(len(names), names)
         for row in data:
-            metrics.update(model.predict(row["image"], names, "semantic")["labels"], np.asarray(row["semantic"]))
+            metrics.update(
+                model.predict(row["image"], names, "semantic")["labels"], np.asarray(row["semantic"])
+            )
         return metrics.compute().miou
 
     start = miou()
@@ -369,12 +420,16 @@ def test_overfits_two_images_to_a_high_miou(data, cache, tmp_path):
 
 
 def test_saved_adapters_reload_into_a_fresh_model_with_identical_predictions(data, cache, tmp_path):
-    run = Trainer(tiny_with("adapter-backbone/adapter-head"), data, fast_config(tmp_path, cache, max_steps=2)).train()
+    run = Trainer(
+        tiny_with("adapter-backbone/adapter-head"), data, fast_config(tmp_path, cache, max_steps=2)
+    ).train()
     folder = run.save(tmp_path / "adapters")
     fresh = SEEM.from_config("tiny")
     try:
         from seemadapt.hub import load_adapters
-    except ImportError:  # without the hub module the folder holds adapter_model.safetensors + adapter_config.json
+    except (
+        ImportError
+    ):  # without the hub module the folder holds adapter_model.safetensors + adapter_config.json
         from safetensors.torch import load_file
 
         from seemadapt.adapters import load_adapter_state_dict

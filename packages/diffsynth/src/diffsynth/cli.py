@@ -63,17 +63,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except TypeError as error:
         raise SystemExit(f"config: {error}") from None
     output = Path(args.output) if args.output else None
+    sharding = {"shard_size": args.shard_size, "overwrite": args.overwrite} if output is not None else {}
+    ds = generate_from_config(
+        config, progress=not args.quiet, output_dir=str(output) if output else None, **sharding
+    )
+    if ds is None:  # a non-main process of a multi-process run: the main process merges and reports
+        return 0
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
+        # Written once the run succeeded, so a refused resume never overwrites the folder's own record.
         (output / "generation_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    ds = generate_from_config(config, progress=not args.quiet, output_dir=str(output) if output else None)
-    if output is not None:
         print(f"diffsynth: {len(ds)} samples in {output} (parquet shards; open with diffsynth.io.load_any)")
     if args.push_to_hub:
         from diffsynth.hub import push_to_hub
 
         token = os.environ.get(args.token_env) if args.token_env else None
-        url = push_to_hub(ds, args.push_to_hub, private=args.private, token=token)
+        if output is not None:
+            from diffsynth.shards import push_shards_to_hub
+
+            url = push_shards_to_hub(output, args.push_to_hub, dataset=ds, private=args.private, token=token)
+        else:
+            url = push_to_hub(ds, args.push_to_hub, private=args.private, token=token)
         print(f"diffsynth: pushed to {url}")
     if output is None and not args.push_to_hub:
         print("diffsynth: nothing kept (no --output and no --push-to-hub); generated", len(ds), "samples")
@@ -133,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--output", help="folder: resumable parquet shards, their manifest and the resolved config"
     )
+    gen.add_argument("--shard-size", dest="shard_size", type=int, default=100, help="samples per parquet shard")
+    gen.add_argument("--overwrite", action="store_true", help="replace a folder made with other arguments")
     gen.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO_ID")
     gen.add_argument("--private", action="store_true")
     gen.add_argument("--token-env", default="HF_TOKEN", help="environment variable holding the Hub token")

@@ -37,7 +37,8 @@ class GenerationConfig:
 
     Quality (:mod:`diffsynth.quality`): ``with_quality`` stores per-sample scores in a ``quality`` column;
     ``min_quality`` redraws a sample whose overall score is below the bar, up to ``max_attempts`` draws per sample
-    (attempt ``a`` of sample ``i`` is index ``a * num_images + i``, seed ``sample_seed(seed, index)``, same prompt);
+    (attempt ``a`` of sample ``i`` draws the same prompt with seed ``sample_seed(seed, a * num_images + i)``; the row
+    keeps image id ``i``);
     a sample that never passes keeps its best draw (counted as ``below_bar`` in the settings). ``clip_model`` (a Hub
     id or folder of a CLIP model) adds the image-text score. ``plan`` (a :class:`~diffsynth.balance.GenerationPlan`
     or its dict) splits the images over classes and adds per-class prompt variety.
@@ -241,10 +242,14 @@ class Generator:
             background=config.background is not None,
         )
         model = pipeline if pipeline is not None else config.model
+        device = config.device
+        if device is None:
+            from diffsynth.distributed import process_device, process_info
+
+            if process_info().is_distributed:
+                device = process_device()  # one GPU per process under accelerate launch / torchrun
         load = {
-            k: v
-            for k, v in (("dtype", config.dtype), ("device", config.device), ("scheduler", config.scheduler))
-            if v
+            k: v for k, v in (("dtype", config.dtype), ("device", device), ("scheduler", config.scheduler)) if v
         }
         if pipeline is not None and load:
             from diffsynth.pipelines import load_pipeline
@@ -318,10 +323,12 @@ class Generator:
         return samples
 
     def _retry_plan(self, plan: SamplePlan, attempt: int) -> SamplePlan:
+        """Attempt ``a`` of sample ``i`` draws with the seed of index ``a * num_images + i`` (indices no other
+        sample uses); the row keeps ``image_id`` ``i``, so a run still has ids ``0..num_images-1``."""
         if attempt == 0:
             return plan
         index = attempt * self.config.num_images + plan.index
-        return dataclasses.replace(plan, index=index, seed=sample_seed(self.config.seed, index))
+        return dataclasses.replace(plan, seed=sample_seed(self.config.seed, index))
 
     def _draw_until_good(self, plans: Sequence[SamplePlan]) -> list[Sample]:
         bar = float(self.config.min_quality)  # type: ignore[arg-type]
@@ -462,6 +469,9 @@ def generate(
     classes. See :class:`GenerationConfig`.
     """
     output_dir = options.pop("output_dir", None)
+    sharding = {k: options.pop(k) for k in ("shard_size", "overwrite", "streaming", "push_to_hub") if k in options}
+    if sharding and output_dir is None:
+        raise TypeError(f"generate(): {sorted(sharding)} need output_dir= (they describe the shard folder).")
     clip = options.pop("clip", None)
     if isinstance(clip, str | os.PathLike):
         options["clip_model"], clip = os.fspath(clip), None
@@ -491,7 +501,7 @@ def generate(
         **options,
     )
     return generate_from_config(
-        config, pipeline=pipeline, progress=progress, output_dir=output_dir, clip=clip
+        config, pipeline=pipeline, progress=progress, output_dir=output_dir, clip=clip, **sharding
     )
 
 
@@ -502,13 +512,18 @@ def generate_from_config(
     progress: bool = True,
     output_dir=None,
     clip: Any = None,
+    **sharding: Any,
 ):
-    """:func:`generate` for a ready :class:`GenerationConfig` (the CLI's entry point)."""
+    """:func:`generate` for a ready :class:`GenerationConfig` (the CLI's entry point).
+
+    With ``output_dir``, ``sharding`` options go to :func:`diffsynth.shards.run_sharded` (``shard_size``,
+    ``overwrite``, ``streaming``, ``push_to_hub``); non-main processes of a multi-process run get ``None``.
+    """
     generator = Generator(config, pipeline, progress=progress, clip=clip)
     if output_dir is not None:
         from diffsynth.shards import run_sharded
 
-        return run_sharded(generator, output_dir)
+        return run_sharded(generator, output_dir, **sharding)
     samples = generator.run()
     return to_dataset(
         samples,

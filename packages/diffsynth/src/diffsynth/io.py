@@ -13,6 +13,10 @@ def load_any(source: str | os.PathLike, split: str = "train") -> Dataset:
     """The ``split`` of a dataset stored at ``source`` (folder) or on the Hub (repo id)."""
     path = Path(source)
     if path.is_dir():
+        if (path / "manifest.json").is_file():
+            from diffsynth.shards import load_shards
+
+            return load_shards(path)  # checks the run is complete and restores the whole-run settings
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
             loaded = load_from_disk(str(path))
             return loaded[split] if isinstance(loaded, DatasetDict) else loaded

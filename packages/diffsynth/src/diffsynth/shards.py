@@ -16,6 +16,9 @@ Nothing is lost or doubled: a shard is written to a temporary file in the same f
 and its sample range, so a restart checks each shard by itself and remakes only the missing ones. The manifest
 (also replaced atomically) is a summary kept by the main process; the shard files are the truth.
 Only one image batch and at most one row group (:data:`ROW_GROUP_ROWS` rows) are held in memory at a time.
+The generator's running counters (``Generator.quality_stats``, behind e.g. the mean quality in the settings) are
+counted per shard from zero and stored in the shard's footer; the merged dataset's settings use their sum, so they
+do not depend on kills, resumes or the number of processes.
 
 Several processes (``torchrun`` / ``accelerate launch``) each write their own shards; a gloo barrier (or, with
 no rendezvous, the main process polling for the shard files) ends the run; then the main process merges the
@@ -54,6 +57,7 @@ from diffsynth.distributed import (
     process_info,
 )
 from diffsynth.schema import features as contract_features
+from diffsynth.schema import scrub_settings, segment_features
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
@@ -65,6 +69,7 @@ __all__ = [
     "read_manifest",
     "run_fingerprint",
     "run_sharded",
+    "settings_for",
     "stage_shards",
 ]
 
@@ -82,11 +87,14 @@ ROW_GROUP_ROWS = 32
 ROW_GROUP_BYTES = 64 * 2**20
 #: Schema-metadata key of a shard's own record (fingerprint, sample range).
 SHARD_KEY = b"diffsynth_shard"
+#: File-metadata key of the generator's run statistics over this shard alone (e.g. quality counters).
+STATS_KEY = b"diffsynth_stats"
 #: GenerationConfig fields that change how a run is executed, not what it makes.
 RUN_ONLY_FIELDS = ("batch_size", "device", "num_images")
 RUN_ONLY_MASKER_FIELDS = ("progress", "chunk_mb")
-#: Resolved settings that pin down the model when a loaded pipeline is passed (``config.model`` is then "pipeline").
-RESOLVED_SETTINGS = ("model", "pipeline", "scheduler", "height", "width", "resolutions")
+#: Resolved settings that pin down the model when a loaded pipeline is passed (``config.model`` is then "pipeline"),
+#: and the quality scorer (e.g. which CLIP model).
+RESOLVED_SETTINGS = ("model", "pipeline", "scheduler", "height", "width", "resolutions", "quality")
 _LONG_LIST = 64
 #: Files diffsynth itself puts in an output folder (the CLI writes the resolved config before the run starts).
 _KNOWN_ENTRIES = {MANIFEST, DATA_DIR, CACHE_DIR, "categories.json", "id2label.json", "generation_config.yaml"}
@@ -152,6 +160,50 @@ def _digest(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def _run_stats(generator: Any) -> dict[str, Any] | None:
+    """The generator's running counters (``Generator.quality_stats``: numbers summed over drawn samples), if any."""
+    stats = getattr(generator, "quality_stats", None)
+    if isinstance(stats, dict) and all(isinstance(v, int | float) for v in stats.values()):
+        return stats
+    return None
+
+
+@contextlib.contextmanager
+def _stats_set_to(generator: Any, values: Mapping[str, Any] | None):
+    """Temporarily replace the generator's counters by ``values`` (zeros when None)."""
+    stats = _run_stats(generator)
+    if stats is None:
+        yield
+        return
+    saved = dict(stats)
+    stats.update({k: (values or {}).get(k, type(v)()) for k, v in stats.items()})
+    try:
+        yield
+    finally:
+        stats.clear()
+        stats.update(saved)
+
+
+def _sum_stats(parts: list[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    total: dict[str, Any] | None = None
+    for part in parts:
+        if part:
+            total = total or {}
+            for k, v in part.items():
+                total[k] = total.get(k, 0) + v
+    return total
+
+
+def settings_for(generator: Any, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``generator.settings()`` as if exactly the samples counted in ``stats`` had been drawn (none by default).
+
+    ``Generator.settings()`` reports running counters (e.g. the mean quality score) of whatever that object drew;
+    a sharded run sums each shard's own counters instead, so the stored settings do not depend on kills, resumes
+    or the number of processes."""
+    with _stats_set_to(generator, stats):
+        return generator.settings()
+
+
 def run_fingerprint(generator: Any) -> tuple[str, dict[str, Any]]:
     """``(hash, fields)`` of what a run makes: the :class:`~diffsynth.generate.GenerationConfig` minus run-only
     fields (batch size, device, progress, num_images - compared on its own), plus the resolved model, pipeline,
@@ -160,7 +212,7 @@ def run_fingerprint(generator: Any) -> tuple[str, dict[str, Any]]:
     for name in RUN_ONLY_FIELDS:
         config.pop(name, None)
     config["masker"] = {k: v for k, v in config.get("masker", {}).items() if k not in RUN_ONLY_MASKER_FIELDS}
-    settings = generator.settings()
+    settings = settings_for(generator)
     config["resolved"] = {k: settings.get(k) for k in RESOLVED_SETTINGS}
     fields = _canonical(config)
     return _digest(fields), fields
@@ -262,12 +314,14 @@ def _shard_record(path: Path) -> dict[str, Any] | None:
         return None
     except (OSError, pa.ArrowException):
         return {"corrupt": True}
-    raw = (meta.metadata or {}).get(SHARD_KEY)
+    metadata = meta.metadata or {}
     try:
-        record = json.loads(raw) if raw else {}
+        record = json.loads(metadata[SHARD_KEY]) if SHARD_KEY in metadata else {}
+        stats = json.loads(metadata[STATS_KEY]) if STATS_KEY in metadata else None
     except json.JSONDecodeError:
-        record = {}
+        record, stats = {}, None
     record["rows"] = meta.num_rows
+    record["stats"] = stats
     return record
 
 
@@ -293,7 +347,16 @@ def _check_shard(
             f"{record.get('start')}..{record.get('stop')}; this run {fingerprint}, samples {start}..{stop}). "
             "Use a new output_dir, or overwrite=True to discard the folder's shards."
         )
-    return {"index": k, "file": f"{DATA_DIR}/{path.name}", "start": start, "stop": stop, "rows": stop - start}
+    entry = {
+        "index": k,
+        "file": f"{DATA_DIR}/{path.name}",
+        "start": start,
+        "stop": stop,
+        "rows": stop - start,
+    }
+    if record.get("stats") is not None:
+        entry["stats"] = record["stats"]
+    return entry
 
 
 def _remove_temps(folder: Path, stem: str = "") -> None:
@@ -344,8 +407,10 @@ class _ShardWriter:
             self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
             self._rows, self._bytes = [], 0
 
-    def commit(self) -> None:
+    def commit(self, stats: Mapping[str, Any] | None = None) -> None:
         self._flush()
+        if stats is not None:
+            self._writer.add_key_value_metadata({STATS_KEY: json.dumps(dict(stats))})
         self._writer.close()
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -379,8 +444,22 @@ class _Run:
     def with_attention(self) -> bool:
         return bool(self.generator.config.with_attention)
 
-    def features(self) -> Features:
-        return contract_features(self.generator.categories, self.with_attention, settings=self.settings)
+    @property
+    def with_quality(self) -> bool:
+        return bool(getattr(self.generator.config, "with_quality", False))
+
+    def features(self, settings: Mapping[str, Any] | None = None) -> Features:
+        return contract_features(
+            self.generator.categories,
+            self.with_attention,
+            settings=self.settings if settings is None else settings,
+            with_quality=self.with_quality,
+        )
+
+    def row(self, sample: Any) -> dict[str, Any]:
+        if self.with_quality:
+            return sample_to_row(sample, with_attention=self.with_attention, with_quality=True)
+        return sample_to_row(sample, with_attention=self.with_attention)
 
     def shard_path(self, k: int) -> Path:
         return self.data / self.layout.file_name(k)
@@ -395,6 +474,7 @@ class _Run:
             "num_shards": self.layout.num_shards,
             "split": SPLIT,
             "with_attention": self.with_attention,
+            "with_quality": self.with_quality,
             "world_size": self.info.world_size,
             "updated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "versions": self.settings.get("versions", {}),
@@ -508,20 +588,29 @@ def _make_shards(run: _Run, finished: dict[int, dict[str, Any]]) -> int:
             start, stop = layout.bounds(k)
             record = {"fingerprint": run.fingerprint, "index": k, "start": start, "stop": stop}
             writer = _ShardWriter(run.shard_path(k), feats, record)
+            counters = _run_stats(generator)
+            before = dict(counters) if counters is not None else None
             try:
+                if counters is not None:  # count this shard alone, from zero, in index order
+                    counters.update({key: type(v)() for key, v in counters.items()})
                 for batch in generator.batches(generator.plans[start:stop]):
                     for sample in generator.make_samples(batch):
-                        writer.add(sample_to_row(sample, with_attention=run.with_attention))
+                        writer.add(run.row(sample))
                     bar.update(len(batch))
                     made += len(batch)
                 if writer.count != stop - start:
                     raise RuntimeError(f"shard {k} got {writer.count} rows for samples {start}..{stop}.")
-                writer.commit()
+                writer.commit(dict(counters) if counters is not None else None)
             except BaseException:
                 writer.abort()
                 raise
-            finished[k] = {"index": k, "file": f"{DATA_DIR}/{run.shard_path(k).name}", "start": start,
-                           "stop": stop, "rows": stop - start}  # fmt: skip
+            finally:
+                if counters is not None and before is not None:  # the generator keeps counting all it drew
+                    counters.update({key: before[key] + counters.get(key, 0) for key in before})
+            entry = _check_shard(run.shard_path(k), layout, k, run.fingerprint)
+            if entry is None:
+                raise RuntimeError(f"shard {run.shard_path(k)} did not read back after writing.")
+            finished[k] = entry
             if run.info.is_main:
                 _write_json_atomic(run.out / MANIFEST, run.manifest(run.scan(finished), "running"))
     return made
@@ -592,7 +681,7 @@ def run_sharded(
     if not isinstance(timeout, datetime.timedelta):
         timeout = datetime.timedelta(seconds=float(timeout))
     fingerprint, fields = run_fingerprint(generator)
-    run = _Run(generator, Path(output_dir), layout, fingerprint, fields, generator.settings(), info)
+    run = _Run(generator, Path(output_dir), layout, fingerprint, fields, settings_for(generator), info)
 
     sync = ProcessSync(info, timeout)
     grouped = sync.active
@@ -645,8 +734,11 @@ def run_sharded(
         raise RuntimeError(f"shards {missing[:10]} of {run.out} are missing after every process finished.")
     _remove_temps(run.data)
     _remove_temps(run.out)
-    _write_json_atomic(run.out / MANIFEST, run.manifest(finished, "complete"))
-    result = load_shards(run.out, streaming=streaming, cache_dir=cache_dir, features=run.features())
+    totals = _sum_stats([finished[k].get("stats") for k in range(layout.num_shards)])
+    manifest = run.manifest(finished, "complete")
+    manifest["settings"] = scrub_settings(settings_for(generator, totals))
+    _write_json_atomic(run.out / MANIFEST, manifest)
+    result = load_shards(run.out, streaming=streaming, cache_dir=cache_dir)
     if repo is not None:
         merged = result if isinstance(result, Dataset) else load_shards(run.out, cache_dir=cache_dir)
         push_shards_to_hub(run.out, dataset=merged, **repo)
@@ -690,6 +782,8 @@ def load_shards(
     manifest, files = _complete_files(out)
     if features is None:
         features = Features.from_arrow_schema(pq.read_schema(files[0]))
+        if "settings" in manifest:  # the whole run's settings (the shards carry those known at their start)
+            features["segments_info"] = segment_features(categories_of(features), manifest["settings"])
     if streaming:
         return load_dataset(
             "parquet", data_files={SPLIT: files}, split=SPLIT, streaming=True, features=features
@@ -706,12 +800,14 @@ def load_shards(
 
 
 # ------------------------------------------------------------------------------------------------------- hub
-def _repack(files: list[str], data_dir: Path, split: str, max_shard_bytes: int) -> list[Path]:
+def _repack(
+    files: list[str], data_dir: Path, split: str, max_shard_bytes: int, feats: Features
+) -> list[Path]:
     """Copy the shards' row groups, in order, into ``<split>-NNNNN-of-MMMMM.parquet`` files of about
-    ``max_shard_bytes`` (one row group in memory at a time); our per-shard record is left out."""
-    schema = pq.read_schema(files[0])
-    metadata = {k: v for k, v in (schema.metadata or {}).items() if k != SHARD_KEY}
-    schema = schema.with_metadata(metadata)
+    ``max_shard_bytes`` (one row group in memory at a time), with the whole run's Features in their schema and
+    without our per-shard records."""
+    metadata = dict(feats.arrow_schema.metadata or {})
+    schema = pq.read_schema(files[0]).with_metadata(metadata)
     parts: list[Path] = []
     writer = None
     written = 0
@@ -770,7 +866,7 @@ def stage_shards(
     data_dir.mkdir(parents=True, exist_ok=True)
     for stale in data_dir.glob(f"{split}-*.parquet"):
         stale.unlink()
-    _repack(files, data_dir, split, max_shard_bytes or MAX_SHARD_BYTES)
+    _repack(files, data_dir, split, max_shard_bytes or MAX_SHARD_BYTES, ds.features)
     write_category_files(categories_of(ds), folder)
     reports = {split: health_report(ds)}
     (folder / "health.json").write_text(json.dumps(reports, indent=2) + "\n", encoding="utf-8")

@@ -533,6 +533,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sm.add_argument("--strategy", help="apply this adapter strategy and show its trainable parameters")
     sm.add_argument("--adapters", help="adapter folder or Hub repo to load on top")
     sm.set_defaults(func=cmd_summary)
+
+    from seemadapt.loop import add_loop_parser  # stdlib-only import; diffsynth loads when the loop runs
+
+    add_loop_parser(sub)  # seemadapt loop --config loop.yaml --rounds N [--output-dir D] [--no-resume]
     return parser
 
 
@@ -551,7 +555,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (CLIError, ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError) as error:
+    except (
+        CLIError,
+        ValueError,
+        TypeError,
+        KeyError,
+        FileNotFoundError,
+        NotADirectoryError,
+        FileExistsError,
+        ImportError,
+    ) as error:
         if args.traceback:
             raise
         message = _one_line(error.args[0] if isinstance(error, KeyError) and error.args else error)

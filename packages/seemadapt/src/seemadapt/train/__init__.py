@@ -5,10 +5,10 @@ from seemadapt.train.matcher import HungarianMatcher, SEEMTarget
 
 __all__ = ["CriterionConfig", "HungarianMatcher", "SEEMCriterion", "SEEMTarget"]
 
-from seemadapt.train.config import TrainConfig  # noqa: E402
-from seemadapt.train.loop import NonFiniteLossError, Trainer, TrainState, build_targets  # noqa: E402
-from seemadapt.train.optim import LRSchedule, build_optimizer, build_scheduler, param_groups  # noqa: E402
-from seemadapt.train.run import Run  # noqa: E402
+from seemadapt.train.config import TrainConfig
+from seemadapt.train.loop import NonFiniteLossError, Trainer, TrainState, build_targets
+from seemadapt.train.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
+from seemadapt.train.run import Run
 
 __all__ += [
     "LRSchedule",

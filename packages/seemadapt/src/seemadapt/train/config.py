@@ -192,7 +192,9 @@ class TrainConfig:
                 _int_at_least(name, value, 0, hint="None = once per epoch, 0 = only at the end")
         _int_at_least("save_total_limit", self.save_total_limit, 1)
         if not isinstance(self.best_metric, str) or not self.best_metric:
-            raise ValueError(f"TrainConfig.best_metric must name an evaluation metric, got {self.best_metric!r}.")
+            raise ValueError(
+                f"TrainConfig.best_metric must name an evaluation metric, got {self.best_metric!r}."
+            )
         _int_at_least("eval_batch_size", self.eval_batch_size, 1)
         if self.eval_image_size is not None:
             _int_at_least("eval_image_size", self.eval_image_size, 32)
@@ -261,7 +263,9 @@ class TrainConfig:
         else:
             data = json.loads(text)
         if not isinstance(data, dict):
-            raise ValueError(f"TrainConfig.from_file: {path} must hold a mapping of fields, got {type(data).__name__}.")
+            raise ValueError(
+                f"TrainConfig.from_file: {path} must hold a mapping of fields, got {type(data).__name__}."
+            )
         return cls.from_dict(data)
 
     def replace(self, **overrides: Any) -> TrainConfig:
@@ -273,7 +277,9 @@ class TrainConfig:
         return dataclasses.replace(self, **overrides)
 
     @classmethod
-    def resolve(cls, config: TrainConfig | dict[str, Any] | str | os.PathLike | None, **overrides: Any) -> TrainConfig:
+    def resolve(
+        cls, config: TrainConfig | dict[str, Any] | str | os.PathLike | None, **overrides: Any
+    ) -> TrainConfig:
         """What ``finetune`` accepts: a config, a dict, a JSON/YAML path or ``None``, plus field overrides."""
         if config is None:
             base = cls()
@@ -291,12 +297,22 @@ class TrainConfig:
 
 
 def _positive(name: str, value: Any) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"TrainConfig.{name} must be a positive number, got {value!r}.")
 
 
 def _at_least(name: str, value: Any, low: float) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < low:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < low
+    ):
         raise ValueError(f"TrainConfig.{name} must be a number >= {low}, got {value!r}.")
 
 

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from seemadapt.train.config import TrainConfig
 from seemadapt.train.criterion import SEEMCriterion
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from seemadapt.model.seem import SEEM
     from seemadapt.train.run import Run
 
-__all__ = ["NonFiniteLossError", "Trainer", "TrainState", "build_targets", "find_checkpoint"]
+__all__ = ["NonFiniteLossError", "TrainState", "Trainer", "build_targets", "find_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +164,11 @@ def build_targets(
 
 def _term_totals(losses: dict[str, Tensor]) -> dict[str, float]:
     """Weighted losses summed over the prediction layers, by term (``loss_mask_ce`` = sum of ``loss_mask_ce_*``)."""
+    values = torch.stack([v.detach().float().reshape(()) for v in losses.values()]).cpu().tolist()  # one sync
     totals: dict[str, float] = {}
-    for name, value in losses.items():
+    for name, value in zip(losses, values):
         base = name.rsplit("_", 1)[0]
-        totals[base] = totals.get(base, 0.0) + float(value.detach())
+        totals[base] = totals.get(base, 0.0) + value
     return totals
 
 
@@ -187,7 +188,9 @@ def _non_finite_outputs(outputs: dict[str, Any]) -> list[str]:
 
 def _seed_of(*values: int) -> int:
     """A 63-bit seed from integers (seed, step, micro-batch, process): independent streams per combination."""
-    return int(np.random.SeedSequence([int(v) & (2**63 - 1) for v in values]).generate_state(1, np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([int(v) & (2**63 - 1) for v in values]).generate_state(1, np.uint64)[0] >> 1
+    )
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -257,9 +260,9 @@ def _flatten_metrics(metrics: Any, prefix: str = "") -> dict[str, float]:
             out.update(_flatten_metrics(value, name + "/"))
         elif isinstance(value, bool):
             continue
-        elif isinstance(value, int | float | np.integer | np.floating):
-            out[name] = float(value)
-        elif isinstance(value, Tensor) and value.numel() == 1:
+        elif isinstance(value, int | float | np.integer | np.floating) or (
+            isinstance(value, Tensor) and value.numel() == 1
+        ):
             out[name] = float(value)
     return out
 
@@ -373,7 +376,11 @@ class Trainer:
             source = self._aligned(source, self.train_split)
             with accelerator.main_process_first():
                 name = register(
-                    source, "seemadapt_train", split=self.train_split, cache_dir=self._cache_dir(), overwrite=True
+                    source,
+                    "seemadapt_train",
+                    split=self.train_split,
+                    cache_dir=self._cache_dir(),
+                    overwrite=True,
                 )
         self.train_name = name
         names = list(MetadataCatalog.get(name).stuff_classes)
@@ -407,12 +414,9 @@ class Trainer:
 
     def _aligned(self, source: Any, split: str | None, classes: Sequence[str] | None = None) -> Any:
         """``source`` loaded as a contract Dataset whose class order is ``classes`` (or the classes argument)."""
-        from seemadapt._detectron2 import DatasetCatalog
         from seemadapt.data import class_names_of, load_source, mix
 
         wanted = list(classes) if classes is not None else self._classes_arg
-        if isinstance(source, str) and source in DatasetCatalog.list():
-            return source
         dataset = load_source(source, split=split)
         if wanted is not None and class_names_of(dataset) != wanted:
             dataset = mix([dataset], split=split, classes=wanted, cache_dir=self.config.cache_dir)
@@ -424,7 +428,9 @@ class Trainer:
         config = self.config
         sampler = EpochSampler(len(self._records), seed=config.seed)
         consumed = start_step * config.grad_accum * config.batch_size
-        batches = torch.utils.data.BatchSampler(_SkipSampler(sampler, consumed), config.batch_size, drop_last=True)
+        batches = torch.utils.data.BatchSampler(
+            _SkipSampler(sampler, consumed), config.batch_size, drop_last=True
+        )
         loader = torch.utils.data.DataLoader(
             _MappedDataset(self._records, self.mapper),
             batch_sampler=batches,
@@ -458,7 +464,9 @@ class Trainer:
 
         path = Path(input_dir) / "model.safetensors"
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {input_dir} has no model.safetensors; it is not a seemadapt checkpoint.")
+            raise FileNotFoundError(
+                f"checkpoint {input_dir} has no model.safetensors; it is not a seemadapt checkpoint."
+            )
         with safe_open(str(path), framework="pt") as handle:
             saved = {self._strip(k) for k in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         expected = self._checkpoint_keys()
@@ -518,8 +526,12 @@ class Trainer:
             accelerator.init_trackers(config.project_name, config=_tracker_config(config))
         try:
             self._fit(accelerator, prepared, optimizer, scheduler, criterion, eval_every, save_every)
+            if self.eval_data is not None:  # e.g. resumed from the final checkpoint: still report the scores
+                self._evaluate(accelerator)
         finally:
-            accelerator.end_training()
+            # Not accelerator.end_training(): it also destroys the process group, which the caller may still use.
+            for tracker in accelerator.trackers:
+                tracker.finish()
         set_train_mode(self.model, False)
         return self._finish(accelerator)
 
@@ -597,7 +609,9 @@ class Trainer:
         targets = build_targets(batch, outputs, device, grounding=config.grounding)
         return criterion(outputs, targets, logit_scale=outputs["logit_scale"], generator=generator)
 
-    def _guard(self, accelerator, loss: Tensor, losses: dict[str, Tensor], batch, step: int, micro: int) -> None:
+    def _guard(
+        self, accelerator, loss: Tensor, losses: dict[str, Tensor], batch, step: int, micro: int
+    ) -> None:
         """Stop on a non-finite loss, on every process together (so none waits in a collective forever)."""
         finite = torch.isfinite(loss.detach()).float().reshape(1)
         if accelerator.num_processes > 1:
@@ -682,7 +696,11 @@ class Trainer:
             elif math.isfinite(metrics[key]):
                 self.state.history.append({"step": step, f"eval_{config.best_metric}": metrics[key]})
                 if self.state.best_score is None or metrics[key] > self.state.best_score:
-                    self.state.best_score, self.state.best_step, self.state.best_metric = metrics[key], step, key
+                    self.state.best_score, self.state.best_step, self.state.best_metric = (
+                        metrics[key],
+                        step,
+                        key,
+                    )
                     self._save_adapters(self.output_dir / BEST_DIR, metrics)
             if config.tracker is not None:
                 accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)

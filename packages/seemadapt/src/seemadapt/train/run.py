@@ -169,8 +169,14 @@ class Run:
         (folder / "history.json").write_text(
             json.dumps(_json_safe({"train": self.history, "eval": self.eval_history}), indent=1)
         )
-        best = {"step": self.best_step, "score": self.best_score, "folder": str(self.best_dir) if self.best_dir else None}
-        (folder / "metrics.json").write_text(json.dumps(_json_safe({"final": self.metrics, "best": best}), indent=2))
+        best = {
+            "step": self.best_step,
+            "score": self.best_score,
+            "folder": str(self.best_dir) if self.best_dir else None,
+        }
+        (folder / "metrics.json").write_text(
+            json.dumps(_json_safe({"final": self.metrics, "best": best}), indent=2)
+        )
         lines = [
             f"# seemadapt fine-tuning: {self.base_model}",
             "",
@@ -188,7 +194,11 @@ class Run:
         scores = [k for k in keys if k.startswith("eval_")]
         if losses:
             plot_loss_curve(
-                self.history, folder / "loss_curve.png", loss_keys=losses, metric_keys=scores, title="training"
+                self.history,
+                folder / "loss_curve.png",
+                loss_keys=losses,
+                metric_keys=scores,
+                title="training",
             )
         per_class = _per_class_results(self.eval_result)
         if per_class is not None:

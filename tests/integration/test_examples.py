@@ -1,0 +1,52 @@
+"""The README's main job and the example configs: the offline quickstart runs end to end, and every thesis
+config is accepted by the CLIs' own validation (the real models themselves need a GPU machine with internet)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+THESIS = ROOT / "examples" / "configs" / "thesis"
+
+
+@pytest.mark.slow
+def test_quickstart_main_job_runs_offline(tmp_path):
+    spec = importlib.util.spec_from_file_location("quickstart", ROOT / "examples" / "quickstart.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    out = module.main(["--fast", "--output", str(tmp_path / "qs")])
+
+    assert (out / "export" / "panoptic_train.json").is_file() and (out / "preview.png").is_file()
+    adapters = json.loads((out / "adapters" / "seemadapt_config.json").read_text())
+    assert adapters["classes"][:3] == ["mold", "stain", "pipe"]
+    assert (out / "adapters" / "adapter_model.safetensors").is_file()
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert 0.0 <= results["metrics"]["miou"] <= 1.0
+    assert list((out / "report").glob("overlays/*.png"))
+
+
+@pytest.mark.parametrize("path", sorted(THESIS.glob("wet_damage_*.yaml")), ids=lambda p: p.name)
+def test_thesis_generation_configs_validate(path):
+    from diffsynth.generate import GenerationConfig
+
+    config = GenerationConfig(**yaml.safe_load(path.read_text()))
+    assert len(config.classes) == 9 and config.num_images in (500, 6000)
+
+
+@pytest.mark.parametrize("path", sorted(THESIS.glob("table*.yaml")), ids=lambda p: p.name)
+def test_thesis_finetune_configs_validate(path, capsys):
+    from seemadapt.cli import main
+
+    assert main(["finetune", "--config", str(path), "--dry-run"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["strategy"] in {
+        "frozen-backbone/adapter-head",
+        "adapter-backbone/adapter-head",
+        "frozen-backbone/full-head",
+        "adapter-backbone/full-head",
+    }
