@@ -23,7 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tiny models need no download
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", default="outputs/quickstart", help="where everything is written")
     parser.add_argument("--fast", action="store_true", help="fewer images and steps (CI smoke run)")
     args = parser.parse_args(argv)
@@ -42,8 +44,13 @@ def main(argv: list[str] | None = None) -> Path:
     txt = diffsynth.generate(classes, num_images=n_txt, model="tiny", num_inference_steps=steps, seed=0)
     domain_photos = [row["image"] for row in txt.select(range(min(3, n_txt)))]
     img = diffsynth.generate(
-        classes, num_images=n_img, model="tiny", init_images=domain_photos, strength=0.4,
-        num_inference_steps=steps * 2, seed=1,
+        classes,
+        num_images=n_img,
+        model="tiny",
+        init_images=domain_photos,
+        strength=0.4,
+        num_inference_steps=steps * 2,
+        seed=1,
     )
 
     # 2. Export the text-to-image set to COCO panoptic (the standard layout, readable by detectron2 and
@@ -53,8 +60,12 @@ def main(argv: list[str] | None = None) -> Path:
     diffsynth.preview_grid(txt, n=6).save(out / "preview.png")
     data = seemadapt.load([export, img])  # any contract sources: Dataset, folder, Hub id, or a list to mix
     split = data.train_test_split(test_size=0.25, seed=0)
-    name = seemadapt.register(split["train"], "quickstart_train", cache_dir=str(out / "cache"), overwrite=True)
-    print(f"registered {name!r} with detectron2: {len(split['train'])} train / {len(split['test'])} eval images")
+    name = seemadapt.register(
+        split["train"], "quickstart_train", cache_dir=str(out / "cache"), overwrite=True
+    )
+    print(
+        f"registered {name!r} with detectron2: {len(split['train'])} train / {len(split['test'])} eval images"
+    )
 
     # 3. Fine-tune SEEM-tiny with the default strategy (adapter-backbone/full-head).
     print("== 3. fine-tuning SEEM-tiny")

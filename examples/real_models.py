@@ -19,7 +19,9 @@ SEEM_MODEL = "xdecoder/SEEM:seem_focalt_v1.pt"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--classes", nargs="+", required=True)
     parser.add_argument("--real-train", required=True, help="real training data (any contract source)")
     parser.add_argument("--real-eval", required=True, help="real validation data (any contract source)")

@@ -95,7 +95,7 @@ def test_image_to_image_and_attention_column(cats_dogs):
     ("kwargs", "message"),
     [
         ({"classes": []}, "empty"),
-        ({"classes": ["cat", "Cat"]}, "(?i)cat.*twice"),
+        ({"classes": ["cat", "Cat"]}, r"(?i)cat.*twice"),
         ({"num_images": 0}, "num_images"),
         ({"height": 100}, "height"),
         ({"init_images": []}, "init_images"),
@@ -116,5 +116,5 @@ def test_bad_input_fails_early_and_writes_nothing(kwargs, message, tmp_path):
 def test_unreadable_init_image_is_named(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="broken.jpg"):
+    with pytest.raises(ValueError, match=r"broken\.jpg"):
         generate(["cat"], 1, model="tiny", init_images=[str(bad)], **FAST)

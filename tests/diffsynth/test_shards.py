@@ -318,10 +318,10 @@ class FakeApi:
 
 
 def test_push_to_hub_straight_from_the_shards(tmp_path, monkeypatch):
-    import huggingface_hub
+    from diffsynth import hub
 
     FakeApi.calls, FakeApi.target = [], tmp_path / "uploaded"
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(hub, "HfApi", FakeApi)
     token = "hf_abcdefghijklmnopqrstuvwxyz0123456789"
     generator = FakeGenerator(7)
     ds = run_sharded(

@@ -142,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--output", help="folder: resumable parquet shards, their manifest and the resolved config"
     )
-    gen.add_argument("--shard-size", dest="shard_size", type=int, default=100, help="samples per parquet shard")
+    gen.add_argument(
+        "--shard-size", dest="shard_size", type=int, default=100, help="samples per parquet shard"
+    )
     gen.add_argument("--overwrite", action="store_true", help="replace a folder made with other arguments")
     gen.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO_ID")
     gen.add_argument("--private", action="store_true")

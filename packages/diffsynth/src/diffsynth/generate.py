@@ -249,7 +249,9 @@ class Generator:
             if process_info().is_distributed:
                 device = process_device()  # one GPU per process under accelerate launch / torchrun
         load = {
-            k: v for k, v in (("dtype", config.dtype), ("device", device), ("scheduler", config.scheduler)) if v
+            k: v
+            for k, v in (("dtype", config.dtype), ("device", device), ("scheduler", config.scheduler))
+            if v
         }
         if pipeline is not None and load:
             from diffsynth.pipelines import load_pipeline
@@ -469,7 +471,9 @@ def generate(
     classes. See :class:`GenerationConfig`.
     """
     output_dir = options.pop("output_dir", None)
-    sharding = {k: options.pop(k) for k in ("shard_size", "overwrite", "streaming", "push_to_hub") if k in options}
+    sharding = {
+        k: options.pop(k) for k in ("shard_size", "overwrite", "streaming", "push_to_hub") if k in options
+    }
     if sharding and output_dir is None:
         raise TypeError(f"generate(): {sorted(sharding)} need output_dir= (they describe the shard folder).")
     clip = options.pop("clip", None)

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -305,15 +305,38 @@ def push_to_hub(
     if not isinstance(repo_id, str) or repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise ValueError(f"`repo_id` must look like 'user/name', got {repo_id!r}.")
     splits = _splits(ds, split)
-    api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="diffsynth-hub-") as tmp:
         stage_repo(splits, tmp, pretty_name=pretty_name)
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        return api.upload_folder(
-            repo_id=repo_id,
-            repo_type="dataset",
-            folder_path=tmp,
+        return upload_staged(
+            tmp,
+            repo_id,
+            token=token,
+            private=private,
             commit_message=commit_message,
             revision=revision,
-            delete_patterns=[f"data/{name}-*" for name in splits],
+            splits=list(splits),
         )
+
+
+def upload_staged(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None,
+    private: bool,
+    commit_message: str,
+    revision: str | None,
+    splits: Sequence[str],
+) -> Any:
+    """Create the dataset repo if needed, then upload a staged folder in one commit (old shards of the pushed
+    splits are replaced)."""
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id,
+        repo_type="dataset",
+        folder_path=str(folder),
+        commit_message=commit_message,
+        revision=revision,
+        delete_patterns=[f"data/{name}-*" for name in splits],
+    )

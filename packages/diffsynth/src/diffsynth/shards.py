@@ -896,7 +896,7 @@ def push_shards_to_hub(
     commit (old ``data/<split>-*`` files are deleted in the same commit). Returns the ``CommitInfo``.
 
     ``token`` goes to ``HfApi`` only (default: the saved login / ``HF_TOKEN``); it is never logged or written."""
-    from huggingface_hub import HfApi
+    from diffsynth.hub import upload_staged
 
     _repo_kwargs({"repo_id": repo_id})
     with tempfile.TemporaryDirectory(prefix="diffsynth-hub-") as tmp:
@@ -908,13 +908,12 @@ def push_shards_to_hub(
             max_shard_bytes=max_shard_bytes,
             pretty_name=pretty_name,
         )
-        api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        return api.upload_folder(
-            repo_id=repo_id,
-            repo_type="dataset",
-            folder_path=tmp,
+        return upload_staged(
+            tmp,
+            repo_id,
+            token=token,
+            private=private,
             commit_message=commit_message,
             revision=revision,
-            delete_patterns=[f"data/{split}-*"],
+            splits=[split],
         )

@@ -465,38 +465,30 @@ def evaluate(
     ]
     columns = [c for c in columns if c in ds.column_names]
     batch: list[_Row] = []
+
+    def flush() -> None:
+        _score(
+            model,
+            batch,
+            names,
+            thing_classes,
+            sizes,
+            semantic,
+            panoptic,
+            grounding_metrics,
+            examples,
+            num_examples,
+        )
+        bar.update(len(batch))
+        batch.clear()
+
     try:
         for position, raw in iter_raw_rows(subset, columns, batch_size=max(batch_size, 8)):
             batch.append(_decode(indices[position], raw, categories, lookup, grounding))
             if len(batch) == batch_size:
-                _score(
-                    model,
-                    batch,
-                    names,
-                    thing_classes,
-                    sizes,
-                    semantic,
-                    panoptic,
-                    grounding_metrics,
-                    examples,
-                    num_examples,
-                )
-                bar.update(len(batch))
-                batch = []
+                flush()
         if batch:
-            _score(
-                model,
-                batch,
-                names,
-                thing_classes,
-                sizes,
-                semantic,
-                panoptic,
-                grounding_metrics,
-                examples,
-                num_examples,
-            )
-            bar.update(len(batch))
+            flush()
     finally:
         bar.close()
     seconds = time.perf_counter() - start
