@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seemadapt.model.config import LanguageConfig
+from seemadapt.model.config import LanguageConfig, tiny_config
 from seemadapt.model.language import LanguageEncoder, LayerNormFP32, l2_normalize
 from seemadapt.model.templates import (
     PROMPT_TEMPLATES,
@@ -356,3 +356,14 @@ def test_bad_inputs_name_the_problem(encoder: LanguageEncoder) -> None:
         encoder.encode_ids(torch.full((1, 78), 5), trim=False)
     with pytest.raises(ValueError, match="batch_size"):
         LanguageEncoder(TINY, batch_size=0)
+
+
+def test_a_dataset_class_named_background_differs_from_the_no_object_slot():
+    from seemadapt.model.templates import BACKGROUND_CLASS_TEXT, with_background
+
+    assert with_background(["mold", "Background"]) == ["mold", BACKGROUND_CLASS_TEXT, "background"]
+    torch.manual_seed(0)
+    encoder = LanguageEncoder(tiny_config().language)
+    embeddings = encoder.class_embeddings(["mold", "background"], mode="eval")
+    assert embeddings.shape[0] == 3
+    assert float(embeddings[1] @ embeddings[2]) < 0.999  # not the same text, so not the same embedding

@@ -72,7 +72,11 @@ def _describe(model: Any) -> str:
 
 
 def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    """Rank 0 by the launchers' environment (torchrun, accelerate, MPI); the Accelerator does not exist yet."""
+    for name in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "LOCAL_RANK"):
+        if name in os.environ:
+            return int(os.environ[name]) == 0
+    return True
 
 
 def finetune(

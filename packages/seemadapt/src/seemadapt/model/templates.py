@@ -143,6 +143,17 @@ def all_templates(name: str) -> list[str]:
     return [template.format(filler) for template in PROMPT_TEMPLATES]
 
 
+#: Prompt text of a *dataset* class named "background" (the contract's explicit stuff class). SEEM's own no-object
+#: slot is also "background"; two identical texts would get identical embeddings, capping that class's score at 0.5
+#: (below the panoptic threshold), so the dataset class is encoded with this text instead.
+BACKGROUND_CLASS_TEXT = "plain background"
+
+
 def with_background(class_names: Sequence[str]) -> list[str]:
-    """``class_names + ["background"]``: SEEM's classifier always ends with the background text."""
-    return [*class_names, BACKGROUND]
+    """``class_names + ["background"]``: SEEM's classifier always ends with the background (no-object) text.
+
+    A class of the dataset itself named "background" is encoded as :data:`BACKGROUND_CLASS_TEXT`, so it stays
+    distinguishable from the no-object slot.
+    """
+    names = [BACKGROUND_CLASS_TEXT if n.strip().lower() == BACKGROUND else n for n in class_names]
+    return [*names, BACKGROUND]

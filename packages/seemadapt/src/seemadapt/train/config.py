@@ -55,6 +55,9 @@ class TrainConfig:
     Data:
         image_size: square LSJ crop (the thesis used 256, SEEM 1024); min_scale, max_scale, flip: LSJ settings.
         grounding: train the grounding (referring) queries too; max_grounding: texts per image (1..n drawn).
+        spatial: train the visual-prompt (interactive) branch too, with prompts sampled inside the instances
+            (SEEM's point/polygon/scribble/circle sampler) and ``0..spatial_max_iter`` no-grad corrective-click
+            rounds first; ``spatial_max_candidate`` instances per image. Off by default.
         num_workers: data-loading processes per training process.
         cache_dir: where registered datasets are materialised (default: the seemadapt cache).
 
@@ -97,6 +100,9 @@ class TrainConfig:
     flip: bool = True
     grounding: bool = True
     max_grounding: int = 4
+    spatial: bool = False
+    spatial_max_candidate: int = 10
+    spatial_max_iter: int = 1
     num_workers: int = 2
     cache_dir: str | None = None
     criterion: CriterionConfig = field(default_factory=CriterionConfig)
@@ -184,6 +190,8 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}.")
         _int_at_least("max_grounding", self.max_grounding, 1)
+        _int_at_least("spatial_max_candidate", self.spatial_max_candidate, 1)
+        _int_at_least("spatial_max_iter", self.spatial_max_iter, 0)
         _int_at_least("num_workers", self.num_workers, 0)
         _int_at_least("log_every", self.log_every, 1)
         for name in ("eval_every", "save_every"):

@@ -602,11 +602,26 @@ class Trainer:
         grounding = [record["groundings"]["texts"] for record in batch] if config.grounding else None
         rng = random.Random(_seed_of(config.seed, step, micro, rank, 1))
         generator = torch.Generator().manual_seed(_seed_of(config.seed, step, micro, rank, 2))
-        outputs = prepared(images, self.classes, grounding, rng=rng)
+        spatial = gt_spatial = None
+        if config.spatial:
+            from seemadapt.model.interactive import prepare_spatial_training
+
+            spatial, gt_spatial = prepare_spatial_training(
+                accelerator.unwrap_model(prepared),
+                images,
+                [record["instances"] for record in batch],
+                max_candidate=config.spatial_max_candidate,
+                max_iter=config.spatial_max_iter,
+                generator=torch.Generator().manual_seed(_seed_of(config.seed, step, micro, rank, 3)),
+            )
+        outputs = prepared(images, self.classes, grounding, rng=rng, spatial=spatial)
         bad = _non_finite_outputs(outputs)
         if bad:  # the matcher cannot run on NaN; let the (collective) guard stop every process with the names
             return {f"output {name}": torch.tensor(math.nan, device=device) for name in bad}
         targets = build_targets(batch, outputs, device, grounding=config.grounding)
+        if gt_spatial is not None:
+            for target, masks in zip(targets, gt_spatial, strict=True):
+                target["gt_spatial_masks"] = masks
         return criterion(outputs, targets, logit_scale=outputs["logit_scale"], generator=generator)
 
     def _guard(
