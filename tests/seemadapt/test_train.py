@@ -14,6 +14,7 @@ from seemadapt._detectron2 import BitMasks, Instances
 from seemadapt.adapters import AdapterPlacement, adapter_report, adapter_state_dict, apply_adapters
 from seemadapt.metrics import SemanticMetrics
 from seemadapt.model import SEEM
+from seemadapt.model.templates import with_background
 from seemadapt.testing import make_contract_dataset
 from seemadapt.train import (
     CriterionConfig,
@@ -329,7 +330,7 @@ def test_frozen_parts_run_outside_autograd_and_prompts_come_from_the_cache(
     assert seen["text"] == [(False, False)] * 3
     # Class prompts: every (class, template) pair encoded once, then drawn from the cache on every step.
     names = data.features["segments_info"].feature["category_id"].names
-    texts = set(names) | {"background"}  # SEEM appends "background"; the data has one too (the same text)
+    texts = set(with_background(names))  # the data's "background" class is encoded as "plain background"
     assert calls == [len(texts) * 81]
 
 
