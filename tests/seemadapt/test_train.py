@@ -287,7 +287,8 @@ def test_every_strategy_trains_its_parameters_and_only_them(placement, data, cac
 
 def test_optional_spatial_training_trains_the_visual_prompt_branch(data, cache, tmp_path):
     model = tiny_with("frozen-backbone/full-head")
-    before = {k: v.clone() for k, v in model.state_dict().items() if "spatial" in k or "pn_indicator" in k}
+    interactive = ("mask_sptial_embed", "spatial_embed", "spatial_featured", "pn_indicator")  # sic: "sptial"
+    before = {k: v.clone() for k, v in model.state_dict().items() if any(n in k for n in interactive)}
     config = fast_config(
         tmp_path, cache, max_steps=3, spatial=True, spatial_max_candidate=2, spatial_max_iter=1
     )
@@ -296,8 +297,9 @@ def test_optional_spatial_training_trains_the_visual_prompt_branch(data, cache, 
     assert any(k.startswith("loss_spatial") for k in run.history[-1]), sorted(run.history[-1])
     after = run.model.state_dict()
     changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
-    # The prompt indicator and the memory prompts are trained by the spatial losses.
+    # The point-feature projections, the prompt indicator and the memory prompts are trained by the spatial losses.
     assert {
+        "sem_seg_head.predictor.mask_sptial_embed.0",
         "sem_seg_head.predictor.pn_indicator.weight",
         "sem_seg_head.predictor.spatial_featured.weight",
     } <= set(changed), changed
