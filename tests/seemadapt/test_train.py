@@ -147,8 +147,13 @@ def test_total_steps_counts_samples_per_optimizer_step():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU default")
-def test_mixed_precision_auto_is_off_on_cpu():
+def test_mixed_precision_auto_follows_the_device(monkeypatch):
+    from seemadapt.train import config as config_module
+
+    monkeypatch.setattr(config_module, "_cpu_has_native_bf16", lambda: False)
     assert TrainConfig().resolved_mixed_precision() == "no"
+    monkeypatch.setattr(config_module, "_cpu_has_native_bf16", lambda: True)
+    assert TrainConfig().resolved_mixed_precision() == "bf16"
     assert TrainConfig(mixed_precision="bf16").resolved_mixed_precision() == "bf16"
 
 

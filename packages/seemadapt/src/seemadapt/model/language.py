@@ -340,7 +340,8 @@ class LanguageEncoder(nn.Module):
         missing = list(dict.fromkeys(text for text in class_texts if text not in bank))
         if missing:
             prompts = [template.format(text) for text in missing for template in PROMPT_TEMPLATES]
-            with torch.no_grad():
+            # Full precision even inside a caller's autocast region: the bank is cached and reused everywhere.
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
                 embeddings = self.encode_ids(self.tokenize(prompts).input_ids, normalize=True)
             bank.update(zip(missing, embeddings.split(len(PROMPT_TEMPLATES))))
         return [bank[text] for text in class_texts]
@@ -398,7 +399,9 @@ class LanguageEncoder(nn.Module):
         if clamp:
             scale = scale.clamp(max=MAX_LOGIT_SCALE)
         text = l2_normalize(text) if normalize_text else text
-        return scale * (l2_normalize(visual) @ text.transpose(-1, -2))
+        # Cached class embeddings may come from an autocast (bf16/fp16) region while the visual side does not,
+        # or the reverse: compute in the visual side's dtype.
+        return scale * (l2_normalize(visual) @ text.to(visual.dtype).transpose(-1, -2))
 
     def extra_repr(self) -> str:
         c = self.config
