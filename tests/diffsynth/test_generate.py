@@ -118,3 +118,10 @@ def test_unreadable_init_image_is_named(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"broken\.jpg"):
         generate(["cat"], 1, model="tiny", init_images=[str(bad)], **FAST)
+
+
+def test_importing_the_submodule_does_not_shadow_the_function():
+    import diffsynth
+    import diffsynth.generate  # binds the submodule as the package attribute, unless the package guards it
+
+    assert callable(diffsynth.generate) and diffsynth.generate.__name__ == "generate"

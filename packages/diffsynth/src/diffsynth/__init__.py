@@ -7,6 +7,8 @@ ds.push_to_hub("me/wet-damage-synthetic")          # or diffsynth.push_to_hub(ds
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -53,3 +55,21 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+class _Package(types.ModuleType):
+    """Keeps ``diffsynth.generate`` the *function*.
+
+    Importing the submodule ``diffsynth.generate`` (``from diffsynth.generate import GenerationConfig``) makes Python
+    bind the module as the package attribute ``generate``, which would shadow the function of the same name depending
+    on import order. Such a binding is replaced by the function; the module stays reachable through ``sys.modules``
+    and ``from diffsynth.generate import ...``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "generate" and isinstance(value, types.ModuleType) and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
