@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -13,3 +15,15 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Tests run tiny models: one intra-op thread per process is fastest and keeps multi-process tests from
 # oversubscribing the 2 CI cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models: one intra-op thread is fastest and does not fight other jobs (OMP_NUM_THREADS above covers
+    subprocesses; this covers a torch already imported before this file)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

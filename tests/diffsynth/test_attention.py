@@ -21,16 +21,6 @@ from diffsynth.pipelines import generators, img2img, run_pipeline
 from diffsynth.testing import tiny_pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP spinning makes them
-    # 10-50x slower; restore the setting for other modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pipes():
     return {kind: tiny_pipeline(kind) for kind in ("sd1", "sd2", "sdxl")}

@@ -3,7 +3,6 @@ group: file hand-off; with one: a real 2-process torchrun run on CPU/gloo compar
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -14,6 +13,7 @@ from typing import ClassVar
 
 import pytest
 import torch
+from _shard_worker import FakeGenerator, tiny_config  # loaded by tests/diffsynth/conftest.py
 
 from diffsynth.dataset import categories_of, settings_of, to_dataset
 from diffsynth.distributed import (
@@ -26,12 +26,6 @@ from diffsynth.distributed import (
 from diffsynth.shards import load_shards, read_manifest, run_sharded
 
 WORKER = Path(__file__).with_name("_shard_worker.py")
-if "_shard_worker" not in sys.modules:  # tests run with --import-mode=importlib: load the helper by path
-    _spec = importlib.util.spec_from_file_location("_shard_worker", WORKER)
-    sys.modules["_shard_worker"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["_shard_worker"])
-FakeGenerator = sys.modules["_shard_worker"].FakeGenerator
-tiny_config = sys.modules["_shard_worker"].tiny_config
 
 
 def rows(ds) -> list[dict]:

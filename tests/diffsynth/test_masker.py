@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from diffsynth.masker import AttentionMasker, MaskerConfig, MaskResult
 from diffsynth.masks import label
 from diffsynth.testing import tiny_pipeline
 from diffsynth.visualize import attention_figure
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models; avoids OpenMP spinning on a shared machine
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

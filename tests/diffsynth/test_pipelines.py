@@ -32,14 +32,6 @@ from diffsynth.pipelines import (
 from diffsynth.testing import save_tiny_pipeline, tiny_pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models; avoids OpenMP spinning on a shared machine
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def sd1():
     return load_pipeline("tiny", progress=False)

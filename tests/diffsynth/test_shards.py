@@ -3,7 +3,6 @@ folder of another run, streaming, memory that stays flat, and pushing straight f
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from _shard_worker import FakeGenerator, tiny_config  # loaded by tests/diffsynth/conftest.py
 from datasets import Dataset, Image, IterableDataset, load_dataset
 
 from diffsynth.dataset import categories_of, settings_of, to_dataset
@@ -35,12 +35,7 @@ from diffsynth.shards import (
 )
 
 WORKER = Path(__file__).with_name("_shard_worker.py")
-if "_shard_worker" not in sys.modules:  # tests run with --import-mode=importlib: load the helper by path
-    _spec = importlib.util.spec_from_file_location("_shard_worker", WORKER)
-    sys.modules["_shard_worker"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["_shard_worker"])
-FakeGenerator = sys.modules["_shard_worker"].FakeGenerator
-tiny_config = sys.modules["_shard_worker"].tiny_config
+
 COMPARED = (
     "image",
     "image_id",

@@ -20,16 +20,6 @@ from seemadapt.adapters import (
 )
 from seemadapt.adapters.lora import lora_module_names, lora_parameter_names, resolve_lora_targets
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and avoids oversubscribing a shared CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------- channel + spatial adapter
 
 

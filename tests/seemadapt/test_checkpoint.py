@@ -39,14 +39,6 @@ def official_shapes(filename: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def source_state() -> dict[str, torch.Tensor]:
     """A tiny state dict that differs from the seeded init in every tensor, plus the criterion key."""

@@ -20,14 +20,6 @@ from seemadapt.testing import make_contract_dataset
 CLASSES = ["square", "disc", "background"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def dataset():
     return make_contract_dataset(5, size=(40, 32), classes=CLASSES, seed=3)

@@ -34,14 +34,6 @@ STRATEGY = "adapter-backbone/adapter-head"
 TOKEN = "hf_SeCrEtToKeN1234567890abcdefXYZ"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _perturb(model: SEEM, seed: int = 0) -> None:
     """Move every saved weight away from its (identity) initialisation, as training would."""
     generator = torch.Generator().manual_seed(seed)

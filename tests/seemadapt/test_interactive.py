@@ -35,14 +35,6 @@ INTERACTIVE = ("mask_sptial_embed.0", "mask_sptial_embed.1", "mask_sptial_embed.
 MEMORIES = ("spatial_embed.weight", "spatial_featured.weight")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> SEEM:
     return SEEM.from_config("tiny").eval()

@@ -15,15 +15,6 @@ MEAN = (123.675, 116.280, 103.530)
 STD = (58.395, 57.120, 57.375)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: thread start-up dominates on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> SEEM:
     return SEEM.from_config("tiny").eval()
