@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from seemadapt.data.contract import rgb2id
 from seemadapt.evaluate import EvalResult, evaluate
 from seemadapt.testing import make_contract_dataset
+from segcontract import rgb2id
 
 CLASSES = ["square", "disc", "background"]
 

@@ -37,8 +37,8 @@ from seemadapt.data import (
     spec_of,
     unregister,
 )
-from seemadapt.data.contract import iter_raw_rows
 from seemadapt.testing import make_contract_dataset
+from segcontract import iter_raw_rows
 
 
 @pytest.fixture

@@ -388,7 +388,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 seg, segments = output["panoptic_seg"].cpu(), output["segments_info"]
             else:
                 seg, segments = _instance_segments(output)
-            from seemadapt.data.contract import id2rgb
+            from segcontract import id2rgb
 
             Image.fromarray(id2rgb(seg.numpy().astype(np.int64))).save(f"{stem}_ids.png")
             info = [{**s, "name": classes[int(s["category_id"])]} for s in segments]

@@ -323,7 +323,7 @@ class _Row:
 def _decode(
     index: int, raw: Mapping[str, Any], categories: Sequence[Any], lookup: np.ndarray, with_grounding: bool
 ) -> _Row:
-    from seemadapt.data.contract import decode_row
+    from segcontract import decode_row
 
     decoded = decode_row(index, raw, len(categories), name="evaluation dataset", categories=categories)
     image = np.asarray(decoded.image.convert("RGB"), dtype=np.uint8)
@@ -407,7 +407,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from seemadapt.data.contract import class_names_of, iter_raw_rows, read_categories
+    from segcontract import COLUMNS, class_names_of, iter_raw_rows, read_categories
 
     tasks = _check_tasks(tasks)
     if not tasks and not grounding:
@@ -452,18 +452,7 @@ def evaluate(
     examples: list[EvalExample] = []
     start = time.perf_counter()
     bar = tqdm(total=len(indices), desc="evaluate", unit="img", disable=not progress or rank != 0)
-    columns = [
-        "file_name",
-        "image",
-        "width",
-        "height",
-        "panoptic",
-        "segments_info",
-        "semantic",
-        "grounding",
-        "source",
-    ]
-    columns = [c for c in columns if c in ds.column_names]
+    columns = [c for c in COLUMNS if c in ds.column_names]
     batch: list[_Row] = []
 
     def flush() -> None:

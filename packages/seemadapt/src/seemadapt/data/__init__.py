@@ -12,20 +12,7 @@ Typical use::
     # in a spawned worker: ensure_registered(spec) with spec = spec_of(name) sent from the main process
 """
 
-from seemadapt.data.contract import (
-    IGNORE_LABEL,
-    Category,
-    ContractError,
-    attach_categories,
-    class_names_of,
-    contract_features,
-    id2rgb,
-    make_row,
-    read_categories,
-    rgb2id,
-    validate,
-)
-from seemadapt.data.converters import from_coco_panoptic, from_masks
+from seemadapt.data.coco_panoptic import from_coco_panoptic
 from seemadapt.data.mapper import (
     EpochDataset,
     EpochSampler,
@@ -34,6 +21,7 @@ from seemadapt.data.mapper import (
     build_train_loader,
     trivial_batch_collator,
 )
+from seemadapt.data.masks_folder import from_masks
 from seemadapt.data.mixing import align_categories, mix
 from seemadapt.data.register import (
     DatasetSpec,
@@ -46,6 +34,19 @@ from seemadapt.data.register import (
     unregister,
 )
 from seemadapt.data.sources import load_source
+from segcontract import (
+    IGNORE_LABEL,
+    Category,
+    ContractError,
+    attach_categories,
+    class_names_of,
+    contract_features,
+    id2rgb,
+    make_row,
+    read_categories,
+    rgb2id,
+    validate,
+)
 
 __all__ = [
     "IGNORE_LABEL",

@@ -50,7 +50,7 @@ from seemadapt._detectron2 import (
     T,
     build_detection_train_loader,
 )
-from seemadapt.data.contract import IGNORE_LABEL, rgb2id
+from segcontract import IGNORE_LABEL, rgb2id
 
 __all__ = [
     "CLASS_TEMPLATES",

@@ -21,7 +21,7 @@ import datasets
 import numpy as np
 from PIL import Image as PILImage
 
-from seemadapt.data.contract import (
+from segcontract import (
     IGNORE_LABEL,
     IMAGE_COLUMNS,
     Category,

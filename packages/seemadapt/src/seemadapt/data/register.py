@@ -45,20 +45,20 @@ import numpy as np
 from PIL import Image as PILImage
 
 from seemadapt._detectron2 import DatasetCatalog, MetadataCatalog
-from seemadapt.data.contract import (
+from seemadapt.data.sources import load_source
+from segcontract import (
     IGNORE_LABEL,
     Category,
     ContractError,
     DecodedRow,
-    _segment_geometry,
-    _where,
     check_features,
     decode_row,
     id2rgb,
     iter_raw_rows,
     read_categories,
+    row_label,
+    segment_geometry,
 )
-from seemadapt.data.sources import load_source
 
 __all__ = [
     "DatasetSpec",
@@ -184,7 +184,7 @@ def _write_row(decoded: DecodedRow, root: Path, categories: Sequence[Category]) 
     pan_name, sem_name = f"panoptic/{image_id}.png", f"semantic/{image_id}.png"
     (root / pan_name).write_bytes(_png(id2rgb(decoded.panoptic_ids)))
     (root / sem_name).write_bytes(_png(decoded.semantic, mode="L"))
-    geometry = _segment_geometry(decoded.panoptic_ids, [int(s["id"]) for s in row["segments_info"]])
+    geometry = segment_geometry(decoded.panoptic_ids, [int(s["id"]) for s in row["segments_info"]])
     segments = []
     for s in row["segments_info"]:
         bbox, area = geometry[int(s["id"])]
@@ -258,7 +258,7 @@ def _materialise(
                 if not chunk:
                     break
                 for index, row in chunk:
-                    where = _where(name, index, row)
+                    where = row_label(name, index, row)
                     if row["image_id"] in seen_ids:
                         raise ContractError(
                             f"{where}: image_id {row['image_id']} repeats row {seen_ids[row['image_id']]}; ids must be unique."

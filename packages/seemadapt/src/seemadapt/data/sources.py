@@ -25,7 +25,8 @@ from typing import Any
 
 import datasets
 
-from seemadapt.data.contract import ContractError, attach_categories, parse_categories, read_categories
+from seemadapt.data.coco_panoptic import from_coco_panoptic
+from segcontract import ContractError, attach_categories, parse_categories, read_categories
 
 __all__ = ["load_source"]
 
@@ -78,8 +79,6 @@ def _load_folder(folder: Path, split: str | None, load_kwargs: dict) -> datasets
         return datasets.load_from_disk(str(folder))
     s = split or "train"
     if list(folder.glob(f"panoptic_{s}*.json")) or list(folder.glob(f"annotations/panoptic_{s}*.json")):
-        from seemadapt.data.converters import from_coco_panoptic
-
         return from_coco_panoptic(folder, s)
     if (folder / "masks").is_dir() and (folder / "images").is_dir() and not _is_hub_style(folder):
         raise ContractError(

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from segcontract import rgb2id
 
 from ._distributed import sum_across_processes
 from ._inputs import as_label_array
@@ -45,8 +46,7 @@ def _id_map(value: Any, name: str) -> np.ndarray:
     """An ``[H, W]`` segment-id map; an ``[H, W, 3]`` uint8 RGB panoptic PNG is decoded."""
     array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
     if array.ndim == 3 and array.shape[-1] == 3 and array.dtype == np.uint8:
-        rgb = array.astype(np.int64)
-        return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+        return rgb2id(array).astype(np.int64)
     ids = as_label_array(array, name)
     if ids.ndim != 2:
         raise ValueError(

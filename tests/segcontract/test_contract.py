@@ -10,19 +10,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seemadapt.data import (
+from segcontract import (
     Category,
     ContractError,
     attach_categories,
+    check_features,
     contract_features,
     id2rgb,
+    iter_raw_rows,
     make_row,
     read_categories,
     rgb2id,
     validate,
 )
-from seemadapt.data.contract import iter_raw_rows
-from seemadapt.testing import make_contract_dataset
+from segcontract.testing import make_contract_dataset
 
 
 def _rows(ds):
@@ -129,8 +130,6 @@ def test_sequence_of_dict_trap_is_named(toy):
     features = toy.features.copy()
     features["segments_info"] = datasets.Sequence(dict(toy.features["segments_info"].feature))
     with pytest.raises(ContractError, match=r"dict of lists.*datasets.List"):
-        from seemadapt.data.contract import check_features
-
         check_features(features)
 
 
