@@ -1,7 +1,7 @@
 """From a label map to COCO-panoptic, semantic and grounding annotations (pure numpy + scipy).
 
 The label map holds the category index per pixel (0..K-1 target classes, K the explicit background when enabled) and
-255 for uncertain pixels. Conventions (design.md section 4):
+255 for uncertain pixels. Conventions:
 
 * Thing classes are split into instances by **8-connected** components (diagonal neighbours join: thin, slanted
   objects such as pipes or cracks stay whole); components smaller than ``min_area`` become void.
@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from panopticapi.utils import IdGenerator, rgb2id
-from scipy import ndimage
+from panopticapi.utils import IdGenerator
 
 from diffsynth.categories import Category
+from segcontract import CONNECTIVITY, IGNORE_LABEL, Region, id2rgb, label_map_regions, rgb2id
 
 __all__ = [
     "CONNECTIVITY",
@@ -36,10 +36,7 @@ __all__ = [
     "tokenize",
 ]
 
-IGNORE_INDEX = 255
-#: Connectivity used to split thing masks into instances.
-CONNECTIVITY = 8
-_STRUCTURE = {4: ndimage.generate_binary_structure(2, 1), 8: ndimage.generate_binary_structure(2, 2)}
+IGNORE_INDEX = IGNORE_LABEL
 DEFAULT_MIN_AREA = 0.001
 
 
@@ -113,12 +110,6 @@ def min_area_pixels(min_area: int | float, num_pixels: int) -> int:
             "pass an int for a pixel count."
         )
     return int(np.ceil(min_area * num_pixels))
-
-
-def _id2rgb(id_map: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] COCO encoding of int32 ids (R = id % 256, ...), via a zero-copy byte view."""
-    le = id_map.astype("<i4", copy=False)
-    return np.ascontiguousarray(le.view(np.uint8).reshape(*id_map.shape, 4)[..., :3])
 
 
 def _check_label_map(label_map: np.ndarray) -> np.ndarray:
@@ -254,6 +245,42 @@ def _sentences(segments: list[dict], categories: Sequence[Category], width: int,
     return out
 
 
+def _check_arguments(categories: Sequence[Category], connectivity: int, max_sentences: int) -> None:
+    if connectivity not in (4, 8):
+        raise ValueError(f"`connectivity` must be 4 or 8, got {connectivity}.")
+    if max_sentences < 1:
+        raise ValueError(f"`max_sentences` must be >= 1, got {max_sentences}.")
+    if not categories:
+        raise ValueError("`categories` is empty; resolve them with diffsynth.categories.resolve_categories.")
+    colors = [c.color for c in categories]
+    if any(c is None for c in colors) or len(set(colors)) != len(colors):
+        raise ValueError(
+            "`categories` need distinct colours (panoptic ids derive from them); build the list with "
+            "diffsynth.categories.resolve_categories."
+        )
+
+
+def _check_label_values(label_map: np.ndarray, num: int) -> None:
+    if num < IGNORE_INDEX and np.any((label_map >= num) & (label_map != IGNORE_INDEX)):
+        bad = int(label_map[(label_map >= num) & (label_map != IGNORE_INDEX)][0])
+        raise ValueError(
+            f"`label_map` holds value {bad} but there are only {num} categories (valid: 0..{num - 1} and "
+            f"{IGNORE_INDEX} = ignore); resolve the background category or map unknown pixels to {IGNORE_INDEX}."
+        )
+
+
+def _geometry(region: Region) -> dict:
+    """Category, area, bbox ``[x, y, w, h]`` and centroid of a region (pixel centres at +0.5)."""
+    comp, top, left = region.mask, region.top, region.left
+    area = region.area
+    r = np.flatnonzero(comp.any(axis=1))
+    c = np.flatnonzero(comp.any(axis=0))
+    cy = top + float(comp.sum(axis=1) @ np.arange(comp.shape[0])) / area + 0.5
+    cx = left + float(comp.sum(axis=0) @ np.arange(comp.shape[1])) / area + 0.5
+    bbox = [float(left + c[0]), float(top + r[0]), float(c[-1] - c[0] + 1), float(r[-1] - r[0] + 1)]
+    return {"cat": region.category, "area": area, "bbox": bbox, "cx": cx, "cy": cy}
+
+
 # ------------------------------------------------------------------------------------------------------- annotate
 def annotate(
     label_map: np.ndarray,
@@ -276,80 +303,37 @@ def annotate(
         connectivity: 8 (default) or 4 for splitting thing masks.
         max_sentences: most grounding sentences per segment; the templates give 2-3 distinct ones.
     """
-    if connectivity not in _STRUCTURE:
-        raise ValueError(f"`connectivity` must be 4 or 8, got {connectivity}.")
-    if max_sentences < 1:
-        raise ValueError(f"`max_sentences` must be >= 1, got {max_sentences}.")
-    if not categories:
-        raise ValueError("`categories` is empty; resolve them with diffsynth.categories.resolve_categories.")
-    colors = [c.color for c in categories]
-    if any(c is None for c in colors) or len(set(colors)) != len(colors):
-        raise ValueError(
-            "`categories` need distinct colours (panoptic ids derive from them); build the list with "
-            "diffsynth.categories.resolve_categories."
-        )
+    _check_arguments(categories, connectivity, max_sentences)
     label_map = _check_label_map(label_map)
     height, width = label_map.shape
-    min_px = max(1, min_area_pixels(min_area, height * width))
-    num = len(categories)
-    if num < IGNORE_INDEX and np.any((label_map >= num) & (label_map != IGNORE_INDEX)):
-        bad = int(label_map[(label_map >= num) & (label_map != IGNORE_INDEX)][0])
-        raise ValueError(
-            f"`label_map` holds value {bad} but there are only {num} categories (valid: 0..{num - 1} and "
-            f"{IGNORE_INDEX} = ignore); resolve the background category or map unknown pixels to {IGNORE_INDEX}."
-        )
+    _check_label_values(label_map, len(categories))
     id_gen = _SeededIdGenerator(
         {i: {"isthing": int(c.isthing), "color": list(c.color)} for i, c in enumerate(categories)},
         seed=int(image_id if rng_seed is None else rng_seed),
     )
-    structure = _STRUCTURE[connectivity]
     id_map = np.zeros((height, width), dtype=np.int32)  # segment id per pixel, 0 = void
-    segments: list[dict] = []
+    min_px = max(1, min_area_pixels(min_area, height * width))
+    segments: list[dict] = []  # geometry for the grounding sentences
     segments_info: list[dict] = []
-
-    def add(cat: int, comp: np.ndarray, top: int, left: int, target: np.ndarray) -> None:
-        """Register one segment: ``comp`` is its mask inside ``target`` (a view of id_map at (top, left))."""
-        area = int(np.count_nonzero(comp))
-        if area < min_px:
-            return
-        rows, cols = comp.any(axis=1), comp.any(axis=0)
-        r = np.flatnonzero(rows)
-        c = np.flatnonzero(cols)
-        cy = top + float(comp.sum(axis=1) @ np.arange(comp.shape[0])) / area + 0.5
-        cx = left + float(comp.sum(axis=0) @ np.arange(comp.shape[1])) / area + 0.5
-        seg_id, _ = id_gen.get_id_and_color(cat)
-        target[comp] = seg_id
-        bbox = [float(left + c[0]), float(top + r[0]), float(c[-1] - c[0] + 1), float(r[-1] - r[0] + 1)]
-        segments.append({"cat": cat, "area": area, "bbox": bbox, "cx": cx, "cy": cy})
+    for region in label_map_regions(label_map, [c.isthing for c in categories], connectivity=connectivity):
+        if region.area < min_px:
+            continue
+        seg_id, _ = id_gen.get_id_and_color(region.category)
+        id_map[region.window][region.mask] = seg_id
+        segment = _geometry(region)
+        segments.append(segment)
         segments_info.append(
             {
                 "id": int(seg_id),
-                "category_id": cat,
+                "category_id": region.category,
                 "iscrowd": 0,
-                "bbox": bbox,
-                "area": area,
-                "isthing": bool(categories[cat].isthing),
+                "bbox": segment["bbox"],
+                "area": segment["area"],
+                "isthing": bool(categories[region.category].isthing),
             }
         )
 
-    for cat in range(num):
-        mask = label_map == cat
-        if not mask.any():
-            continue
-        if not categories[cat].isthing:
-            add(cat, mask, 0, 0, id_map)
-            continue
-        # Label only the class's bounding box: cost follows the objects, not the image.
-        r = np.flatnonzero(mask.any(axis=1))
-        c = np.flatnonzero(mask.any(axis=0))
-        top, left = int(r[0]), int(c[0])
-        crop = (slice(top, int(r[-1]) + 1), slice(left, int(c[-1]) + 1))
-        labels, _ = ndimage.label(mask[crop], structure=structure)
-        ids_crop = id_map[crop]
-        for j, box in enumerate(ndimage.find_objects(labels), start=1):
-            add(cat, labels[box] == j, top + box[0].start, left + box[1].start, ids_crop[box])
-
-    panoptic = _id2rgb(id_map)
+    panoptic = id2rgb(id_map)
     semantic = label_map.copy()
     semantic[id_map == 0] = IGNORE_INDEX
 

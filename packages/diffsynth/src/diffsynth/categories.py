@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from segcontract import check_color
+
 __all__ = ["COLOR_SEED", "Category", "resolve_categories"]
 
 #: Seed of the colour RNG: the i-th category without a colour always gets the same colour.
@@ -69,20 +71,7 @@ class Category:
             raise TypeError(f"Category {self.name!r}: `isthing` must be a bool, got {self.isthing!r}.")
         object.__setattr__(self, "isthing", bool(self.isthing))
         if self.color is not None:
-            try:
-                color = tuple(int(c) for c in self.color)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"Category {self.name!r}: `color` must be three integers (r, g, b), got {self.color!r}."
-                ) from None
-            if len(color) != 3 or any(c < 0 or c > 255 for c in color):
-                raise ValueError(
-                    f"Category {self.name!r}: `color` must be three integers in 0..255, got {self.color!r}."
-                )
-            if color == (0, 0, 0):
-                raise ValueError(
-                    f"Category {self.name!r}: `color` (0, 0, 0) is the void id in COCO panoptic PNGs; pick another."
-                )
+            color = check_color(self.color, f"Category {self.name!r}", allow_black=False)
             object.__setattr__(self, "color", color)
         object.__setattr__(self, "synonyms", _words(self.synonyms, "synonyms", self.name))
         object.__setattr__(self, "prompt_words", _words(self.prompt_words, "prompt_words", self.name))
@@ -156,6 +145,35 @@ def _auto_colors(count: int, taken: Iterable[tuple[int, int, int]]) -> list[tupl
     return out
 
 
+def _background(background: str | Category | None) -> Category | None:
+    """The background argument as a stuff :class:`Category` (or None)."""
+    if background is None:
+        return None
+    if isinstance(background, str):
+        if not background.strip():
+            raise ValueError("`background` is an empty string; pass a name, or None to opt out.")
+        return Category(background, isthing=False)
+    if not isinstance(background, Category):
+        raise TypeError(f"`background` must be a str, a Category or None, got {type(background).__name__}.")
+    return dataclasses.replace(background, isthing=False) if background.isthing else background
+
+
+def _check_names(categories: Sequence[Category], background: Category | None) -> None:
+    seen: dict[str, int] = {}
+    for i, category in enumerate(categories):
+        key = category.name.lower()
+        if key in seen:
+            raise ValueError(
+                f"`classes` names {category.name!r} twice (positions {seen[key]} and {i}); class names must be unique."
+            )
+        seen[key] = i
+    if background is not None and background.name.lower() in seen:
+        raise ValueError(
+            f"`background` name {background.name!r} is also a target class (position "
+            f"{seen[background.name.lower()]}); rename it, or pass background=None if it is meant as a class."
+        )
+
+
 def resolve_categories(
     classes: Sequence[str | Category | Mapping[str, Any]],
     background: str | Category | None = "background",
@@ -172,32 +190,10 @@ def resolve_categories(
     categories = [_as_category(item, i) for i, item in enumerate(classes)]
     if not categories:
         raise ValueError("`classes` is empty; give at least one target class name.")
-    if background is not None:
-        if isinstance(background, str):
-            if not background.strip():
-                raise ValueError("`background` is an empty string; pass a name, or None to opt out.")
-            background = Category(background, isthing=False)
-        elif not isinstance(background, Category):
-            raise TypeError(
-                f"`background` must be a str, a Category or None, got {type(background).__name__}."
-            )
-        elif background.isthing:
-            background = dataclasses.replace(background, isthing=False)
-    seen: dict[str, int] = {}
-    for i, category in enumerate(categories):
-        key = category.name.lower()
-        if key in seen:
-            raise ValueError(
-                f"`classes` names {category.name!r} twice (positions {seen[key]} and {i}); class names must be unique."
-            )
-        seen[key] = i
-    if background is not None:
-        if background.name.lower() in seen:
-            raise ValueError(
-                f"`background` name {background.name!r} is also a target class (position "
-                f"{seen[background.name.lower()]}); rename it, or pass background=None if it is meant as a class."
-            )
-        categories.append(background)
+    resolved_background = _background(background)
+    _check_names(categories, resolved_background)
+    if resolved_background is not None:
+        categories.append(resolved_background)
     colors = [c.color for c in categories if c.color is not None]
     if len(set(colors)) != len(colors):
         dup = next(c for c in colors if colors.count(c) > 1)

@@ -7,22 +7,18 @@ Features of :func:`diffsynth.schema.features`.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from datasets import ClassLabel, Dataset, Features, Image, IterableDataset, List, Value
-from panopticapi.utils import rgb2id
+from datasets import ClassLabel, Dataset, Features, IterableDataset
 from PIL import Image as PILImage
 
-from diffsynth.annotate import DEFAULT_MIN_AREA, IGNORE_INDEX, Annotation, annotate
+from diffsynth.annotate import DEFAULT_MIN_AREA, Annotation, annotate
 from diffsynth.categories import Category, resolve_categories
 from diffsynth.schema import (
-    COLUMNS,
     QUALITY_FIELDS,
     encode_attention,
     encode_image,
@@ -32,26 +28,20 @@ from diffsynth.schema import (
     read_metadata,
     segment_features,
 )
+from segcontract import SOURCES, ContractError, check_features, write_category_files
+from segcontract import validate as validate_contract
 
 __all__ = [
     "ContractError",
     "Sample",
     "categories_of",
-    "category_files",
     "sample_to_row",
     "save_to_disk",
     "settings_of",
     "to_dataset",
     "validate",
     "with_metadata",
-    "write_category_files",
 ]
-
-SOURCES = ("synthetic", "real")
-
-
-class ContractError(ValueError):
-    """A dataset breaks the contract of design.md section 4; the message names the row, column and fix."""
 
 
 @dataclass
@@ -301,165 +291,40 @@ def with_metadata(
 
 
 # ---------------------------------------------------------------------------------------------------- validate
-def _feature_kind(feature: Any) -> Any:
-    """A comparable description of a feature, ignoring ``id`` (our metadata blob) and ClassLabel names."""
-    if isinstance(feature, dict):
-        return {k: _feature_kind(v) for k, v in feature.items()}
-    if isinstance(feature, List):
-        return ("list", _feature_kind(feature.feature), feature.length)
-    if isinstance(feature, ClassLabel):
-        return ("class_label",)
-    if isinstance(feature, Value):
-        return ("value", feature.dtype)
-    if isinstance(feature, Image):
-        return ("image",)
-    return (type(feature).__name__,)
-
-
-def _open(value: Any, what: str, where: str) -> PILImage.Image:
-    try:
-        if isinstance(value, PILImage.Image):
-            return value
-        if isinstance(value, Mapping):
-            data = value.get("bytes")
-            if data is None and value.get("path"):
-                return PILImage.open(value["path"])
-            return PILImage.open(io.BytesIO(data))
-        raise TypeError(type(value).__name__)
-    except Exception as err:
-        raise ContractError(
-            f"{where}: `{what}` cannot be decoded as an image ({err}); re-encode it as PNG."
-        ) from err
-
-
-def validate(ds: Dataset, *, max_rows: int | None = None) -> None:
-    """Check ``ds`` against the contract; raise :class:`ContractError` naming row, column and fix.
-
-    Checks columns and feature types, then per row: sizes, PNG modes, that every ``segments_info`` id is in the
-    panoptic PNG and vice versa (with matching areas), category ids in range, semantic values in range, grounding
-    segment ids, unique image ids. ``max_rows`` limits the per-row checks to the first rows.
-    """
-    if not isinstance(ds, Dataset):
-        raise ContractError(f"validate() needs a datasets.Dataset, got {type(ds).__name__}.")
-    missing = [c for c in COLUMNS if c not in ds.column_names]
-    if missing:
-        raise ContractError(
-            f"Missing contract columns {missing}; the contract (design.md section 4) needs {list(COLUMNS)}."
-        )
+def _check_metadata(ds: Dataset) -> list[Category]:
+    """The stored categories agree with the ClassLabel names, and the optional columns have diffsynth's types."""
     categories = categories_of(ds)
-    expected = features(
-        categories, with_attention="attention" in ds.column_names, with_quality="quality" in ds.column_names
-    )
-    for name, feature in expected.items():
-        if _feature_kind(ds.features[name]) != _feature_kind(feature):
-            raise ContractError(
-                f"Column `{name}` has feature {ds.features[name]!r}; the contract needs {feature!r}."
-            )
-    if "quality" in ds.column_names:
-        _check_quality(ds)
     label = ds.features["segments_info"].feature["category_id"]
     if list(label.names) != [c.name for c in categories]:
         raise ContractError(
             "The stored category list does not match the ClassLabel names; rebuild the Features."
         )
-    num = len(categories)
-    image_ids = ds["image_id"]
-    if len(set(image_ids)) != len(image_ids):
-        dup = next(v for v in image_ids if image_ids.count(v) > 1)
-        raise ContractError(f"`image_id` {dup} appears twice; image ids must be unique within the dataset.")
-    file_names = ds["file_name"]
-    if len(set(file_names)) != len(file_names):
-        dup = next(v for v in file_names if file_names.count(v) > 1)
-        raise ContractError(
-            f"`file_name` {dup!r} appears twice; file names must be unique within the dataset."
-        )
-    cols = [
-        "image",
-        "image_id",
-        "width",
-        "height",
-        "panoptic",
-        "segments_info",
-        "semantic",
-        "grounding",
-        "source",
-    ]
-    view = ds.select_columns(cols).cast_column("image", Image(decode=False))
-    view = view.cast_column("panoptic", Image(decode=False)).cast_column("semantic", Image(decode=False))
-    rows = len(view) if max_rows is None else min(max_rows, len(view))
-    for i in range(rows):
-        row = view[i]
-        where = f"row {i} (image_id {row['image_id']})"
-        if row["source"] not in SOURCES:
-            raise ContractError(f"{where}: `source` is {row['source']!r}; use one of {SOURCES}.")
-        size = (row["width"], row["height"])
-        image = _open(row["image"], "image", where)
-        if image.size != size:
-            raise ContractError(f"{where}: `image` is {image.size} but width/height say {size}.")
-        panoptic = _open(row["panoptic"], "panoptic", where)
-        if panoptic.mode != "RGB" or panoptic.size != size:
+    expected = features(
+        categories, with_attention="attention" in ds.column_names, with_quality="quality" in ds.column_names
+    )
+    for name in ("attention", "quality"):
+        if name in ds.column_names and ds.features[name] != expected[name]:
             raise ContractError(
-                f"{where}: `panoptic` must be an RGB PNG of size {size}, got mode {panoptic.mode} size "
-                f"{panoptic.size}."
+                f"Column `{name}` has feature {ds.features[name]!r}; diffsynth stores it as {expected[name]!r}."
             )
-        ids, counts = np.unique(rgb2id(np.asarray(panoptic)), return_counts=True)
-        png_areas = {int(k): int(v) for k, v in zip(ids, counts) if k != 0}
-        seen: set[int] = set()
-        for seg in row["segments_info"]:
-            sid = seg["id"]
-            if sid in seen:
-                raise ContractError(f"{where}: segment id {sid} is listed twice in `segments_info`.")
-            seen.add(sid)
-            if sid == 0:
-                raise ContractError(f"{where}: segment id 0 is void in COCO panoptic PNGs; ids must be > 0.")
-            if not 0 <= seg["category_id"] < num:
-                raise ContractError(
-                    f"{where}: segment {sid} has category_id {seg['category_id']}, out of range 0..{num - 1}."
-                )
-            if sid not in png_areas:
-                raise ContractError(
-                    f"{where}: segment id {sid} of `segments_info` is not in the panoptic PNG."
-                )
-            if seg["area"] != png_areas[sid]:
-                raise ContractError(
-                    f"{where}: segment {sid} has area {seg['area']} but covers {png_areas[sid]} pixels in the PNG."
-                )
-            box = seg["bbox"]
-            if box is None or len(box) != 4:
-                raise ContractError(f"{where}: segment {sid} needs a bbox [x, y, w, h].")
-            if (
-                box[0] < 0
-                or box[1] < 0
-                or box[2] <= 0
-                or box[3] <= 0
-                or box[0] + box[2] > size[0]
-                or (box[1] + box[3] > size[1])
-            ):
-                raise ContractError(
-                    f"{where}: segment {sid} has bbox {box}, not an [x, y, w, h] box inside the {size} image."
-                )
-        extra = sorted(set(png_areas) - seen)
-        if extra:
-            raise ContractError(
-                f"{where}: panoptic PNG holds segment ids {extra[:5]} that `segments_info` does not list."
-            )
-        semantic = _open(row["semantic"], "semantic", where)
-        if semantic.mode != "L" or semantic.size != size:
-            raise ContractError(
-                f"{where}: `semantic` must be a mode L PNG of size {size}, got mode {semantic.mode} size "
-                f"{semantic.size}."
-            )
-        values = np.unique(np.asarray(semantic))
-        bad = [int(v) for v in values if v >= num and v != IGNORE_INDEX]
-        if bad:
-            raise ContractError(
-                f"{where}: `semantic` holds values {bad} outside 0..{num - 1} and {IGNORE_INDEX} (ignore)."
-            )
-        for ref in row["grounding"]:
-            if ref["segment_id"] not in seen:
-                raise ContractError(
-                    f"{where}: grounding refers to segment {ref['segment_id']}, which `segments_info` does not list."
-                )
+    return categories
+
+
+def validate(ds: Dataset, *, max_rows: int | None = None) -> None:
+    """Check ``ds`` against the contract; raise :class:`ContractError` naming row, column and fix.
+
+    The contract itself is checked by :func:`segcontract.validate` (columns and feature types, then per row: sizes,
+    PNG modes, every ``segments_info`` id in the panoptic PNG and back with matching areas and boxes, category ids
+    and semantic values in range, grounding segment ids, unique image ids); on top, diffsynth's metadata and its
+    optional ``attention``/``quality`` columns. ``max_rows`` limits the per-row checks to the first rows.
+    """
+    if not isinstance(ds, Dataset):
+        raise ContractError(f"validate() needs a datasets.Dataset, got {type(ds).__name__}.")
+    check_features(ds.features)
+    _check_metadata(ds)
+    if "quality" in ds.column_names:
+        _check_quality(ds)
+    validate_contract(ds, max_rows=max_rows)
 
 
 def _check_quality(ds: Dataset) -> None:
@@ -483,27 +348,6 @@ def _check_quality(ds: Dataset) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ side files
-def category_files(categories: Sequence[Category]) -> dict[str, Any]:
-    """``categories.json`` and ``id2label.json`` contents: the files written beside the data in every folder."""
-    return {
-        "categories.json": {
-            "ignore_index": IGNORE_INDEX,
-            "void_segment_id": 0,
-            "coco_category_id": "index + 1",
-            "categories": [{"id": i, "coco_id": i + 1, **c.to_dict()} for i, c in enumerate(categories)],
-        },
-        "id2label.json": {str(i): c.name for i, c in enumerate(categories)},
-    }
-
-
-def write_category_files(categories: Sequence[Category], folder: str | os.PathLike) -> None:
-    """Write ``categories.json`` and ``id2label.json`` (transformers' convention) into ``folder``."""
-    for name, content in category_files(categories).items():
-        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
-            json.dump(content, f, indent=2)
-            f.write("\n")
-
-
 def save_to_disk(ds: Dataset, folder: str | os.PathLike, **kwargs: Any) -> None:
     """``ds.save_to_disk(folder)`` plus ``categories.json``/``id2label.json`` beside the Arrow files."""
     categories = categories_of(ds)

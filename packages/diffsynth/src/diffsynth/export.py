@@ -36,14 +36,14 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, Image
 from datasets.exceptions import DatasetGenerationError
-from panopticapi.utils import rgb2id
 from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
 
 from diffsynth.annotate import IGNORE_INDEX, tokenize
 from diffsynth.categories import Category, resolve_categories
-from diffsynth.dataset import ContractError, categories_of, settings_of, write_category_files
+from diffsynth.dataset import ContractError, categories_of, settings_of
 from diffsynth.schema import COLUMNS, METADATA_KEY, encode_png, features, image_format
+from segcontract import rgb2id, write_category_files
 
 __all__ = ["export_coco", "load_coco"]
 

@@ -31,9 +31,10 @@ from datasets import Dataset, DatasetDict, SplitInfo
 from datasets.table import embed_table_storage
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
-from diffsynth.dataset import categories_of, settings_of, write_category_files
+from diffsynth.dataset import categories_of, settings_of
 from diffsynth.health import format_health, health_report
 from diffsynth.preview import preview_grid
+from segcontract import write_category_files
 
 __all__ = ["dataset_card", "license_for", "push_to_hub", "stage_repo"]
 

@@ -1,7 +1,8 @@
 """Mask overlays and a preview grid with a legend (for the dataset card and quick looks).
 
 A panoptic PNG is already a colour image (segment ids are category colours, jittered per instance), so its overlay
-is the PNG itself blended in, with segment borders drawn so touching instances stay apart. A semantic map is
+is the PNG itself blended in (:func:`segcontract.blend_regions`), with segment outlines so touching instances stay
+apart. A semantic map is
 coloured with the category colours. Void / ignore pixels are left untinted.
 """
 
@@ -16,15 +17,33 @@ from PIL import Image, ImageDraw, ImageFont
 from diffsynth.annotate import IGNORE_INDEX
 from diffsynth.categories import Category
 from diffsynth.dataset import categories_of
+from segcontract import VOID, blend_regions, id2rgb, rgb2id
 
 __all__ = ["overlay", "preview_grid"]
 
 
-def _borders(ids: np.ndarray) -> np.ndarray:
-    edge = np.zeros(ids.shape, dtype=bool)
-    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
-    edge[1:, :] |= ids[1:, :] != ids[:-1, :]
-    return edge
+def _as_mask(value: Image.Image | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The mask as an array at the image ``size`` (nearest resampling keeps ids and labels intact)."""
+    if isinstance(value, Image.Image):
+        value = value.convert("RGB") if value.mode not in ("L", "P", "I") else value
+    mask = np.asarray(value)
+    if mask.shape[:2] != (size[1], size[0]):
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    return mask
+
+
+def _regions(mask: np.ndarray, categories: Sequence[Category]) -> list[tuple[np.ndarray, tuple[int, ...]]]:
+    """(pixels, colour) per category of a label map, or per segment of a panoptic PNG (its colour is its id)."""
+    if mask.ndim == 2:
+        return [
+            (mask == i, tuple(c.color or (255, 255, 255)))
+            for i, c in enumerate(categories)
+            if i != IGNORE_INDEX and (mask == i).any()
+        ]
+    if mask.ndim == 3 and mask.shape[2] >= 3:
+        ids = rgb2id(mask)
+        return [(ids == sid, tuple(int(v) for v in id2rgb(sid))) for sid in np.unique(ids) if sid != VOID]
+    raise ValueError(f"`label_map_or_panoptic` must be [H, W] or [H, W, 3], got shape {mask.shape}.")
 
 
 def overlay(
@@ -33,39 +52,16 @@ def overlay(
     categories: Sequence[Category],
     alpha: float = 0.5,
 ) -> Image.Image:
-    """``image`` with the mask blended on top.
+    """``image`` with the mask blended on top, each region outlined so touching instances stay apart.
 
     ``label_map_or_panoptic``: a 2-D label/semantic map (category index, 255 ignore) or an RGB panoptic PNG.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"`alpha` must be in [0, 1], got {alpha}.")
     base = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    base = base.convert("RGB")
-    mask = label_map_or_panoptic
-    if isinstance(mask, Image.Image):
-        mask = mask.convert("RGB") if mask.mode not in ("L", "P", "I") else mask
-    mask = np.asarray(mask)
-    if mask.shape[:2] != (base.height, base.width):
-        resample = Image.NEAREST
-        mask = np.asarray(Image.fromarray(mask).resize(base.size, resample))
-    if mask.ndim == 2:
-        lut = np.zeros((256, 3), dtype=np.uint8)
-        for i, c in enumerate(categories):
-            lut[i] = c.color or (255, 255, 255)
-        colors = lut[mask.astype(np.uint8)]
-        ids = mask.astype(np.int32)
-        painted = (mask != IGNORE_INDEX) & (mask < len(categories))
-    elif mask.ndim == 3 and mask.shape[2] >= 3:
-        colors = mask[..., :3].astype(np.uint8)
-        ids = colors.astype(np.int32) @ np.array([1, 256, 65536], dtype=np.int32)
-        painted = ids != 0
-    else:
-        raise ValueError(f"`label_map_or_panoptic` must be [H, W] or [H, W, 3], got shape {mask.shape}.")
-    pixels = np.asarray(base, dtype=np.float32)
-    blend = pixels * (1 - alpha) + colors.astype(np.float32) * alpha
-    out = np.where(painted[..., None], blend, pixels)
-    out[_borders(ids) & painted] = 255.0
-    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+    base = np.asarray(base.convert("RGB"))
+    mask = _as_mask(label_map_or_panoptic, (base.shape[1], base.shape[0]))
+    return Image.fromarray(blend_regions(base, _regions(mask, categories), alpha))
 
 
 def _legend(categories: Sequence[Category], width: int) -> Image.Image:

@@ -1,4 +1,4 @@
-"""The dataset contract (design.md section 4) as ``datasets.Features``, and where its metadata lives.
+"""diffsynth's Features: the contract's (:mod:`segcontract`) plus optional columns, and where its metadata lives.
 
 Categories (thing/stuff, colours, synonyms) and generation settings must survive ``save_to_disk``/``load_from_disk``,
 ``to_parquet``/``from_parquet``, ``push_to_hub``/``load_dataset`` with nothing but the dataset. Measured on datasets 5.2:
@@ -31,6 +31,7 @@ from datasets import ClassLabel, Features, Image, List, Value
 from PIL import Image as PILImage
 
 from diffsynth.categories import Category
+from segcontract import COLUMNS, contract_features, segment_feature
 
 __all__ = [
     "COLUMNS",
@@ -50,21 +51,6 @@ __all__ = [
 
 METADATA_KEY = "diffsynth"
 METADATA_FORMAT = 1
-#: Contract columns in order (``attention`` is optional).
-COLUMNS = (
-    "image",
-    "image_id",
-    "file_name",
-    "width",
-    "height",
-    "panoptic",
-    "segments_info",
-    "semantic",
-    "grounding",
-    "prompt",
-    "seed",
-    "source",
-)
 #: Fields of the optional ``quality`` struct column (see :mod:`diffsynth.quality`).
 QUALITY_FIELDS = (
     "overall",
@@ -124,17 +110,7 @@ def metadata_blob(categories: Sequence[Category], settings: Mapping[str, Any] | 
 
 def segment_features(categories: Sequence[Category], settings: Mapping[str, Any] | None = None) -> List:
     """The ``segments_info`` feature; its ClassLabel carries the metadata blob."""
-    names = [c.name for c in categories]
-    return List(
-        {
-            "id": Value("int64"),
-            "category_id": ClassLabel(names=names, id=metadata_blob(categories, settings)),
-            "iscrowd": Value("int8"),
-            "bbox": List(Value("float32"), length=4),
-            "area": Value("int64"),
-            "isthing": Value("bool"),
-        }
-    )
+    return segment_feature([c.name for c in categories], metadata_blob(categories, settings))
 
 
 def features(
@@ -148,20 +124,8 @@ def features(
     and ``quality``."""
     if not categories:
         raise ValueError("`categories` is empty; resolve them with diffsynth.categories.resolve_categories.")
-    columns: dict[str, Any] = {
-        "image": Image(),
-        "image_id": Value("int64"),
-        "file_name": Value("string"),
-        "width": Value("int32"),
-        "height": Value("int32"),
-        "panoptic": Image(),
-        "segments_info": segment_features(categories, settings),
-        "semantic": Image(),
-        "grounding": List({"segment_id": Value("int64"), "sentences": List(Value("string"))}),
-        "prompt": Value("string"),
-        "seed": Value("int64"),
-        "source": Value("string"),
-    }
+    names = [c.name for c in categories]
+    columns: dict[str, Any] = dict(contract_features(names, label_id=metadata_blob(categories, settings)))
     if with_attention:
         columns["attention"] = List(Image())
     if with_quality:

@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, Features, IterableDataset, load_dataset
 from tqdm.auto import tqdm
 
-from diffsynth.dataset import categories_of, sample_to_row, write_category_files
+from diffsynth.dataset import categories_of, sample_to_row
 from diffsynth.distributed import (
     DEFAULT_TIMEOUT,
     ProcessInfo,
@@ -58,6 +58,7 @@ from diffsynth.distributed import (
 )
 from diffsynth.schema import features as contract_features
 from diffsynth.schema import scrub_settings, segment_features
+from segcontract import write_category_files
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",

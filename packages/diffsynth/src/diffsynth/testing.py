@@ -9,65 +9,27 @@ as noise: these models show the mechanics, not quality.
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from segcontract import CLIP_VOCAB_SIZE, load_clip_bpe
 
 Kind = Literal["sd1", "sd2", "sdxl"]
 KINDS: tuple[str, ...] = ("sd1", "sd2", "sdxl")
-
-CLIP_VOCAB_SIZE = 49408
-_NUM_MERGES = 49152 - 256 - 2
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable unicode map (printable bytes map to themselves)."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codes), strict=True))
-
-
-def clip_bpe_path() -> Path:
-    """The CLIP BPE merges file shipped inside the open-clip-torch wheel (no import of open_clip needed)."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "open-clip-torch is required for the offline CLIP tokenizer: pip install open-clip-torch"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"CLIP BPE vocabulary not found at {path}; reinstall open-clip-torch.")
-    return path
-
-
-@lru_cache(maxsize=1)
-def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The 49408-token CLIP vocabulary and its BPE merges, rebuilt from the open-clip BPE file."""
-    with gzip.open(clip_bpe_path(), "rt", encoding="utf-8") as handle:
-        lines = handle.read().split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
-    symbols = list(_bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    if len(vocab) != CLIP_VOCAB_SIZE:
-        raise RuntimeError(f"unexpected CLIP vocabulary size {len(vocab)} (expected {CLIP_VOCAB_SIZE})")
-    return vocab, merges  # type: ignore[return-value]
 
 
 def clip_tokenizer(pad_token: str = "<|endoftext|>"):
@@ -75,14 +37,12 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>"):
 
     ``pad_token="!"`` mirrors SDXL's second tokenizer (OpenCLIP bigG), which pads with "!" (id 0).
     """
-    from transformers import CLIPTokenizer
 
-    vocab, merges = clip_vocab_and_merges()
+    vocab, merges = load_clip_bpe()
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77, pad_token=pad_token)
 
 
 def _text_encoder(seed: int, *, with_projection: bool = False, hidden_act: str = "quick_gelu"):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
         vocab_size=CLIP_VOCAB_SIZE,
@@ -102,7 +62,6 @@ def _text_encoder(seed: int, *, with_projection: bool = False, hidden_act: str =
 
 
 def _vae(seed: int):
-    from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     # Four blocks, like the real VAE: the latent is 1/8 of the image, so size rules match real models.
@@ -140,7 +99,6 @@ def _unet(kind: Kind, seed: int):
 
 
 def _build_unet(kind: Kind):
-    from diffusers import UNet2DConditionModel
 
     if kind == "sdxl":
         # SDXL layout: no attention at the first (largest) level, text-time conditioning, two encoders (32 + 32).
@@ -174,7 +132,6 @@ def _build_unet(kind: Kind):
 
 
 def _scheduler(kind: Kind):
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
     common = dict(
         beta_start=0.00085,
@@ -197,12 +154,6 @@ def tiny_pipeline(kind: Kind = "sd1", img2img: bool = False, seed: int = 0):
     """
     if kind not in KINDS:
         raise ValueError(f"tiny_pipeline: kind must be one of {KINDS}, got {kind!r}.")
-    from diffusers import (
-        StableDiffusionImg2ImgPipeline,
-        StableDiffusionPipeline,
-        StableDiffusionXLImg2ImgPipeline,
-        StableDiffusionXLPipeline,
-    )
 
     with torch.random.fork_rng(devices=[]):
         unet = _unet(kind, seed)

@@ -9,12 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
+
+# A bare Figure renders with Agg and leaves pyplot's global backend and figure list alone.
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from segcontract import blend_regions
 
 
 def _colours(count: int) -> np.ndarray:
-    import matplotlib
-
     cmap = matplotlib.colormaps["tab20" if count > 10 else "tab10"]
     return np.array([cmap(i % cmap.N)[:3] for i in range(count)], dtype=np.float32)
 
@@ -22,14 +27,10 @@ def _colours(count: int) -> np.ndarray:
 def mask_overlay(
     image: np.ndarray, label_map: np.ndarray, class_ids: list[int], alpha: float = 0.5
 ) -> np.ndarray:
-    """The image with class pixels tinted by class colour and ignored pixels greyed; float RGB in [0, 1]."""
-    base = image.astype(np.float32) / 255.0
-    out = base.copy()
-    colours = _colours(len(class_ids))
-    for k, value in enumerate(class_ids):
-        hit = label_map == value
-        out[hit] = (1 - alpha) * base[hit] + alpha * colours[k]
-    return out
+    """The image with class pixels tinted by class colour; float RGB in [0, 1]."""
+    colours = _colours(len(class_ids)) * 255.0
+    regions = [(label_map == value, colours[k]) for k, value in enumerate(class_ids)]
+    return blend_regions(image, regions, alpha, outlined=False).astype(np.float32) / 255.0
 
 
 def attention_figure(
@@ -39,10 +40,6 @@ def attention_figure(
 
     Needs the soft maps (``MaskerConfig(keep_soft_maps=True)``, the default).
     """
-    # A bare Figure renders with Agg and leaves pyplot's global backend and figure list alone.
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
     if result.soft_maps is None or result.cross_maps is None:
         raise ValueError(
             "attention_figure needs soft and cross maps; run with MaskerConfig(keep_soft_maps=True)."

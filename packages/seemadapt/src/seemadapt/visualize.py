@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from segcontract import blend_regions
+
 __all__ = ["draw_grounding", "draw_panoptic", "draw_semantic", "palette"]
 
 Color = tuple[int, int, int]
@@ -63,24 +65,6 @@ def _check_size(name: str, array: np.ndarray, image: np.ndarray) -> None:
             f"{name} is {array.shape[-2]}x{array.shape[-1]} but the image is {image.shape[0]}x{image.shape[1]}; "
             "pass the image the prediction was made for (predictions come back at the input size)."
         )
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` with a 4-neighbour outside it."""
-    padded = np.pad(mask, 1, constant_values=False)
-    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~inner
-
-
-def _blend(base: np.ndarray, regions: Sequence[tuple[np.ndarray, Color]], alpha: float) -> np.ndarray:
-    out = base.astype(np.float32)
-    for mask, color in regions:
-        if mask.any():
-            out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(color, dtype=np.float32)
-    for mask, color in regions:
-        edge = _outline(mask)
-        out[edge] = 0.5 * np.asarray(color, dtype=np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -169,7 +153,7 @@ def draw_semantic(
             )
         regions.append((labels == label, colors[label]))
         entries.append((f"{class_names[label]} ({100.0 * counts[index] / labels.size:.1f}%)", colors[label]))
-    return _with_legend(_blend(base, regions, alpha), entries, title="semantic")
+    return _with_legend(blend_regions(base, regions, alpha), entries, title="semantic")
 
 
 def draw_panoptic(
@@ -206,7 +190,7 @@ def draw_panoptic(
         if not info.get("isthing", True):
             text += " (stuff)"
         entries.append((text, color))
-    return _with_legend(_blend(base, regions, alpha), entries, title="panoptic")
+    return _with_legend(blend_regions(base, regions, alpha), entries, title="panoptic")
 
 
 def draw_grounding(
@@ -235,4 +219,4 @@ def draw_grounding(
         if score_values is not None:
             text += f" {float(score_values[index]):.2f}"
         entries.append((text, colors[index]))
-    return _with_legend(_blend(base, list(zip(masks, colors)), alpha), entries, title="grounding")
+    return _with_legend(blend_regions(base, list(zip(masks, colors)), alpha), entries, title="grounding")

@@ -19,7 +19,7 @@ from segcontract.categories import (
 )
 from segcontract.category import Category
 from segcontract.category_files import category_files, write_category_files
-from segcontract.clip_bpe import bytes_to_unicode, default_bpe_path, load_clip_bpe
+from segcontract.clip_bpe import CLIP_VOCAB_SIZE, bytes_to_unicode, default_bpe_path, load_clip_bpe
 from segcontract.colors import check_color, default_color
 from segcontract.columns import (
     COLUMNS,
@@ -45,6 +45,7 @@ from segcontract.validate import validate
 __version__ = "0.1.0"
 
 __all__ = [
+    "CLIP_VOCAB_SIZE",
     "COLUMNS",
     "CONNECTIVITY",
     "GROUNDING_KEYS",

@@ -162,12 +162,7 @@ def _check_segments(
     return seen
 
 
-def check_fields(
-    where: str, row: Mapping[str, Any], num_classes: int, categories: Sequence[Category] | None = None
-) -> None:
-    """The checks that need no image decoding: sizes, names, source, segment records, grounding references."""
-    _check_scalars(where, row)
-    seen = _check_segments(where, row, num_classes, categories)
+def _check_grounding(where: str, row: Mapping[str, Any], seen: set[int]) -> None:
     for j, g in enumerate(row.get("grounding") or []):
         if g.get("segment_id") not in seen:
             raise ContractError(
@@ -179,6 +174,14 @@ def check_fields(
             raise ContractError(
                 f"{where}: grounding[{j}].sentences must be a list of strings, got {sentences!r}."
             )
+
+
+def check_fields(
+    where: str, row: Mapping[str, Any], num_classes: int, categories: Sequence[Category] | None = None
+) -> None:
+    """The checks that need no image decoding: sizes, names, source, segment records, grounding references."""
+    _check_scalars(where, row)
+    _check_grounding(where, row, _check_segments(where, row, num_classes, categories))
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -269,9 +272,11 @@ def decode_row(
 ) -> DecodedRow:
     """Decode and check one raw row (from :func:`segcontract.iter_raw_rows`); raises :class:`ContractError`."""
     where = row_label(name, index, row)
-    check_fields(where, row, num_classes, categories)
+    _check_scalars(where, row)
+    seen = _check_segments(where, row, num_classes, categories)
     image, image_bytes, fmt, reencode = _decode_rgb(where, row)
     ids = _decode_panoptic(where, row, image.size)
     semantic = _decode_semantic(where, row, image.size, num_classes)
     _check_segments_in_png(where, row, ids)
+    _check_grounding(where, row, seen)
     return DecodedRow(index, dict(row), image, image_bytes, fmt, reencode, ids, semantic)

@@ -40,6 +40,86 @@ def _where_words(mask: np.ndarray) -> str:
     return f"{vertical} {horizontal}"
 
 
+def _check_arguments(num_images: int, size: tuple[int, int], names: list[str], stuff: Sequence[str]) -> None:
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}.")
+    if int(size[0]) < 8 or int(size[1]) < 8:
+        raise ValueError(f"size must be at least (8, 8) pixels, got {size}.")
+    unknown = [s for s in stuff if s not in names]
+    if unknown:
+        raise ValueError(f"stuff names {unknown} are not in classes {names}.")
+    if all(n in stuff for n in names):
+        raise ValueError("classes must contain at least one thing (a class not listed in `stuff`).")
+
+
+def _stuff_segments(ids: np.ndarray, stuffs: Sequence[Category]) -> list[dict]:
+    """The first stuff class fills the image, a second one the top quarter."""
+    segments: list[dict] = []
+    for k, stuff in enumerate(stuffs[:2]):
+        if k == 0:
+            ids[:] = len(segments) + 1
+        else:
+            ids[: max(ids.shape[0] // 4, 1)] = len(segments) + 1
+        segments.append({"id": len(segments) + 1, "category_id": stuff.id, "isthing": False})
+    return segments
+
+
+def _draw_things(
+    rng: np.random.Generator,
+    ids: np.ndarray,
+    segments: list[dict],
+    things: Sequence[Category],
+    max_shapes: int,
+    void_border: bool,
+) -> None:
+    """Paint 1..max_shapes shapes into ``ids`` (later ones occlude), with an optional void ring around each."""
+    height, width = ids.shape
+    kinds = {c.id: ("rectangle" if k % 2 == 0 else "ellipse") for k, c in enumerate(things)}
+    border = np.zeros((height, width), dtype=bool)
+    for _ in range(int(rng.integers(1, max_shapes + 1))):
+        cat = things[int(rng.integers(len(things)))]
+        bw = int(rng.integers(max(width // 5, 3), max(width // 2, 4) + 1))
+        bh = int(rng.integers(max(height // 5, 3), max(height // 2, 4) + 1))
+        x0 = int(rng.integers(0, width - bw + 1))
+        y0 = int(rng.integers(0, height - bh + 1))
+        mask = _shape_mask(kinds[cat.id], height, width, (x0, y0, x0 + bw, y0 + bh))
+        next_id = len(segments) + 1
+        ids[mask] = next_id
+        border[mask] = False
+        if void_border:
+            border |= mask & ~ndimage.binary_erosion(mask)
+        segments.append({"id": next_id, "category_id": cat.id, "isthing": True})
+    ids[border] = 0
+    for s in segments:  # slivers left by occlusion become void: real annotations rarely keep 1-pixel segments
+        if s["isthing"] and (ids == s["id"]).sum() < 4:
+            ids[ids == s["id"]] = 0
+
+
+def _picture(
+    rng: np.random.Generator, ids: np.ndarray, segments: list[dict], categories: list[Category]
+) -> np.ndarray:
+    image = np.empty((*ids.shape, 3), dtype=np.float32)
+    image[:] = 40.0
+    for s in segments:
+        image[ids == s["id"]] = categories[s["category_id"]].color
+    image += rng.normal(0.0, 8.0, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _sentences(ids: np.ndarray, segments: list[dict], names: list[str]) -> list[dict]:
+    ground = []
+    for s in segments:
+        if s["isthing"]:
+            name = names[s["category_id"]]
+            ground.append(
+                {
+                    "segment_id": s["id"],
+                    "sentences": [f"the {name}", f"the {name} at the {_where_words(ids == s['id'])}"],
+                }
+            )
+    return ground
+
+
 def make_contract_dataset(
     num_images: int = 4,
     size: tuple[int, int] = (64, 64),
@@ -62,74 +142,20 @@ def make_contract_dataset(
     ``grounding`` each thing gets two sentences (``"the square"``, ``"the square at the top left"``).
     Same arguments, same bytes.
     """
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}.")
-    width, height = int(size[0]), int(size[1])
-    if width < 8 or height < 8:
-        raise ValueError(f"size must be at least (8, 8) pixels, got {size}.")
     names = [str(c) for c in classes]
-    unknown = [s for s in stuff if s not in names]
-    if unknown:
-        raise ValueError(f"stuff names {unknown} are not in classes {names}.")
+    _check_arguments(num_images, size, names, stuff)
+    width, height = int(size[0]), int(size[1])
     categories = [Category(i, n, n not in stuff) for i, n in enumerate(names)]
     things = [c for c in categories if c.isthing]
-    stuffs = [c for c in categories if not c.isthing]
-    if not things:
-        raise ValueError("classes must contain at least one thing (a class not listed in `stuff`).")
-    kinds = {c.id: ("rectangle" if k % 2 == 0 else "ellipse") for k, c in enumerate(things)}
     rows = []
     for i in range(num_images):
         rng = np.random.default_rng([seed, i])
         ids = np.zeros((height, width), dtype=np.int32)
-        segments: list[dict] = []
-        next_id = 1
-        if stuffs:
-            ids[:] = next_id
-            segments.append({"id": next_id, "category_id": stuffs[0].id, "isthing": False})
-            next_id += 1
-        if len(stuffs) > 1:
-            ids[: max(height // 4, 1)] = next_id
-            segments.append({"id": next_id, "category_id": stuffs[1].id, "isthing": False})
-            next_id += 1
-        border = np.zeros((height, width), dtype=bool)
-        for _ in range(int(rng.integers(1, max_shapes + 1))):
-            cat = things[int(rng.integers(len(things)))]
-            bw = int(rng.integers(max(width // 5, 3), max(width // 2, 4) + 1))
-            bh = int(rng.integers(max(height // 5, 3), max(height // 2, 4) + 1))
-            x0 = int(rng.integers(0, width - bw + 1))
-            y0 = int(rng.integers(0, height - bh + 1))
-            mask = _shape_mask(kinds[cat.id], height, width, (x0, y0, x0 + bw, y0 + bh))
-            ids[mask] = next_id
-            border[mask] = False
-            if void_border:
-                border |= mask & ~ndimage.binary_erosion(mask)
-            segments.append({"id": next_id, "category_id": cat.id, "isthing": True})
-            next_id += 1
-        ids[border] = 0
-        for (
-            s
-        ) in segments:  # slivers left by occlusion become void: real annotations rarely keep 1-pixel segments
-            if s["isthing"] and (ids == s["id"]).sum() < 4:
-                ids[ids == s["id"]] = 0
+        segments = _stuff_segments(ids, [c for c in categories if not c.isthing])
+        _draw_things(rng, ids, segments, things, max_shapes, void_border)
         present = set(np.unique(ids).tolist())
         segments = [s for s in segments if s["id"] in present]
-        image = np.empty((height, width, 3), dtype=np.float32)
-        image[:] = 40.0
-        for s in segments:
-            image[ids == s["id"]] = categories[s["category_id"]].color
-        image += rng.normal(0.0, 8.0, size=image.shape)
-        image = np.clip(image, 0, 255).astype(np.uint8)
-        ground = []
-        if grounding:
-            for s in segments:
-                if s["isthing"]:
-                    name = names[s["category_id"]]
-                    ground.append(
-                        {
-                            "segment_id": s["id"],
-                            "sentences": [f"the {name}", f"the {name} at the {_where_words(ids == s['id'])}"],
-                        }
-                    )
+        image = _picture(rng, ids, segments, categories)
         shown = sorted({names[s["category_id"]] for s in segments if s["isthing"]})
         rows.append(
             make_row(
@@ -138,7 +164,7 @@ def make_contract_dataset(
                 segments=segments,
                 image_id=image_id_start + i,
                 file_name=f"{image_id_start + i:06d}.png",
-                grounding=ground,
+                grounding=_sentences(ids, segments, names) if grounding else [],
                 prompt="a photo of " + " and ".join(shown),
                 seed=int(seed * 100_003 + i),
                 source=source,

@@ -9,77 +9,16 @@ given to :meth:`SEEMTokenizer.from_pretrained` instead.
 
 from __future__ import annotations
 
-import functools
-import gzip
-import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
-NUM_MERGES = 49152 - 256 - 2  # the merges that CLIP's 49408-entry vocabulary uses
-SOT_TEXT = "<|startoftext|>"
-EOT_TEXT = "<|endoftext|>"
+from segcontract.clip_bpe import load_clip_bpe
 
 Padding = Literal["max_length", "longest"]
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte-to-character table: printable Latin-1 bytes map to themselves, the other 68 to U+0100...
-
-    The dict's *order* matters: it is the order of the first 256 vocabulary entries (printable bytes first).
-    """
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    table = {byte: chr(byte) for byte in printable}
-    shifted = 0
-    for byte in range(256):
-        if byte not in table:
-            table[byte] = chr(256 + shifted)
-            shifted += 1
-    return table
-
-
-def default_bpe_path() -> Path:
-    """Location of the BPE file inside the installed ``open_clip`` package (found without importing it)."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "The CLIP BPE vocabulary ships with open-clip-torch, which is not installed: `pip install open-clip-torch`, "
-            "or pass a tokenizer folder to SEEMTokenizer.from_pretrained(...)."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / BPE_FILENAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{BPE_FILENAME} not found in the open_clip package at {path.parent}.")
-    return path
-
-
-@functools.lru_cache(maxsize=4)
-def load_clip_bpe(path: str | None = None) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
-    """CLIP's vocabulary and merges from a ``bpe_simple_vocab_16e6.txt.gz`` file (default: open_clip's copy).
-
-    Vocabulary order: 256 byte characters, the same with the end-of-word marker ``</w>``, one entry per merge, then
-    SOT and EOT. That order is what makes the ids equal Hugging Face's ``vocab.json``.
-    """
-    file = Path(path) if path is not None else default_bpe_path()
-    with gzip.open(file, "rt", encoding="utf-8") as handle:
-        lines = handle.read().split("\n")
-    merges = tuple(tuple(line.split()) for line in lines[1 : 1 + NUM_MERGES])  # line 0 is a version header
-    if len(merges) != NUM_MERGES or any(len(pair) != 2 for pair in merges):
-        raise ValueError(
-            f"{file} is not a CLIP BPE file: expected {NUM_MERGES} merge pairs after the header."
-        )
-    byte_chars = list(bytes_to_unicode().values())
-    tokens = [*byte_chars, *(char + "</w>" for char in byte_chars), *("".join(pair) for pair in merges)]
-    tokens += [SOT_TEXT, EOT_TEXT]
-    return {token: index for index, token in enumerate(tokens)}, merges  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
