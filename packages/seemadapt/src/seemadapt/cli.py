@@ -534,9 +534,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sm.add_argument("--adapters", help="adapter folder or Hub repo to load on top")
     sm.set_defaults(func=cmd_summary)
 
-    from seemadapt.loop import add_loop_parser  # stdlib-only import; diffsynth loads when the loop runs
-
-    add_loop_parser(sub)  # seemadapt loop --config loop.yaml --rounds N [--output-dir D] [--no-resume]
     return parser
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import subprocess
+import sys
 
+import datasets
 import pytest
 from PIL import Image
 
-from seemadapt.loop import LoopConfig, add_loop_parser, run_loop
-from seemadapt.testing import make_contract_dataset
+import segloop.rounds
+from segcontract.testing import make_contract_dataset
+from segloop import LoopConfig, run_loop
+from segloop.cli import build_parser, main
 
 
 class Interrupted(Exception):
@@ -50,23 +54,29 @@ def test_config_errors_name_the_field(eval_data, tmp_path):
         run_loop(_config(eval_data), 0, tmp_path)
 
 
-def test_cli_parser_snippet():
-    parser = argparse.ArgumentParser(prog="seemadapt")
-    add_loop_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["loop", "--config", "loop.yaml", "--rounds", "3", "--output-dir", "out"])
+def test_cli_parser():
+    args = build_parser().parse_args(["--config", "loop.yaml", "--rounds", "3", "--output-dir", "out"])
     assert (args.config, args.rounds, args.output_dir, args.no_resume) == ("loop.yaml", 3, "out", False)
-    assert callable(args.func)
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    config = tmp_path / "loop.yaml"
+    config.write_text("classes: [cat]\neval: x\nrounds: 3\n")
+    assert main(["--config", str(config), "--rounds", "1", "--output-dir", str(tmp_path / "out")]) == 2
+    assert "unknown keys ['rounds']" in capsys.readouterr().err
+
+
+def test_python_dash_m_segloop_shows_its_options():
+    done = subprocess.run(
+        [sys.executable, "-m", "segloop", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--config" in done.stdout and "--rounds" in done.stdout and "--no-resume" in done.stdout
 
 
 @pytest.mark.slow
 def test_two_rounds_interrupted_and_resumed(eval_data, tmp_path, monkeypatch):
-    import importlib
-
-    import diffsynth
-
-    finetune_module = importlib.import_module("seemadapt.finetune")
-    real_finetune = finetune_module.finetune
-    real_generate = diffsynth.generate
+    real_finetune = segloop.rounds.finetune
+    real_generate = segloop.rounds.generate
     calls = {"finetune": 0, "generate": 0}
 
     def counting_generate(*args, **kwargs):
@@ -79,8 +89,8 @@ def test_two_rounds_interrupted_and_resumed(eval_data, tmp_path, monkeypatch):
             raise Interrupted("simulated interruption in round 2")
         return real_finetune(*args, **kwargs)
 
-    monkeypatch.setattr(diffsynth, "generate", counting_generate)
-    monkeypatch.setattr(finetune_module, "finetune", failing_in_round_2)
+    monkeypatch.setattr(segloop.rounds, "generate", counting_generate)
+    monkeypatch.setattr(segloop.rounds, "finetune", failing_in_round_2)
     out = tmp_path / "loop"
     with pytest.raises(Interrupted):
         run_loop(_config(eval_data), 2, out, progress=False)
@@ -90,7 +100,7 @@ def test_two_rounds_interrupted_and_resumed(eval_data, tmp_path, monkeypatch):
     round_1_done = (out / "round_1" / "DONE").read_text()
 
     # Run again: round 1 is skipped, round 2 reuses its dataset and only trains and evaluates.
-    monkeypatch.setattr(finetune_module, "finetune", real_finetune)
+    monkeypatch.setattr(segloop.rounds, "finetune", real_finetune)
     calls.update(generate=0)
     result = run_loop(_config(eval_data), 2, out, progress=False)
     assert calls["generate"] == 0
@@ -111,8 +121,6 @@ def test_two_rounds_interrupted_and_resumed(eval_data, tmp_path, monkeypatch):
     assert plan_2["notes"]["from_round"] == 1
     sources = json.loads((out / "round_2" / "metrics.json").read_text())["train_sources"]
     assert [s.split("/")[-2] for s in sources] == ["round_1", "round_2"]
-    import datasets
-
     round_2 = datasets.load_from_disk(str(out / "round_2" / "dataset"))
     assert len(round_2) == 2 and "quality" in round_2.column_names
     with Image.open(result.plot) as plot:
