@@ -47,7 +47,7 @@ VARIETY_TEMPLATES: tuple[str, ...] = (
 UNITS = ("pixels", "instances")
 
 
-def _largest_remainder(weights: Mapping[str, float], total: int) -> dict[str, int]:
+def largest_remainder(weights: Mapping[str, float], total: int) -> dict[str, int]:
     """Integer counts proportional to ``weights`` that sum to ``total`` (ties to the earlier class)."""
     names = list(weights)
     w = np.array([max(0.0, float(weights[n])) for n in names], dtype=np.float64)
@@ -131,7 +131,7 @@ class GenerationPlan:
         if num_images == self.num_images:
             return self
         return GenerationPlan(
-            _largest_remainder(self.images, num_images), self.templates, self.scenes, self.notes
+            largest_remainder(self.images, num_images), self.templates, self.scenes, self.notes
         )
 
     def schedule(self) -> list[str]:
@@ -414,9 +414,9 @@ def plan_for_targets(
         )
     images = dict(needed)
     if num_images is not None:
-        images = _largest_remainder(needed, int(num_images))
+        images = largest_remainder(needed, int(num_images))
     elif max_images is not None and total > max_images:
-        images = _largest_remainder(needed, int(max_images))
+        images = largest_remainder(needed, int(max_images))
         notes["capped"] = True
     return GenerationPlan(
         images,

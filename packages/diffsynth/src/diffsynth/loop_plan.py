@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from diffsynth.balance import VARIETY_TEMPLATES, GenerationPlan, _largest_remainder
+from diffsynth.balance import VARIETY_TEMPLATES, GenerationPlan, largest_remainder
 
 __all__ = ["per_class_iou", "plan_from_metrics"]
 
@@ -60,6 +60,24 @@ def per_class_iou(metrics: Any) -> dict[str, float]:
                 f"IoU of {name!r} is {value}; IoUs are fractions in [0, 1] (divide percentages by 100)."
             )
     return scores
+
+
+def _variety(
+    weak: Sequence[str],
+    templates: Sequence[str] | None,
+    scenes: Sequence[str] | Mapping[str, Sequence[str]] | None,
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Extra templates and scene phrases for the weak classes."""
+    pool = list(templates) if templates is not None else list(VARIETY_TEMPLATES)
+    extra_templates = {n: pool for n in weak} if pool else {}
+    extra_scenes: dict[str, list[str]] = {}
+    for n in weak:
+        if isinstance(scenes, Mapping):
+            if scenes.get(n):
+                extra_scenes[n] = list(scenes[n])
+        elif scenes:
+            extra_scenes[n] = [scenes] if isinstance(scenes, str) else list(scenes)
+    return extra_templates, extra_scenes
 
 
 def plan_from_metrics(
@@ -110,20 +128,9 @@ def plan_from_metrics(
     total = sum(deficits.values())
     k = len(names)
     share = {n: floor / k + (1.0 - floor) * (deficits[n] / total if total > 0 else 1.0 / k) for n in names}
-    images = _largest_remainder(share, budget)
+    images = largest_remainder(share, budget)
     weak = [n for n in names if share[n] > 1.0 / k + 1e-12]
-    extra_templates: dict[str, list[str]] = {}
-    extra_scenes: dict[str, list[str]] = {}
-    if variety:
-        pool = list(templates) if templates is not None else list(VARIETY_TEMPLATES)
-        for n in weak:
-            if pool:
-                extra_templates[n] = pool
-            if isinstance(scenes, Mapping):
-                if scenes.get(n):
-                    extra_scenes[n] = list(scenes[n])
-            elif scenes:
-                extra_scenes[n] = [scenes] if isinstance(scenes, str) else list(scenes)
+    extra_templates, extra_scenes = _variety(weak, templates, scenes) if variety else ({}, {})
     notes = {
         "kind": "metrics",
         "iou": {n: (None if math.isnan(v) else v) for n, v in iou.items()},

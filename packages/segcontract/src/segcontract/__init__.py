@@ -40,7 +40,7 @@ from segcontract.row_check import DecodedRow, check_fields, decode_image, decode
 from segcontract.rows import iter_raw_rows, make_row, png_bytes
 from segcontract.schema_check import check_features
 from segcontract.segments import CONNECTIVITY, Region, label_map_regions
-from segcontract.validate import validate
+from segcontract.validate import UniqueRows, validate
 
 __version__ = "0.1.0"
 
@@ -60,6 +60,7 @@ __all__ = [
     "ContractError",
     "DecodedRow",
     "Region",
+    "UniqueRows",
     "attach_categories",
     "blend_regions",
     "bytes_to_unicode",

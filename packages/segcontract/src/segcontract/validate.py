@@ -14,11 +14,11 @@ from segcontract.row_check import check_fields, decode_row, row_label
 from segcontract.rows import iter_raw_rows
 from segcontract.schema_check import check_features
 
-__all__ = ["validate"]
+__all__ = ["UniqueRows", "validate"]
 
 
-class _Uniqueness:
-    """Remembers the row of every ``image_id`` and ``file_name`` seen so far."""
+class UniqueRows:
+    """Remembers the row of every ``image_id`` and ``file_name`` seen so far; :meth:`check` refuses repeats."""
 
     def __init__(self) -> None:
         self.ids: dict[Any, int] = {}
@@ -68,7 +68,7 @@ def validate(
     if len(dataset) == 0:
         raise ContractError(f"{name} has no rows; a training or evaluation split needs at least one image.")
     errors: list[str] = []
-    unique = _Uniqueness()
+    unique = UniqueRows()
     columns = list(COLUMNS) if deep else [c for c in COLUMNS if c not in IMAGE_COLUMNS]
     rows = dataset if max_rows is None else dataset.select(range(min(max_rows, len(dataset))))
     for index, row in iter_raw_rows(rows, columns):

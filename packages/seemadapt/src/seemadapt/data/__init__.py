@@ -12,6 +12,7 @@ Typical use::
     # in a spawned worker: ensure_registered(spec) with spec = spec_of(name) sent from the main process
 """
 
+from seemadapt.data.cache import default_cache_dir
 from seemadapt.data.coco_panoptic import from_coco_panoptic
 from seemadapt.data.mapper import (
     EpochDataset,
@@ -22,18 +23,17 @@ from seemadapt.data.mapper import (
     trivial_batch_collator,
 )
 from seemadapt.data.masks_folder import from_masks
-from seemadapt.data.mixing import align_categories, mix
+from seemadapt.data.mixing import align_categories
 from seemadapt.data.register import (
     DatasetSpec,
     dataset_names,
-    default_cache_dir,
     ensure_registered,
     load_records,
     register,
     spec_of,
     unregister,
 )
-from seemadapt.data.sources import load_source
+from seemadapt.data.sources import load_source, mix
 from segcontract import (
     IGNORE_LABEL,
     Category,

@@ -21,6 +21,7 @@ import datasets
 import numpy as np
 from PIL import Image as PILImage
 
+from seemadapt.data.cache import default_cache_dir
 from segcontract import (
     IGNORE_LABEL,
     IMAGE_COLUMNS,
@@ -32,7 +33,7 @@ from segcontract import (
     read_categories,
 )
 
-__all__ = ["align_categories", "mix"]
+__all__ = ["align_categories", "mix_datasets"]
 
 _MIX_VERSION = 1
 
@@ -115,33 +116,17 @@ def _remap_fn(lut: list[int], offset: int, prefix: str):
     return remap
 
 
-def mix(
-    sources: Sequence[Any],
+def mix_datasets(
+    loaded: Sequence[datasets.Dataset],
+    labels: Sequence[str],
     *,
-    split: str | None = "train",
     classes: Sequence[str] | None = None,
     cache_dir: str | Path | None = None,
 ) -> datasets.Dataset:
-    """One contract ``Dataset`` from several sources (anything :func:`load_source` accepts).
-
-    Args:
-        sources: the datasets to mix, in order (rows keep this order).
-        split: the split to take from each source that has several.
-        classes: the final class order (names); every source class must be listed. Default: order of appearance.
-        cache_dir: where remapped disk-backed sources are written (default: the seemadapt cache); in-memory
-            sources stay in memory.
-    """
-    from seemadapt.data.register import default_cache_dir
-    from seemadapt.data.sources import describe_source, load_source
-
-    if isinstance(sources, str | datasets.Dataset) or not isinstance(sources, Sequence) or not sources:
-        raise ValueError("mix() needs a non-empty list of sources, e.g. mix([real_ds, 'me/synthetic']).")
-    labels = [f"source {i} ({describe_source(s)})" for i, s in enumerate(sources)]
-    loaded = []
-    for label, src in zip(labels, sources):
-        ds = load_source(src, split=split)
+    """One contract ``Dataset`` from several loaded ones, categories aligned by name (``labels`` name them in
+    errors). Disk-backed sources are remapped into ``cache_dir`` (default: the seemadapt cache)."""
+    for label, ds in zip(labels, loaded):
         check_features(ds.features, name=label)
-        loaded.append(ds)
     per_source = [read_categories(ds) for ds in loaded]
     final, luts = align_categories(per_source, classes, labels)
     features = contract_features([c.name for c in final])

@@ -42,15 +42,18 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from PIL import Image as PILImage
 
 from seemadapt._detectron2 import DatasetCatalog, MetadataCatalog
+from seemadapt.data.cache import default_cache_dir
 from seemadapt.data.sources import load_source
 from segcontract import (
     IGNORE_LABEL,
     Category,
     ContractError,
     DecodedRow,
+    UniqueRows,
     check_features,
     decode_row,
     id2rgb,
@@ -77,15 +80,6 @@ _MANIFEST = "meta.json"
 _RECORDS = "dataset.json"
 _PANOPTIC_JSON = "panoptic.json"
 _EXT = {"JPEG": ".jpg", "PNG": ".png"}
-
-
-def default_cache_dir() -> Path:
-    """``$SEEMADAPT_CACHE``, else ``$XDG_CACHE_HOME/seemadapt``, else ``~/.cache/seemadapt``."""
-    env = os.environ.get("SEEMADAPT_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "seemadapt"
 
 
 @dataclass(frozen=True)
@@ -145,8 +139,6 @@ def dataset_names(value: str | Iterable[str]) -> tuple[str, ...]:
 
 def _content_key(ds: datasets.Dataset, categories: Sequence[Category], batch_size: int = 256) -> str:
     """sha256 of the rows (Arrow IPC of each batch: offsets and slices handled), features and categories."""
-    import pyarrow as pa
-
     h = hashlib.sha256()
     h.update(json.dumps([FORMAT_VERSION, [c.to_dict() for c in categories]], sort_keys=True).encode())
     h.update(json.dumps(ds.features.to_dict(), sort_keys=True).encode())
@@ -243,8 +235,7 @@ def _materialise(
         (tmp / sub).mkdir(parents=True)
     try:
         records, images, anns = [], [], []
-        seen_ids: dict[int, int] = {}
-        seen_names: dict[str, int] = {}
+        unique = UniqueRows()
 
         def work(item: tuple[int, dict]) -> tuple[dict, dict, dict]:
             index, row = item
@@ -253,22 +244,9 @@ def _materialise(
 
         rows = iter_raw_rows(ds)
         with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-            while True:
-                chunk = [item for _, item in zip(range(64), rows)]
-                if not chunk:
-                    break
+            while chunk := [item for _, item in zip(range(64), rows)]:
                 for index, row in chunk:
-                    where = row_label(name, index, row)
-                    if row["image_id"] in seen_ids:
-                        raise ContractError(
-                            f"{where}: image_id {row['image_id']} repeats row {seen_ids[row['image_id']]}; ids must be unique."
-                        )
-                    seen_ids[row["image_id"]] = index
-                    if row["file_name"] in seen_names:
-                        raise ContractError(
-                            f"{where}: file_name {row['file_name']!r} repeats row {seen_names[row['file_name']]}."
-                        )
-                    seen_names[row["file_name"]] = index
+                    unique.check(row_label(name, index, row), index, row)
                 for record, image, ann in pool.map(work, chunk):
                     records.append(record)
                     images.append(image)

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+from huggingface_hub import hf_hub_download
 
 from seemadapt.data.coco_panoptic import from_coco_panoptic
+from seemadapt.data.mixing import mix_datasets
 from segcontract import ContractError, attach_categories, parse_categories, read_categories
 
-__all__ = ["load_source"]
+__all__ = ["load_source", "mix"]
 
 _CATEGORY_FILES = ("categories.json", "id2label.json")
 _DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".csv")
@@ -56,8 +58,6 @@ def _hub_categories(repo_id: str, revision: str | None) -> Any:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return None
     try:
-        from huggingface_hub import hf_hub_download
-
         path = hf_hub_download(repo_id, "categories.json", repo_type="dataset", revision=revision)
     except (
         Exception
@@ -116,8 +116,6 @@ def load_source(
     """
     found: Any = None
     if isinstance(source, list | tuple):
-        from seemadapt.data.mixing import mix
-
         ds = mix(source, split=split)
     elif isinstance(source, datasets.DatasetDict):
         ds = _pick_split(source, split, "the DatasetDict")
@@ -169,3 +167,26 @@ def describe_source(source: Any) -> str:
     if isinstance(source, Sequence) and not isinstance(source, str):
         return "[" + ", ".join(describe_source(s) for s in source) + "]"
     return type(source).__name__
+
+
+def mix(
+    sources: Sequence[Any],
+    *,
+    split: str | None = "train",
+    classes: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> datasets.Dataset:
+    """One contract ``Dataset`` from several sources (anything :func:`load_source` accepts).
+
+    Args:
+        sources: the datasets to mix, in order (rows keep this order).
+        split: the split to take from each source that has several.
+        classes: the final class order (names); every source class must be listed. Default: order of appearance.
+        cache_dir: where remapped disk-backed sources are written (default: the seemadapt cache); in-memory
+            sources stay in memory.
+    """
+    if isinstance(sources, str | datasets.Dataset) or not isinstance(sources, Sequence) or not sources:
+        raise ValueError("mix() needs a non-empty list of sources, e.g. mix([real_ds, 'me/synthetic']).")
+    labels = [f"source {i} ({describe_source(s)})" for i, s in enumerate(sources)]
+    loaded = [load_source(src, split=split) for src in sources]
+    return mix_datasets(loaded, labels, classes=classes, cache_dir=cache_dir)
