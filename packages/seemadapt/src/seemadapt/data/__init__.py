@@ -1,4 +1,7 @@
-"""Data layer: the dataset contract, sources and converters, mixing, Detectron2 registration, SEEM mappers.
+"""Data layer: sources and converters, mixing, Detectron2 registration, SEEM mappers.
+
+The contract names (``validate``, ``Category``, ``contract_features``, ``make_row``, ...) are :mod:`segcontract`'s,
+re-exported here.
 
 Typical use::
 
