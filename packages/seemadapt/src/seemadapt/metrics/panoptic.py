@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from segcontract import rgb2id
 
 from ._distributed import sum_across_processes
