@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from diffsynth import shards
+    from diffsynth.shards import runner
 
     torch.set_num_threads(1)
     rank = os.environ.get("RANK", "0")
@@ -131,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
     generator.make_samples = make_samples
 
-    class ReportingSync(shards.ProcessSync):  # tells the test whether a process group carried the barrier
+    class ReportingSync(runner.ProcessSync):  # tells the test whether a process group carried the barrier
         def barrier(self) -> None:
             print(f"rank {rank} barrier with process group: {self.active}", flush=True)
             super().barrier()
 
-    shards.ProcessSync = ReportingSync
+    runner.ProcessSync = ReportingSync
     try:
         result = shards.run_sharded(generator, args.out, shard_size=args.shard_size)
     except shards.ShardMismatchError as error:

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,17 @@ from diffsynth.dataset import categories_of, settings_of, write_category_files
 from diffsynth.health import format_health, health_report
 from diffsynth.preview import preview_grid
 
-__all__ = ["dataset_card", "license_for", "push_to_hub", "stage_repo"]
+__all__ = [
+    "MAX_SHARD_BYTES",
+    "dataset_card",
+    "is_repo_id",
+    "license_for",
+    "push_to_hub",
+    "stage_and_upload",
+    "stage_repo",
+    "upload_staged",
+    "write_repo_files",
+]
 
 MAX_SHARD_BYTES = 500 * 1024 * 1024
 #: Substring of a model id -> Hub licence id of the images it makes (the model licence governs generated data).
@@ -274,6 +284,15 @@ def stage_repo(
         for stale in data_dir.glob(f"{name}-*.parquet"):
             stale.unlink()
         _write_parquet(part, data_dir, name, max_shard_bytes)
+    write_repo_files(folder, splits, preview_rows=preview_rows, pretty_name=pretty_name)
+    return folder
+
+
+def write_repo_files(
+    folder: Path, splits: Mapping[str, Dataset], *, preview_rows: int = 8, pretty_name: str | None = None
+) -> None:
+    """Write what a staged repo holds beside its parquet files: category files, ``health.json``, the preview of
+    the first split's first ``preview_rows`` rows (none when 0) and the card ``README.md``."""
     first = next(iter(splits.values()))
     write_category_files(categories_of(first), folder)
     reports = {n: health_report(p) for n, p in splits.items()}
@@ -282,9 +301,8 @@ def stage_repo(
     if preview_rows > 0 and len(first):
         preview_grid(first, n=preview_rows).save(folder / "preview.png", format="PNG")
         preview = "preview.png"
-    card = dataset_card(splits, health=reports, preview=preview, pretty_name=pretty_name)
+    card = dataset_card(dict(splits), health=reports, preview=preview, pretty_name=pretty_name)
     (folder / "README.md").write_text(str(card), encoding="utf-8")
-    return folder
 
 
 def push_to_hub(
@@ -302,11 +320,38 @@ def push_to_hub(
 
     Returns the ``CommitInfo`` of the upload. ``token`` defaults to the saved login / ``HF_TOKEN``.
     """
-    if not isinstance(repo_id, str) or repo_id.count("/") > 1 or not repo_id.strip("/"):
+    if not is_repo_id(repo_id):
         raise ValueError(f"`repo_id` must look like 'user/name', got {repo_id!r}.")
     splits = _splits(ds, split)
+    return stage_and_upload(
+        lambda tmp: stage_repo(splits, tmp, pretty_name=pretty_name),
+        repo_id,
+        token=token,
+        private=private,
+        commit_message=commit_message,
+        revision=revision,
+        splits=list(splits),
+    )
+
+
+def is_repo_id(value: Any) -> bool:
+    """Whether ``value`` can name a Hub repo: ``name`` or ``user/name``."""
+    return isinstance(value, str) and value.count("/") <= 1 and bool(value.strip("/"))
+
+
+def stage_and_upload(
+    stage: Callable[[str], Any],
+    repo_id: str,
+    *,
+    token: str | None,
+    private: bool,
+    commit_message: str,
+    revision: str | None,
+    splits: Sequence[str],
+) -> Any:
+    """Stage a repo with ``stage(folder)`` in a temporary folder and upload it with :func:`upload_staged`."""
     with tempfile.TemporaryDirectory(prefix="diffsynth-hub-") as tmp:
-        stage_repo(splits, tmp, pretty_name=pretty_name)
+        stage(tmp)
         return upload_staged(
             tmp,
             repo_id,
@@ -314,7 +359,7 @@ def push_to_hub(
             private=private,
             commit_message=commit_message,
             revision=revision,
-            splits=list(splits),
+            splits=splits,
         )
 
 
