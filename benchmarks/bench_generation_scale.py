@@ -41,7 +41,7 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
 
     from diffsynth.dataset import to_dataset
-    from diffsynth.generate import GenerationConfig, Generator
+    from diffsynth import GenerationConfig, Generator
     from diffsynth.shards import run_sharded
 
     torch.set_num_threads(1)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from diffsynth.categories import resolve_categories
 from diffsynth.dataset import Sample
-from diffsynth.generate import GenerationConfig, Generator
+from diffsynth import GenerationConfig, Generator
 from diffsynth.plan import make_plans
 
 
@@ -29,7 +29,7 @@ def tiny_config(num_images: int, **overrides) -> GenerationConfig:
 
 
 class FakeGenerator:
-    """Quacks like :class:`diffsynth.generate.Generator` (config, categories, plans, settings, make_samples,
+    """Quacks like :class:`diffsynth.generation.Generator` (config, categories, plans, settings, make_samples,
     batches, quality_stats) but draws a seeded random image, label map and quality score per sample: shard logic
     without a pipeline. Scores are multiples of 1/8, so their sums are exact in any order."""
 

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from datasets import Dataset
 
 from diffsynth.categories import Category
+from diffsynth.health import health_report
 from diffsynth.plan import DEFAULT_TEMPLATES, SamplePlan, _join, classes_in_prompt, sample_seed
 
 __all__ = [
@@ -267,11 +269,7 @@ def plan_samples(
 
 # ------------------------------------------------------------------------------------------------- yields
 def _report(source: Any) -> dict[str, Any]:
-    from datasets import Dataset
-
     if isinstance(source, Dataset):
-        from diffsynth.health import health_report
-
         return health_report(source)
     if isinstance(source, Mapping) and "classes" in source:
         return dict(source)

@@ -28,7 +28,10 @@ from typing import Any
 
 import yaml
 from datasets import Dataset, DatasetDict, SplitInfo
+from datasets.info import DatasetInfo, DatasetInfosDict
+from datasets.splits import SplitDict
 from datasets.table import embed_table_storage
+from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
 from diffsynth.dataset import categories_of, settings_of, write_category_files
@@ -127,22 +130,14 @@ def _card_data(
         pretty_name=pretty_name or settings.get("pretty_name"),
     )
     first = next(iter(splits.values()))
-    try:  # the same dataset_info/configs blocks Dataset.push_to_hub writes
-        from datasets.info import DatasetInfo, DatasetInfosDict
-        from datasets.splits import SplitDict
-        from datasets.utils.metadata import MetadataConfigs
-
-        info = DatasetInfo(features=first.features, config_name="default", splits=SplitDict())
-        for name, part in splits.items():
-            info.splits.add(SplitInfo(name=name, num_examples=len(part), num_bytes=part.data.nbytes))
-        DatasetInfosDict({"default": info}).to_dataset_card_data(data)
-        MetadataConfigs(
-            {"default": {"data_files": [{"split": n, "path": f"data/{n}-*"} for n in splits]}}
-        ).to_dataset_card_data(data)
-    except Exception:  # pragma: no cover - only if datasets moves these helpers
-        data["configs"] = [
-            {"config_name": "default", "data_files": [{"split": n, "path": f"data/{n}-*"} for n in splits]}
-        ]
+    # the same dataset_info/configs blocks Dataset.push_to_hub writes
+    info = DatasetInfo(features=first.features, config_name="default", splits=SplitDict())
+    for name, part in splits.items():
+        info.splits.add(SplitInfo(name=name, num_examples=len(part), num_bytes=part.data.nbytes))
+    DatasetInfosDict({"default": info}).to_dataset_card_data(data)
+    MetadataConfigs(
+        {"default": {"data_files": [{"split": n, "path": f"data/{n}-*"} for n in splits]}}
+    ).to_dataset_card_data(data)
     return data
 
 

@@ -6,6 +6,7 @@ alone, in any order, on any process (the basis of resumable and distributed gene
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,8 +137,6 @@ class PromptPlanner:
 
 def classes_in_prompt(prompt: str, categories: Sequence[Category]) -> tuple[str, ...]:
     """Category names that occur in a user prompt as whole words (case-insensitive)."""
-    import re
-
     found = []
     for category in categories:
         if re.search(rf"(?<![\w-]){re.escape(category.name)}(?![\w-])", prompt, flags=re.IGNORECASE):
