@@ -136,6 +136,122 @@ def _place(tmp: Path, folder: Path, split: str, overwrite: bool) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _check_export(ds: Dataset, folder: Path, split: str, overwrite: bool) -> None:
+    missing = [c for c in COLUMNS if c not in ds.column_names]
+    if missing:
+        raise ContractError(f"export_coco: the dataset lacks contract columns {missing}.")
+    if not split or any(ch in split for ch in "/\\ "):
+        raise ValueError(f"`split` must be a plain name like 'train', got {split!r}.")
+    if (folder / f"panoptic_{split}.json").exists() and not overwrite:
+        raise FileExistsError(
+            f"{folder / f'panoptic_{split}.json'} exists; pass overwrite=True or choose another folder/split."
+        )
+
+
+class _Export:
+    """The JSON records of one split, filled row by row while the row's files are written into ``tmp``."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.images: list[dict[str, Any]] = []
+        self.annotations: list[dict[str, Any]] = []
+        self.refs: list[dict[str, Any]] = []
+        self.sent_id = 0
+        for sub in ("images", "panoptic", "semantic"):
+            (tmp / sub).mkdir(parents=True)
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Write the row's image and PNGs; add its image entry, panoptic annotation and grounding refs."""
+        tmp = self.tmp
+        file_name, stem = row["file_name"], _stem(row["file_name"])
+        (tmp / "images" / file_name).write_bytes(_image_bytes(row["image"], file_name))
+        pan_bytes, pan = _png_bytes(row["panoptic"], "RGB")
+        (tmp / "panoptic" / f"{stem}.png").write_bytes(pan_bytes)
+        sem_bytes, _ = _png_bytes(row["semantic"], "L")
+        (tmp / "semantic" / f"{stem}.png").write_bytes(sem_bytes)
+        self.images.append(
+            {
+                "id": row["image_id"],
+                "file_name": file_name,
+                "width": row["width"],
+                "height": row["height"],
+                "prompt": row["prompt"],
+                "seed": row["seed"],
+                "source": row["source"],
+            }
+        )
+        segments = [
+            {
+                "id": s["id"],
+                "category_id": s["category_id"] + 1,
+                "iscrowd": s["iscrowd"],
+                "bbox": [_json_number(v) for v in s["bbox"]],
+                "area": s["area"],
+            }
+            for s in row["segments_info"]
+        ]
+        self.annotations.append(
+            {"image_id": row["image_id"], "file_name": f"{stem}.png", "segments_info": segments}
+        )
+        sentences = {g["segment_id"]: g["sentences"] for g in row["grounding"]}
+        ids = rgb2id(pan)
+        for seg in segments:
+            self._add_ref(row["image_id"], seg, ids, sentences.get(seg["id"], []))
+
+    def _add_ref(self, image_id: int, seg: dict[str, Any], ids: np.ndarray, raw_sentences: list[str]) -> None:
+        """One RefCOCO-style annotation: the segment's RLE mask and its sentences (numbered across the split)."""
+        rle = mask_utils.encode(np.asfortranarray((ids == seg["id"]).astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        sents = []
+        for raw in raw_sentences:
+            tokens = tokenize(raw)
+            sents.append({"tokens": tokens, "raw": raw, "sent_id": self.sent_id, "sent": " ".join(tokens)})
+            self.sent_id += 1
+        self.refs.append(
+            {
+                "id": len(self.refs) + 1,
+                "ref_id": len(self.refs) + 1,
+                "image_id": image_id,
+                "segment_id": seg["id"],
+                "category_id": seg["category_id"],
+                "segmentation": rle,
+                "area": seg["area"],
+                "bbox": seg["bbox"],
+                "iscrowd": seg["iscrowd"],
+                "sentences": sents,
+                "sent_ids": [s["sent_id"] for s in sents],
+            }
+        )
+
+    def write_json(self, split: str, categories: list[Category], settings: Mapping[str, Any]) -> None:
+        """``panoptic_<split>.json``, ``grounding_<split>.json`` and the category files."""
+        coco_categories = _coco_categories(categories)
+        info = {
+            "description": f"diffsynth export, split {split}",
+            METADATA_KEY: {"categories": [c.to_dict() for c in categories], "settings": settings},
+        }
+        panoptic_json = {
+            "info": info,
+            "licenses": [],
+            "images": self.images,
+            "annotations": self.annotations,
+            "categories": coco_categories,
+        }
+        grounding_json = {
+            "info": {"description": f"diffsynth RefCOCO-style referring expressions, split {split}"},
+            "images": [{k: im[k] for k in ("id", "file_name", "width", "height")} for im in self.images],
+            "annotations": self.refs,
+            "categories": coco_categories,
+        }
+        for name, content in (
+            (f"panoptic_{split}.json", panoptic_json),
+            (f"grounding_{split}.json", grounding_json),
+        ):
+            with open(self.tmp / name, "w", encoding="utf-8") as f:
+                json.dump(content, f, default=str)
+        write_category_files(categories, self.tmp)
+
+
 def export_coco(
     ds: Dataset,
     folder: str | os.PathLike,
@@ -144,109 +260,20 @@ def export_coco(
     overwrite: bool = False,
 ) -> Path:
     """Write ``ds`` as a COCO-panoptic folder (see the module docstring for the layout); returns the folder."""
-    missing = [c for c in COLUMNS if c not in ds.column_names]
-    if missing:
-        raise ContractError(f"export_coco: the dataset lacks contract columns {missing}.")
-    if not split or any(ch in split for ch in "/\\ "):
-        raise ValueError(f"`split` must be a plain name like 'train', got {split!r}.")
     folder = Path(folder)
-    if (folder / f"panoptic_{split}.json").exists() and not overwrite:
-        raise FileExistsError(
-            f"{folder / f'panoptic_{split}.json'} exists; pass overwrite=True or choose another folder/split."
-        )
+    _check_export(ds, folder, split, overwrite)
     categories = categories_of(ds)
     settings = settings_of(ds)
-    coco_categories = _coco_categories(categories)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        for sub in ("images", "panoptic", "semantic"):
-            (tmp / sub).mkdir(parents=True)
+        export = _Export(tmp)
         view = ds.select_columns([c for c in COLUMNS])
         for column in ("image", "panoptic", "semantic"):
             view = view.cast_column(column, Image(decode=False))
-        images, annotations, refs = [], [], []
-        sent_id = 0
         for row in view:
-            file_name, stem = row["file_name"], _stem(row["file_name"])
-            (tmp / "images" / file_name).write_bytes(_image_bytes(row["image"], file_name))
-            pan_bytes, pan = _png_bytes(row["panoptic"], "RGB")
-            (tmp / "panoptic" / f"{stem}.png").write_bytes(pan_bytes)
-            sem_bytes, _ = _png_bytes(row["semantic"], "L")
-            (tmp / "semantic" / f"{stem}.png").write_bytes(sem_bytes)
-            images.append(
-                {
-                    "id": row["image_id"],
-                    "file_name": file_name,
-                    "width": row["width"],
-                    "height": row["height"],
-                    "prompt": row["prompt"],
-                    "seed": row["seed"],
-                    "source": row["source"],
-                }
-            )
-            segments = [
-                {
-                    "id": s["id"],
-                    "category_id": s["category_id"] + 1,
-                    "iscrowd": s["iscrowd"],
-                    "bbox": [_json_number(v) for v in s["bbox"]],
-                    "area": s["area"],
-                }
-                for s in row["segments_info"]
-            ]
-            annotations.append(
-                {"image_id": row["image_id"], "file_name": f"{stem}.png", "segments_info": segments}
-            )
-            sentences = {g["segment_id"]: g["sentences"] for g in row["grounding"]}
-            ids = rgb2id(pan)
-            for seg in segments:
-                rle = mask_utils.encode(np.asfortranarray((ids == seg["id"]).astype(np.uint8)))
-                rle["counts"] = rle["counts"].decode("ascii")
-                sents = []
-                for raw in sentences.get(seg["id"], []):
-                    tokens = tokenize(raw)
-                    sents.append({"tokens": tokens, "raw": raw, "sent_id": sent_id, "sent": " ".join(tokens)})
-                    sent_id += 1
-                refs.append(
-                    {
-                        "id": len(refs) + 1,
-                        "ref_id": len(refs) + 1,
-                        "image_id": row["image_id"],
-                        "segment_id": seg["id"],
-                        "category_id": seg["category_id"],
-                        "segmentation": rle,
-                        "area": seg["area"],
-                        "bbox": seg["bbox"],
-                        "iscrowd": seg["iscrowd"],
-                        "sentences": sents,
-                        "sent_ids": [s["sent_id"] for s in sents],
-                    }
-                )
-        info = {
-            "description": f"diffsynth export, split {split}",
-            METADATA_KEY: {"categories": [c.to_dict() for c in categories], "settings": settings},
-        }
-        panoptic_json = {
-            "info": info,
-            "licenses": [],
-            "images": images,
-            "annotations": annotations,
-            "categories": coco_categories,
-        }
-        grounding_json = {
-            "info": {"description": f"diffsynth RefCOCO-style referring expressions, split {split}"},
-            "images": [{k: im[k] for k in ("id", "file_name", "width", "height")} for im in images],
-            "annotations": refs,
-            "categories": coco_categories,
-        }
-        for name, content in (
-            (f"panoptic_{split}.json", panoptic_json),
-            (f"grounding_{split}.json", grounding_json),
-        ):
-            with open(tmp / name, "w", encoding="utf-8") as f:
-                json.dump(content, f, default=str)
-        write_category_files(categories, tmp)
+            export.add(row)
+        export.write_json(split, categories, settings)
         _place(tmp, folder, split, overwrite)
     finally:
         if tmp.exists():
@@ -269,6 +296,79 @@ def _bbox(mask: np.ndarray) -> list[float]:
     return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
 
 
+def _sentences(grounding_json: str | None) -> dict[tuple[int, int], list[str]]:
+    """``(image_id, segment_id) -> sentences`` of a RefCOCO-style grounding JSON (empty without one)."""
+    sentences: dict[tuple[int, int], list[str]] = {}
+    if not grounding_json:
+        return sentences
+    with open(grounding_json, encoding="utf-8") as f:
+        grounding = json.load(f)
+    for ann in grounding.get("annotations", []):
+        key = (int(ann["image_id"]), int(ann.get("segment_id", ann.get("id"))))
+        for sent in ann.get("sentences", []):
+            text = sent if isinstance(sent, str) else sent.get("raw") or sent.get("sent", "")
+            if text:
+                sentences.setdefault(key, []).append(text)
+    return sentences
+
+
+def _read_panoptic(pan_path: str) -> tuple[bytes, np.ndarray]:
+    """The panoptic PNG's bytes (re-encoded unless already an RGB PNG) and its segment-id map."""
+    with open(pan_path, "rb") as f:
+        pan_bytes = f.read()
+    pan_image = PILImage.open(io.BytesIO(pan_bytes))
+    ids = rgb2id(np.asarray(pan_image.convert("RGB")))
+    if pan_image.format != "PNG" or pan_image.mode != "RGB":
+        pan_bytes = encode_png(np.asarray(pan_image.convert("RGB")))["bytes"]
+    return pan_bytes, ids
+
+
+def _segments(
+    ids: np.ndarray, ann: Mapping[str, Any], categories: list[dict[str, Any]], pan_path: str
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The contract ``segments_info`` of one COCO annotation (JSON order) and the semantic map (void -> 255)."""
+    image_id = int(ann["image_id"])
+    index = {c["id"]: i for i, c in enumerate(categories)}
+    listed = {int(s["id"]): s for s in ann["segments_info"]}
+    present, inverse = np.unique(ids, return_inverse=True)
+    unknown = [int(v) for v in present if v != 0 and int(v) not in listed]
+    if unknown:
+        raise ContractError(
+            f"load_coco: {pan_path} holds segment ids {unknown[:5]} that its JSON annotation does not list."
+        )
+    lut = np.full(len(present), IGNORE_INDEX, dtype=np.uint8)
+    slot = {int(v): k for k, v in enumerate(present)}
+    inverse = inverse.reshape(ids.shape)
+    segments = []
+    for sid, seg in listed.items():  # JSON order
+        if sid not in slot or sid == 0:
+            continue
+        if seg["category_id"] not in index:
+            raise ContractError(
+                f"load_coco: segment {sid} of image {image_id} has category_id {seg['category_id']}, "
+                "which is not in `categories`."
+            )
+        cat = index[seg["category_id"]]
+        lut[slot[sid]] = cat
+        mask = inverse == slot[sid]
+        segments.append(
+            {
+                "id": sid,
+                "category_id": cat,
+                "iscrowd": int(seg.get("iscrowd", 0)),
+                "bbox": _bbox(mask),
+                "area": int(np.count_nonzero(mask)),
+                "isthing": bool(categories[cat].get("isthing", 1)),
+            }
+        )
+    dropped = set(listed) - {s["id"] for s in segments}
+    if dropped:
+        logger.warning(
+            "load_coco: image %s lists segments %s absent from its PNG; dropped.", image_id, dropped
+        )
+    return segments, lut[inverse]
+
+
 def _rows(
     panoptic_json: str,
     panoptic_dir: str,
@@ -278,76 +378,23 @@ def _rows(
 ) -> Iterator[dict[str, Any]]:
     with open(panoptic_json, encoding="utf-8") as f:
         data = json.load(f)
-    index = {c["id"]: i for i, c in enumerate(data["categories"])}
     images = {im["id"]: im for im in data["images"]}
-    sentences: dict[tuple[int, int], list[str]] = {}
-    if grounding_json:
-        with open(grounding_json, encoding="utf-8") as f:
-            grounding = json.load(f)
-        for ann in grounding.get("annotations", []):
-            key = (int(ann["image_id"]), int(ann.get("segment_id", ann.get("id"))))
-            for sent in ann.get("sentences", []):
-                text = sent if isinstance(sent, str) else sent.get("raw") or sent.get("sent", "")
-                if text:
-                    sentences.setdefault(key, []).append(text)
+    sentences = _sentences(grounding_json)
     for ann in data["annotations"]:
         image_id = int(ann["image_id"])
         meta = images.get(image_id)
         if meta is None:
             raise ContractError(f"load_coco: annotation for image_id {image_id} has no entry in `images`.")
-        file_name = os.path.basename(meta["file_name"])
         pan_path = os.path.join(panoptic_dir, ann["file_name"])
-        with open(pan_path, "rb") as f:
-            pan_bytes = f.read()
-        pan_image = PILImage.open(io.BytesIO(pan_bytes))
-        ids = rgb2id(np.asarray(pan_image.convert("RGB")))
-        if pan_image.format != "PNG" or pan_image.mode != "RGB":
-            pan_bytes = encode_png(np.asarray(pan_image.convert("RGB")))["bytes"]
-        listed = {int(s["id"]): s for s in ann["segments_info"]}
-        present, inverse = np.unique(ids, return_inverse=True)
-        unknown = [int(v) for v in present if v != 0 and int(v) not in listed]
-        if unknown:
-            raise ContractError(
-                f"load_coco: {pan_path} holds segment ids {unknown[:5]} that its JSON annotation does not list."
-            )
-        lut = np.full(len(present), IGNORE_INDEX, dtype=np.uint8)
-        slot = {int(v): k for k, v in enumerate(present)}
-        inverse = inverse.reshape(ids.shape)
-        segments = []
-        for sid, seg in listed.items():  # JSON order
-            if sid not in slot or sid == 0:
-                continue
-            if seg["category_id"] not in index:
-                raise ContractError(
-                    f"load_coco: segment {sid} of image {image_id} has category_id {seg['category_id']}, "
-                    "which is not in `categories`."
-                )
-            cat = index[seg["category_id"]]
-            lut[slot[sid]] = cat
-            mask = inverse == slot[sid]
-            segments.append(
-                {
-                    "id": sid,
-                    "category_id": cat,
-                    "iscrowd": int(seg.get("iscrowd", 0)),
-                    "bbox": _bbox(mask),
-                    "area": int(np.count_nonzero(mask)),
-                    "isthing": bool(data["categories"][cat].get("isthing", 1)),
-                }
-            )
-        dropped = set(listed) - {s["id"] for s in segments}
-        if dropped:
-            logger.warning(
-                "load_coco: image %s lists segments %s absent from its PNG; dropped.", image_id, dropped
-            )
-        semantic = lut[inverse]
+        pan_bytes, ids = _read_panoptic(pan_path)
+        segments, semantic = _segments(ids, ann, data["categories"], pan_path)
         with open(os.path.join(image_dir, meta["file_name"]), "rb") as f:
             image_bytes = f.read()
         width, height = PILImage.open(io.BytesIO(image_bytes)).size
         yield {
             "image": {"bytes": image_bytes, "path": None},
             "image_id": image_id,
-            "file_name": file_name,
+            "file_name": os.path.basename(meta["file_name"]),
             "width": width,
             "height": height,
             "panoptic": {"bytes": pan_bytes, "path": None},
@@ -381,28 +428,15 @@ def _fingerprint(paths: list[str | None], extra: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def load_coco(
-    folder: str | os.PathLike,
-    split: str = "train",
-    *,
-    panoptic_json: str | os.PathLike | None = None,
-    panoptic_dir: str | os.PathLike | None = None,
-    image_dir: str | os.PathLike | None = None,
-    grounding_json: str | os.PathLike | None = None,
-    source: str = "real",
-    background: str | None = None,
-    cache_dir: str | None = None,
-) -> Dataset:
-    """Read a COCO-panoptic folder (ours, or the official COCO layout) into the contract Dataset.
-
-    Looks for ``panoptic_<split>.json`` in ``folder`` or ``folder/annotations``, PNGs in ``panoptic/``,
-    ``panoptic_<split>/`` or ``annotations/panoptic_<split>/``, images in ``images/`` or ``<split>/``, and the
-    optional ``grounding_<split>.json``. The semantic map is always derived from the panoptic PNG (void -> 255), so
-    folders without ``semantic/`` work and foreign semantic id conventions never leak in. Category order is the
-    JSON's ``categories`` order. ``background``: name of a category to treat as the explicit background (it must be
-    a stuff category already present); only recorded in the settings.
-    """
-    folder = Path(folder)
+def _locate(
+    folder: Path,
+    split: str,
+    panoptic_json: str | os.PathLike | None,
+    panoptic_dir: str | os.PathLike | None,
+    image_dir: str | os.PathLike | None,
+) -> tuple[Path, Path, Path]:
+    """The panoptic JSON, panoptic PNG folder and image folder: as given, else the first that exists of ours and
+    the official COCO layout."""
     pan_json = (
         Path(panoptic_json)
         if panoptic_json
@@ -428,30 +462,63 @@ def load_coco(
             [folder / "images", folder / split, folder / "images" / split], "image folder", "image_dir"
         )
     )
+    return pan_json, pan_dir, img_dir
+
+
+def _categories_and_settings(
+    data: Mapping[str, Any], split: str, background: str | None, pan_json: Path
+) -> tuple[list[Category], dict[str, Any]]:
+    """Our own categories and settings when the JSON carries them (a diffsynth export), else both built from the
+    COCO ``categories`` (colours kept when usable: set, not black, unique)."""
+    ours = (data.get("info") or {}).get(METADATA_KEY) if isinstance(data.get("info"), dict) else None
+    names = [c["name"] for c in data["categories"]]
+    if ours and [c["name"] for c in ours["categories"]] == names:
+        return [Category.from_dict(c) for c in ours["categories"]], dict(ours.get("settings", {}))
+    colors = [tuple(c["color"]) if c.get("color") else None for c in data["categories"]]
+    usable = [c if c and c != (0, 0, 0) and colors.count(c) == 1 else None for c in colors]
+    categories = resolve_categories(
+        [
+            Category(c["name"], isthing=bool(c.get("isthing", 1)), color=color)
+            for c, color in zip(data["categories"], usable)
+        ],
+        background=None,
+    )
+    settings = {"source_format": "coco-panoptic", "split": split}
+    if background is not None:
+        if background not in names:
+            raise ValueError(f"`background` {background!r} is not a category of {pan_json}: {names}.")
+        settings["background"] = background
+    return categories, settings
+
+
+def load_coco(
+    folder: str | os.PathLike,
+    split: str = "train",
+    *,
+    panoptic_json: str | os.PathLike | None = None,
+    panoptic_dir: str | os.PathLike | None = None,
+    image_dir: str | os.PathLike | None = None,
+    grounding_json: str | os.PathLike | None = None,
+    source: str = "real",
+    background: str | None = None,
+    cache_dir: str | None = None,
+) -> Dataset:
+    """Read a COCO-panoptic folder (ours, or the official COCO layout) into the contract Dataset.
+
+    Looks for ``panoptic_<split>.json`` in ``folder`` or ``folder/annotations``, PNGs in ``panoptic/``,
+    ``panoptic_<split>/`` or ``annotations/panoptic_<split>/``, images in ``images/`` or ``<split>/``, and the
+    optional ``grounding_<split>.json``. The semantic map is always derived from the panoptic PNG (void -> 255), so
+    folders without ``semantic/`` work and foreign semantic id conventions never leak in. Category order is the
+    JSON's ``categories`` order. ``background``: name of a category to treat as the explicit background (it must be
+    a stuff category already present); only recorded in the settings.
+    """
+    folder = Path(folder)
+    pan_json, pan_dir, img_dir = _locate(folder, split, panoptic_json, panoptic_dir, image_dir)
     if grounding_json is None and (folder / f"grounding_{split}.json").exists():
         grounding_json = folder / f"grounding_{split}.json"
     with open(pan_json, encoding="utf-8") as f:
         data = json.load(f)
-    ours = (data.get("info") or {}).get(METADATA_KEY) if isinstance(data.get("info"), dict) else None
-    names = [c["name"] for c in data["categories"]]
-    if ours and [c["name"] for c in ours["categories"]] == names:
-        categories = [Category.from_dict(c) for c in ours["categories"]]
-        settings = dict(ours.get("settings", {}))
-    else:
-        colors = [tuple(c["color"]) if c.get("color") else None for c in data["categories"]]
-        usable = [c if c and c != (0, 0, 0) and colors.count(c) == 1 else None for c in colors]
-        categories = resolve_categories(
-            [
-                Category(c["name"], isthing=bool(c.get("isthing", 1)), color=color)
-                for c, color in zip(data["categories"], usable)
-            ],
-            background=None,
-        )
-        settings = {"source_format": "coco-panoptic", "split": split}
-        if background is not None:
-            if background not in names:
-                raise ValueError(f"`background` {background!r} is not a category of {pan_json}: {names}.")
-            settings["background"] = background
+    categories, settings = _categories_and_settings(data, split, background, pan_json)
     feats = features(categories, settings=settings)
     gen_kwargs = {
         "panoptic_json": str(pan_json),

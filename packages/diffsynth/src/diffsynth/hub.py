@@ -34,6 +34,7 @@ from datasets.table import embed_table_storage
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
+from diffsynth.categories import Category
 from diffsynth.dataset import categories_of, settings_of, write_category_files
 from diffsynth.health import format_health, health_report
 from diffsynth.preview import preview_grid
@@ -152,10 +153,22 @@ def dataset_card(
     """The dataset card (YAML metadata + Markdown body) for ``ds`` (a Dataset, or a dict of splits)."""
     splits = _splits(ds, split)
     first = next(iter(splits.values()))
-    categories = categories_of(first)
     settings = settings_of(first)
     reports = dict(health) if health is not None else {n: health_report(p) for n, p in splits.items()}
     title = pretty_name or settings.get("pretty_name") or "Synthetic segmentation dataset"
+    lines = _intro_lines(title, splits, preview)
+    lines += _class_lines(categories_of(first))
+    lines += _format_lines("attention" in first.column_names)
+    for name, report in reports.items():
+        lines += [f"### {name}", "", format_health(report), ""]
+    lines += _settings_lines(settings)
+    lines += _licence_lines(license_for(settings))
+    data = _card_data(splits, settings, pretty_name)
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _intro_lines(title: str, splits: Mapping[str, Dataset], preview: str | None) -> list[str]:
+    """Title, what the data is, how to load it, the preview and the split sizes."""
     lines = [
         f"# {title}",
         "",
@@ -177,7 +190,11 @@ def dataset_card(
         lines += ["![preview](" + preview + ")", ""]
     lines += ["## Splits", "", "| split | images |", "|---|---|"]
     lines += [f"| {n} | {len(p)} |" for n, p in splits.items()]
-    lines += [
+    return lines
+
+
+def _class_lines(categories: Sequence[Category]) -> list[str]:
+    lines = [
         "",
         "## Classes",
         "",
@@ -189,7 +206,12 @@ def dataset_card(
         lines.append(
             f"| {i} | {i + 1} | {c.name} | {'thing' if c.isthing else 'stuff'} | {color} | {', '.join(c.synonyms)} |"
         )
-    lines += [
+    return lines
+
+
+def _format_lines(with_attention: bool) -> list[str]:
+    """The columns, and the heading of the health section that follows."""
+    lines = [
         "",
         "## Format",
         "",
@@ -202,7 +224,7 @@ def dataset_card(
         "swap them (or disable flips) under horizontal-flip augmentation.",
         "- `prompt`, `seed` (per sample; `-1` for real images), `source` (`synthetic` or `real`).",
     ]
-    if "attention" in first.column_names:
+    if with_attention:
         lines.append(
             "- `attention`: one 8-bit PNG per target class, the soft attention map times 255, to re-threshold "
             "without regenerating."
@@ -215,19 +237,24 @@ def dataset_card(
         "## Health",
         "",
     ]
-    for name, report in reports.items():
-        lines += [f"### {name}", "", format_health(report), ""]
-    if settings:
-        lines += [
-            "## Generation settings",
-            "",
-            "```yaml",
-            yaml.safe_dump(json.loads(json.dumps(dict(settings), default=str)), sort_keys=True).rstrip(),
-            "```",
-            "",
-        ]
-    license_id = license_for(settings)
-    lines += [
+    return lines
+
+
+def _settings_lines(settings: Mapping[str, Any]) -> list[str]:
+    if not settings:
+        return []
+    return [
+        "## Generation settings",
+        "",
+        "```yaml",
+        yaml.safe_dump(json.loads(json.dumps(dict(settings), default=str)), sort_keys=True).rstrip(),
+        "```",
+        "",
+    ]
+
+
+def _licence_lines(license_id: str) -> list[str]:
+    return [
         "## Licence",
         "",
         f"`{license_id}`"
@@ -239,8 +266,6 @@ def dataset_card(
         ),
         "",
     ]
-    data = _card_data(splits, settings, pretty_name)
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
 def _write_parquet(part: Dataset, data_dir: Path, split: str, max_shard_bytes: int) -> list[Path]:

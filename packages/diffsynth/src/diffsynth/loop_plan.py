@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from diffsynth.balance import VARIETY_TEMPLATES, GenerationPlan, _largest_remainder
+from diffsynth.balance import VARIETY_TEMPLATES, GenerationPlan, largest_remainder
 
 __all__ = ["per_class_iou", "plan_from_metrics"]
 
@@ -110,7 +110,7 @@ def plan_from_metrics(
     total = sum(deficits.values())
     k = len(names)
     share = {n: floor / k + (1.0 - floor) * (deficits[n] / total if total > 0 else 1.0 / k) for n in names}
-    images = _largest_remainder(share, budget)
+    images = largest_remainder(share, budget)
     weak = [n for n in names if share[n] > 1.0 / k + 1e-12]
     extra_templates: dict[str, list[str]] = {}
     extra_scenes: dict[str, list[str]] = {}
