@@ -47,7 +47,6 @@ __all__ = [
     "push_to_hub",
     "stage_and_upload",
     "stage_repo",
-    "upload_staged",
     "write_repo_files",
 ]
 
@@ -369,39 +368,17 @@ def stage_and_upload(
     revision: str | None,
     splits: Sequence[str],
 ) -> Any:
-    """Stage a repo with ``stage(folder)`` in a temporary folder and upload it with :func:`upload_staged`."""
+    """Stage a repo with ``stage(folder)`` in a temporary folder, create the dataset repo if needed and upload the
+    folder in one commit (old shards of the pushed ``splits`` are deleted in the same commit)."""
     with tempfile.TemporaryDirectory(prefix="diffsynth-hub-") as tmp:
         stage(tmp)
-        return upload_staged(
-            tmp,
-            repo_id,
-            token=token,
-            private=private,
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        return api.upload_folder(
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=str(tmp),
             commit_message=commit_message,
             revision=revision,
-            splits=splits,
+            delete_patterns=[f"data/{name}-*" for name in splits],
         )
-
-
-def upload_staged(
-    folder: str | os.PathLike,
-    repo_id: str,
-    *,
-    token: str | None,
-    private: bool,
-    commit_message: str,
-    revision: str | None,
-    splits: Sequence[str],
-) -> Any:
-    """Create the dataset repo if needed, then upload a staged folder in one commit (old shards of the pushed
-    splits are replaced)."""
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    return api.upload_folder(
-        repo_id=repo_id,
-        repo_type="dataset",
-        folder_path=str(folder),
-        commit_message=commit_message,
-        revision=revision,
-        delete_patterns=[f"data/{name}-*" for name in splits],
-    )
