@@ -16,9 +16,9 @@ import time
 import numpy as np
 from PIL import Image
 
+from diffsynth import GenerationConfig, Generator
 from diffsynth.categories import resolve_categories
 from diffsynth.dataset import Sample
-from diffsynth import GenerationConfig, Generator
 from diffsynth.plan import make_plans
 
 

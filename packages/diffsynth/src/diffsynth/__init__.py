@@ -28,7 +28,7 @@ _EXPORTS = {
     "settings_of": "diffsynth.dataset",
     "validate": "diffsynth.dataset",
     "export_coco": "diffsynth.export",
-    "load_coco": "diffsynth.export",
+    "load_coco": "diffsynth.coco_reader",
     "push_to_hub": "diffsynth.hub",
     "stage_repo": "diffsynth.hub",
     "health_report": "diffsynth.health",

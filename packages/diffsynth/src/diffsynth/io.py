@@ -8,7 +8,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-from diffsynth.export import load_coco
+from diffsynth.coco_reader import load_coco
 from diffsynth.shards import load_shards
 
 
