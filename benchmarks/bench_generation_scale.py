@@ -40,8 +40,8 @@ def _rss_mb() -> tuple[float, float]:
 def _worker(args: argparse.Namespace) -> None:
     import torch
 
+    from diffsynth import GenerationConfig, Generator
     from diffsynth.dataset import to_dataset
-    from diffsynth.generate import GenerationConfig, Generator
     from diffsynth.shards import run_sharded
 
     torch.set_num_threads(1)

@@ -16,9 +16,9 @@ import time
 import numpy as np
 from PIL import Image
 
+from diffsynth import GenerationConfig, Generator
 from diffsynth.categories import resolve_categories
 from diffsynth.dataset import Sample
-from diffsynth.generate import GenerationConfig, Generator
 from diffsynth.plan import make_plans
 
 
@@ -29,7 +29,7 @@ def tiny_config(num_images: int, **overrides) -> GenerationConfig:
 
 
 class FakeGenerator:
-    """Quacks like :class:`diffsynth.generate.Generator` (config, categories, plans, settings, make_samples,
+    """Quacks like :class:`diffsynth.generation.Generator` (config, categories, plans, settings, make_samples,
     batches, quality_stats) but draws a seeded random image, label map and quality score per sample: shard logic
     without a pipeline. Scores are multiples of 1/8, so their sums are exact in any order."""
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from diffsynth import shards
+    from diffsynth.shards import runner
 
     torch.set_num_threads(1)
     rank = os.environ.get("RANK", "0")
@@ -131,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
     generator.make_samples = make_samples
 
-    class ReportingSync(shards.ProcessSync):  # tells the test whether a process group carried the barrier
+    class ReportingSync(runner.ProcessSync):  # tells the test whether a process group carried the barrier
         def barrier(self) -> None:
             print(f"rank {rank} barrier with process group: {self.active}", flush=True)
             super().barrier()
 
-    shards.ProcessSync = ReportingSync
+    runner.ProcessSync = ReportingSync
     try:
         result = shards.run_sharded(generator, args.out, shard_size=args.shard_size)
     except shards.ShardMismatchError as error:

@@ -180,7 +180,7 @@ def test_torchrun_in_a_users_process_group_and_refusing_rank_divergent_arguments
 
 @pytest.mark.slow
 def test_two_processes_under_torchrun_equal_a_single_process_run(tmp_path):
-    from diffsynth.generate import Generator
+    from diffsynth import Generator
 
     out, log = tmp_path / "out", tmp_path / "made"
     launched = _torchrun("--out", str(out), "--num-images", "5", "--shard-size", "2", "--made-log", str(log))

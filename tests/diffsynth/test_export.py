@@ -15,8 +15,9 @@ from pycocotools.coco import COCO
 
 import diffsynth.export as export_module
 from diffsynth.categories import Category, resolve_categories
+from diffsynth.coco_reader import load_coco
 from diffsynth.dataset import Sample, categories_of, settings_of, to_dataset, validate
-from diffsynth.export import export_coco, load_coco
+from diffsynth.export import export_coco
 
 SETTINGS = {"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "steps": 20}
 

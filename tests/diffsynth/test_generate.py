@@ -122,6 +122,21 @@ def test_unreadable_init_image_is_named(tmp_path):
 
 def test_importing_the_submodule_does_not_shadow_the_function():
     import diffsynth
-    import diffsynth.generate  # binds the submodule as the package attribute, unless the package guards it
+    import diffsynth.generation  # the submodule has its own name: importing it rebinds no package attribute
 
     assert callable(diffsynth.generate) and diffsynth.generate.__name__ == "generate"
+    assert diffsynth.generate is diffsynth.generation.generate
+
+
+def test_no_submodule_shadows_a_public_name():
+    """Importing every submodule binds each as a package attribute; none may share a public name's name."""
+    import importlib
+    import pkgutil
+
+    import diffsynth
+
+    for info in pkgutil.walk_packages(diffsynth.__path__, "diffsynth."):
+        importlib.import_module(info.name)
+    for name in diffsynth.__all__:
+        value = getattr(diffsynth, name)
+        assert not isinstance(value, type(diffsynth)), f"diffsynth.{name} is a module"

@@ -373,7 +373,7 @@ def test_a_bad_repo_id_fails_before_anything_is_drawn(tmp_path):
 # ------------------------------------------------------------------------------- real pipeline, real SIGKILL
 @pytest.fixture(scope="module")
 def tiny_generator():
-    from diffsynth.generate import Generator
+    from diffsynth import Generator
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -459,7 +459,7 @@ def test_sigkill_mid_shard_then_resume_equals_an_uninterrupted_run(tmp_path, tin
 
 @pytest.mark.slow
 def test_generate_with_output_dir_goes_through_the_shards(tmp_path, tiny_generator):
-    from diffsynth.generate import generate
+    from diffsynth import generate
 
     pipe = tiny_generator.masker.pipe
     options = dict(num_inference_steps=2, height=64, width=64, seed=3, progress=False)

@@ -32,7 +32,7 @@ def test_quickstart_main_job_runs_offline(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(THESIS.glob("wet_damage_*.yaml")), ids=lambda p: p.name)
 def test_thesis_generation_configs_validate(path):
-    from diffsynth.generate import GenerationConfig
+    from diffsynth import GenerationConfig
 
     config = GenerationConfig(**yaml.safe_load(path.read_text()))
     assert len(config.classes) == 9 and config.num_images in (500, 6000)

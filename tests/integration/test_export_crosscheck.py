@@ -10,8 +10,9 @@ from panopticapi.utils import rgb2id
 from PIL import Image as PILImage
 
 from diffsynth.categories import Category, resolve_categories
+from diffsynth.coco_reader import load_coco
 from diffsynth.dataset import Sample, categories_of, to_dataset, validate
-from diffsynth.export import export_coco, load_coco
+from diffsynth.export import export_coco
 
 d2 = pytest.importorskip("seemadapt._detectron2")
 

@@ -7,16 +7,16 @@ ds.push_to_hub("me/wet-damage-synthetic")          # or diffsynth.push_to_hub(ds
 
 from __future__ import annotations
 
-import sys
-import types
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
 
+#: Public name -> the module that defines it.
 _EXPORTS = {
-    "generate": "diffsynth.generate",
-    "GenerationConfig": "diffsynth.generate",
-    "Generator": "diffsynth.generate",
+    "generate": "diffsynth.generation",
+    "GenerationConfig": "diffsynth.generation",
+    "Generator": "diffsynth.generation",
     "Category": "diffsynth.categories",
     "resolve_categories": "diffsynth.categories",
     "AttentionMasker": "diffsynth.masker",
@@ -28,7 +28,7 @@ _EXPORTS = {
     "settings_of": "diffsynth.dataset",
     "validate": "diffsynth.dataset",
     "export_coco": "diffsynth.export",
-    "load_coco": "diffsynth.export",
+    "load_coco": "diffsynth.coco_reader",
     "push_to_hub": "diffsynth.hub",
     "stage_repo": "diffsynth.hub",
     "health_report": "diffsynth.health",
@@ -46,30 +46,13 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str) -> Any:
-    """Import heavy modules (torch, diffusers) only when their names are first used."""
+    """Import a public name's module when the name is first used (PEP 562).
+
+    Lazy on purpose: the modules behind these names import torch, diffusers and datasets (seconds), and
+    ``import diffsynth`` (e.g. for the CLI's ``--help``) should not pay for them."""
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'diffsynth' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
-
-
-class _Package(types.ModuleType):
-    """Keeps ``diffsynth.generate`` the *function*.
-
-    Importing the submodule ``diffsynth.generate`` (``from diffsynth.generate import GenerationConfig``) makes Python
-    bind the module as the package attribute ``generate``, which would shadow the function of the same name depending
-    on import order. Such a binding is replaced by the function; the module stays reachable through ``sys.modules``
-    and ``from diffsynth.generate import ...``.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "generate" and isinstance(value, types.ModuleType) and hasattr(value, name):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ class AttentionLayer:
 
 
 def _attention_modules(block: torch.nn.Module, prefix: str) -> Iterator[tuple[str, torch.nn.Module]]:
-    from diffusers.models.attention_processor import Attention
-
     attentions = getattr(block, "attentions", None)
     if attentions is None:
         return

@@ -20,15 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from datasets import Dataset
 
 from diffsynth.categories import Category
-from diffsynth.plan import DEFAULT_TEMPLATES, SamplePlan, _join, classes_in_prompt, sample_seed
+from diffsynth.health import health_report
+from diffsynth.plan import DEFAULT_TEMPLATES, SamplePlan, classes_in_prompt, join_names, sample_seed
 
 __all__ = [
     "VARIETY_TEMPLATES",
     "GenerationPlan",
     "YieldTracker",
     "estimate_yields",
+    "largest_remainder",
     "plan_for_targets",
     "plan_samples",
 ]
@@ -205,54 +208,18 @@ def plan_samples(
     ``num_images``). With ``classes_per_image > 1`` the other classes of an image are drawn in proportion to the
     plan's shares (classes with no share only when nothing else is left)."""
     plan = GenerationPlan.from_dict(plan).scaled(num_images)
-    names = [c.name for c in categories]
     context = tuple(context)
-    unknown = [c for c in context if c not in names]
-    if unknown:
-        raise ValueError(f"context classes {unknown} are not among the categories {names}.")
-    targets = [c for c in categories if c.name != background and c.name not in context]
-    target_names = [c.name for c in targets]
-    bad = [n for n in plan.images if n not in target_names]
-    if bad:
-        raise ValueError(
-            f"the generation plan names {bad}, which are not target classes of this run {target_names} "
-            "(background and context classes cannot be planned); add them to classes or drop them from the plan."
-        )
-    if not 1 <= classes_per_image <= len(targets):
-        raise ValueError(
-            f"classes_per_image={classes_per_image} must be between 1 and the number of target classes "
-            f"({len(targets)})."
-        )
+    target_names = _plannable_targets(plan, categories, background, context, classes_per_image)
     base = tuple(templates or DEFAULT_TEMPLATES)
-    if any("{classes}" not in t for t in base):
-        raise ValueError("every prompt template must contain '{classes}', e.g. 'a photo of {classes}'.")
-    for name, phrases in plan.scenes.items():
-        for phrase in phrases:
-            named = classes_in_prompt(phrase, categories)
-            if named:
-                raise ValueError(
-                    f"scene phrase {phrase!r} for {name!r} names the classes {list(named)}; a scene must not name a "
-                    "class (it would count as prompted but never be segmented)."
-                )
+    _check_variety(base, plan, categories)
     share = np.array([plan.weights.get(n, 0.0) for n in target_names], dtype=np.float64)
-    schedule = plan.schedule()
     plans = []
-    for index, primary in enumerate(schedule):
+    for index, primary in enumerate(plan.schedule()):
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, index, 13])
-        chosen = [primary]
-        if classes_per_image > 1:
-            others = [i for i, n in enumerate(target_names) if n != primary]
-            p = share[others]
-            p = p / p.sum() if p.sum() > 0 else np.full(len(others), 1.0 / len(others))
-            nonzero = int(np.count_nonzero(p))
-            take = classes_per_image - 1
-            if nonzero < take:  # too few classes with a share: top up from the rest uniformly
-                p = 0.5 * p + 0.5 / len(others)
-            picks = rng.choice(len(others), size=take, replace=False, p=p)
-            chosen += [target_names[others[i]] for i in picks]
+        chosen = [primary, *_other_classes(rng, primary, target_names, share, classes_per_image)]
         pool = base + tuple(plan.templates.get(primary, ()))
         template = pool[int(rng.integers(len(pool)))]
-        prompt = template.format(classes=_join(chosen))
+        prompt = template.format(classes=join_names(chosen))
         scenes = plan.scenes.get(primary)
         if scenes:
             pick = int(rng.integers(len(scenes) + 1))
@@ -265,13 +232,69 @@ def plan_samples(
     return plans
 
 
+def _plannable_targets(
+    plan: GenerationPlan,
+    categories: Sequence[Category],
+    background: str | None,
+    context: tuple[str, ...],
+    classes_per_image: int,
+) -> list[str]:
+    """The target class names (neither background nor context); the plan may name only these."""
+    names = [c.name for c in categories]
+    unknown = [c for c in context if c not in names]
+    if unknown:
+        raise ValueError(f"context classes {unknown} are not among the categories {names}.")
+    target_names = [c.name for c in categories if c.name != background and c.name not in context]
+    bad = [n for n in plan.images if n not in target_names]
+    if bad:
+        raise ValueError(
+            f"the generation plan names {bad}, which are not target classes of this run {target_names} "
+            "(background and context classes cannot be planned); add them to classes or drop them from the plan."
+        )
+    if not 1 <= classes_per_image <= len(target_names):
+        raise ValueError(
+            f"classes_per_image={classes_per_image} must be between 1 and the number of target classes "
+            f"({len(target_names)})."
+        )
+    return target_names
+
+
+def _check_variety(base: tuple[str, ...], plan: GenerationPlan, categories: Sequence[Category]) -> None:
+    """Templates need ``{classes}``; a scene phrase must not name a class (it would count as prompted but never
+    be segmented)."""
+    if any("{classes}" not in t for t in base):
+        raise ValueError("every prompt template must contain '{classes}', e.g. 'a photo of {classes}'.")
+    for name, phrases in plan.scenes.items():
+        for phrase in phrases:
+            named = classes_in_prompt(phrase, categories)
+            if named:
+                raise ValueError(
+                    f"scene phrase {phrase!r} for {name!r} names the classes {list(named)}; a scene must not name a "
+                    "class (it would count as prompted but never be segmented)."
+                )
+
+
+def _other_classes(
+    rng: np.random.Generator, primary: str, target_names: list[str], share: np.ndarray, classes_per_image: int
+) -> list[str]:
+    """The image's classes besides ``primary``, drawn in proportion to the plan's shares (classes with no share
+    only when too few others have one)."""
+    if classes_per_image <= 1:
+        return []
+    others = [i for i, n in enumerate(target_names) if n != primary]
+    p = share[others]
+    p = p / p.sum() if p.sum() > 0 else np.full(len(others), 1.0 / len(others))
+    nonzero = int(np.count_nonzero(p))
+    take = classes_per_image - 1
+    if nonzero < take:  # too few classes with a share: top up from the rest uniformly
+        p = 0.5 * p + 0.5 / len(others)
+    picks = rng.choice(len(others), size=take, replace=False, p=p)
+    return [target_names[others[i]] for i in picks]
+
+
 # ------------------------------------------------------------------------------------------------- yields
 def _report(source: Any) -> dict[str, Any]:
-    from datasets import Dataset
-
     if isinstance(source, Dataset):
-        from diffsynth.health import health_report
-
         return health_report(source)
     if isinstance(source, Mapping) and "classes" in source:
         return dict(source)
@@ -341,6 +364,27 @@ class YieldTracker:
         }
 
 
+def _needed_images(
+    targets: Mapping[str, float],
+    yields: Mapping[str, float | None],
+    have: Mapping[str, float],
+    fallback: float,
+) -> tuple[dict[str, int], dict[str, float], list[str]]:
+    """Per class: images still needed, the yield per image used, and the classes planned with ``fallback``."""
+    needed: dict[str, int] = {}
+    assumed = []
+    per_image: dict[str, float] = {}
+    for name, target in targets.items():
+        rate = yields.get(name)
+        if rate is None or rate <= 0:
+            rate = fallback
+            assumed.append(name)
+        per_image[name] = float(rate)
+        missing = max(0.0, float(target) - float(have.get(name, 0.0)))
+        needed[name] = math.ceil(missing / rate) if missing > 0 else 0
+    return needed, per_image, assumed
+
+
 def plan_for_targets(
     targets: Mapping[str, float],
     yields: Mapping[str, float | None] | Any,
@@ -385,18 +429,7 @@ def plan_for_targets(
             "plan_for_targets: no class has a positive yield estimate; generate a small pilot run first and pass "
             "its health report (or dataset) as yields."
         )
-    fallback = float(np.mean(known))
-    needed: dict[str, int] = {}
-    assumed = []
-    per_image: dict[str, float] = {}
-    for name, target in targets.items():
-        rate = yields.get(name)
-        if rate is None or rate <= 0:
-            rate = fallback
-            assumed.append(name)
-        per_image[name] = float(rate)
-        missing = max(0.0, float(target) - float(have.get(name, 0.0)))
-        needed[name] = math.ceil(missing / rate) if missing > 0 else 0
+    needed, per_image, assumed = _needed_images(targets, yields, have, float(np.mean(known)))
     total = sum(needed.values())
     notes = {
         "kind": "targets",

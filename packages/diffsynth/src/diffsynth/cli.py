@@ -55,7 +55,8 @@ def _load_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from diffsynth.generate import GenerationConfig, generate_from_config
+    # Imported here, not at the top: these modules load torch/datasets (seconds); `diffsynth --help` stays fast.
+    from diffsynth.generation import GenerationConfig, generate_from_config
 
     raw = _load_config(args)
     try:
@@ -74,12 +75,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         (output / "generation_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         print(f"diffsynth: {len(ds)} samples in {output} (parquet shards; open with diffsynth.io.load_any)")
     if args.push_to_hub:
+        # Imported here for start-up speed, as above.
         from diffsynth.hub import push_to_hub
+        from diffsynth.shards import push_shards_to_hub
 
         token = os.environ.get(args.token_env) if args.token_env else None
         if output is not None:
-            from diffsynth.shards import push_shards_to_hub
-
             url = push_shards_to_hub(output, args.push_to_hub, dataset=ds, private=args.private, token=token)
         else:
             url = push_to_hub(ds, args.push_to_hub, private=args.private, token=token)
@@ -90,6 +91,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: these modules load torch/datasets (seconds); `diffsynth --help` stays fast.
     from diffsynth.export import export_coco
     from diffsynth.io import load_any
 
@@ -100,6 +102,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: these modules load torch/datasets (seconds); `diffsynth --help` stays fast.
     from diffsynth.io import load_any
     from diffsynth.preview import preview_grid
 
@@ -111,6 +114,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: these modules load torch/datasets (seconds); `diffsynth --help` stays fast.
     from diffsynth.health import format_health, health_report
     from diffsynth.io import load_any
 

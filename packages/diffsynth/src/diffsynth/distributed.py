@@ -19,6 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import accelerate.state
+import torch
+import torch.distributed as dist
+
 __all__ = [
     "ProcessInfo",
     "ProcessSync",
@@ -86,31 +90,19 @@ def _env_int(name: str, default: int) -> int:
 
 def process_info() -> ProcessInfo:
     """This process's rank and world size (see the module docstring for the order of sources)."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return ProcessInfo(
-                dist.get_rank(),
-                dist.get_world_size(),
-                _env_int("LOCAL_RANK", 0),
-                "torch.distributed",
-            )
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    try:
-        from accelerate.state import PartialState
-
-        if PartialState._shared_state:  # already set up by the user's Accelerator / PartialState
-            state = PartialState()
-            return ProcessInfo(
-                int(state.process_index),
-                int(state.num_processes),
-                int(state.local_process_index),
-                "accelerate",
-            )
-    except ImportError:  # pragma: no cover - accelerate is a dependency
-        pass
+    if dist.is_available() and dist.is_initialized():
+        return ProcessInfo(
+            dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0), "torch.distributed"
+        )
+    partial_state = accelerate.state.PartialState  # looked up per call: tests swap it
+    if partial_state._shared_state:  # already set up by the user's Accelerator / PartialState
+        state = partial_state()
+        return ProcessInfo(
+            int(state.process_index),
+            int(state.num_processes),
+            int(state.local_process_index),
+            "accelerate",
+        )
     world_size = _env_int("WORLD_SIZE", 1)
     if world_size > 1:
         return ProcessInfo(_env_int("RANK", 0), world_size, _env_int("LOCAL_RANK", 0), "env")
@@ -119,8 +111,6 @@ def process_info() -> ProcessInfo:
 
 def process_device(info: ProcessInfo | None = None) -> str:
     """The device this process should draw on: its own GPU (``cuda:<local_rank>``) if there is one, else CPU."""
-    import torch
-
     info = info or process_info()
     if torch.cuda.is_available():
         return f"cuda:{info.local_rank % torch.cuda.device_count()}"
@@ -156,8 +146,6 @@ class ProcessSync:
         self.active = False
         if info.world_size == 1:
             return
-        import torch.distributed as dist
-
         if not dist.is_available():  # pragma: no cover - every torch wheel we support has it
             return
         if dist.is_initialized():
@@ -184,8 +172,6 @@ class ProcessSync:
         """Rank 0's ``value`` on every rank (``value`` itself without a group)."""
         if not self.active:
             return value
-        import torch.distributed as dist
-
         box = [value if self.info.is_main else None]
         dist.broadcast_object_list(box, src=self._global_rank(0), group=self.group)
         return box[0]
@@ -194,8 +180,6 @@ class ProcessSync:
         """Every rank's ``value``, in rank order, on every rank (``[value]`` without a group)."""
         if not self.active:
             return [value]
-        import torch.distributed as dist
-
         out: list[Any] = [None] * self.info.world_size
         dist.all_gather_object(out, value, group=self.group)
         return out
@@ -204,16 +188,12 @@ class ProcessSync:
         """Wait for every rank (up to ``timeout``); the error names the ranks that did not arrive."""
         if not self.active:
             return
-        import torch.distributed as dist
-
         dist.monitored_barrier(group=self.group, timeout=self.timeout, wait_all_ranks=True)
 
     def close(self) -> None:
         """Destroy what this object created (our gloo sub-group, or the default group if we started it)."""
         if not self.active:
             return
-        import torch.distributed as dist
-
         if self._owns_default_group:
             dist.destroy_process_group()
         elif self.group is not None:
@@ -222,8 +202,6 @@ class ProcessSync:
         self.active = False
 
     def _global_rank(self, group_rank: int) -> int:
-        import torch.distributed as dist
-
         if self.group is None:
             return group_rank
         return dist.get_global_rank(self.group, group_rank)

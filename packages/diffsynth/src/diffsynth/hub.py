@@ -22,21 +22,34 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from datasets import Dataset, DatasetDict, SplitInfo
+from datasets.info import DatasetInfo, DatasetInfosDict
+from datasets.splits import SplitDict
 from datasets.table import embed_table_storage
+from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
+from diffsynth.categories import Category
 from diffsynth.dataset import categories_of, settings_of
 from diffsynth.health import format_health, health_report
 from diffsynth.preview import preview_grid
 from segcontract import write_category_files
 
-__all__ = ["dataset_card", "license_for", "push_to_hub", "stage_repo"]
+__all__ = [
+    "MAX_SHARD_BYTES",
+    "dataset_card",
+    "is_repo_id",
+    "license_for",
+    "push_to_hub",
+    "stage_and_upload",
+    "stage_repo",
+    "write_repo_files",
+]
 
 MAX_SHARD_BYTES = 500 * 1024 * 1024
 #: Substring of a model id -> Hub licence id of the images it makes (the model licence governs generated data).
@@ -118,22 +131,14 @@ def _card_data(
         pretty_name=pretty_name or settings.get("pretty_name"),
     )
     first = next(iter(splits.values()))
-    try:  # the same dataset_info/configs blocks Dataset.push_to_hub writes
-        from datasets.info import DatasetInfo, DatasetInfosDict
-        from datasets.splits import SplitDict
-        from datasets.utils.metadata import MetadataConfigs
-
-        info = DatasetInfo(features=first.features, config_name="default", splits=SplitDict())
-        for name, part in splits.items():
-            info.splits.add(SplitInfo(name=name, num_examples=len(part), num_bytes=part.data.nbytes))
-        DatasetInfosDict({"default": info}).to_dataset_card_data(data)
-        MetadataConfigs(
-            {"default": {"data_files": [{"split": n, "path": f"data/{n}-*"} for n in splits]}}
-        ).to_dataset_card_data(data)
-    except Exception:  # pragma: no cover - only if datasets moves these helpers
-        data["configs"] = [
-            {"config_name": "default", "data_files": [{"split": n, "path": f"data/{n}-*"} for n in splits]}
-        ]
+    # the same dataset_info/configs blocks Dataset.push_to_hub writes
+    info = DatasetInfo(features=first.features, config_name="default", splits=SplitDict())
+    for name, part in splits.items():
+        info.splits.add(SplitInfo(name=name, num_examples=len(part), num_bytes=part.data.nbytes))
+    DatasetInfosDict({"default": info}).to_dataset_card_data(data)
+    MetadataConfigs(
+        {"default": {"data_files": [{"split": n, "path": f"data/{n}-*"} for n in splits]}}
+    ).to_dataset_card_data(data)
     return data
 
 
@@ -148,10 +153,22 @@ def dataset_card(
     """The dataset card (YAML metadata + Markdown body) for ``ds`` (a Dataset, or a dict of splits)."""
     splits = _splits(ds, split)
     first = next(iter(splits.values()))
-    categories = categories_of(first)
     settings = settings_of(first)
     reports = dict(health) if health is not None else {n: health_report(p) for n, p in splits.items()}
     title = pretty_name or settings.get("pretty_name") or "Synthetic segmentation dataset"
+    lines = _intro_lines(title, splits, preview)
+    lines += _class_lines(categories_of(first))
+    lines += _format_lines("attention" in first.column_names)
+    for name, report in reports.items():
+        lines += [f"### {name}", "", format_health(report), ""]
+    lines += _settings_lines(settings)
+    lines += _licence_lines(license_for(settings))
+    data = _card_data(splits, settings, pretty_name)
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _intro_lines(title: str, splits: Mapping[str, Dataset], preview: str | None) -> list[str]:
+    """Title, what the data is, how to load it, the preview and the split sizes."""
     lines = [
         f"# {title}",
         "",
@@ -173,7 +190,11 @@ def dataset_card(
         lines += ["![preview](" + preview + ")", ""]
     lines += ["## Splits", "", "| split | images |", "|---|---|"]
     lines += [f"| {n} | {len(p)} |" for n, p in splits.items()]
-    lines += [
+    return lines
+
+
+def _class_lines(categories: Sequence[Category]) -> list[str]:
+    lines = [
         "",
         "## Classes",
         "",
@@ -185,7 +206,12 @@ def dataset_card(
         lines.append(
             f"| {i} | {i + 1} | {c.name} | {'thing' if c.isthing else 'stuff'} | {color} | {', '.join(c.synonyms)} |"
         )
-    lines += [
+    return lines
+
+
+def _format_lines(with_attention: bool) -> list[str]:
+    """The columns, and the heading of the health section that follows."""
+    lines = [
         "",
         "## Format",
         "",
@@ -198,7 +224,7 @@ def dataset_card(
         "swap them (or disable flips) under horizontal-flip augmentation.",
         "- `prompt`, `seed` (per sample; `-1` for real images), `source` (`synthetic` or `real`).",
     ]
-    if "attention" in first.column_names:
+    if with_attention:
         lines.append(
             "- `attention`: one 8-bit PNG per target class, the soft attention map times 255, to re-threshold "
             "without regenerating."
@@ -211,19 +237,24 @@ def dataset_card(
         "## Health",
         "",
     ]
-    for name, report in reports.items():
-        lines += [f"### {name}", "", format_health(report), ""]
-    if settings:
-        lines += [
-            "## Generation settings",
-            "",
-            "```yaml",
-            yaml.safe_dump(json.loads(json.dumps(dict(settings), default=str)), sort_keys=True).rstrip(),
-            "```",
-            "",
-        ]
-    license_id = license_for(settings)
-    lines += [
+    return lines
+
+
+def _settings_lines(settings: Mapping[str, Any]) -> list[str]:
+    if not settings:
+        return []
+    return [
+        "## Generation settings",
+        "",
+        "```yaml",
+        yaml.safe_dump(json.loads(json.dumps(dict(settings), default=str)), sort_keys=True).rstrip(),
+        "```",
+        "",
+    ]
+
+
+def _licence_lines(license_id: str) -> list[str]:
+    return [
         "## Licence",
         "",
         f"`{license_id}`"
@@ -235,8 +266,6 @@ def dataset_card(
         ),
         "",
     ]
-    data = _card_data(splits, settings, pretty_name)
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
 def _write_parquet(part: Dataset, data_dir: Path, split: str, max_shard_bytes: int) -> list[Path]:
@@ -275,6 +304,15 @@ def stage_repo(
         for stale in data_dir.glob(f"{name}-*.parquet"):
             stale.unlink()
         _write_parquet(part, data_dir, name, max_shard_bytes)
+    write_repo_files(folder, splits, preview_rows=preview_rows, pretty_name=pretty_name)
+    return folder
+
+
+def write_repo_files(
+    folder: Path, splits: Mapping[str, Dataset], *, preview_rows: int = 8, pretty_name: str | None = None
+) -> None:
+    """Write what a staged repo holds beside its parquet files: category files, ``health.json``, the preview of
+    the first split's first ``preview_rows`` rows (none when 0) and the card ``README.md``."""
     first = next(iter(splits.values()))
     write_category_files(categories_of(first), folder)
     reports = {n: health_report(p) for n, p in splits.items()}
@@ -283,9 +321,8 @@ def stage_repo(
     if preview_rows > 0 and len(first):
         preview_grid(first, n=preview_rows).save(folder / "preview.png", format="PNG")
         preview = "preview.png"
-    card = dataset_card(splits, health=reports, preview=preview, pretty_name=pretty_name)
+    card = dataset_card(dict(splits), health=reports, preview=preview, pretty_name=pretty_name)
     (folder / "README.md").write_text(str(card), encoding="utf-8")
-    return folder
 
 
 def push_to_hub(
@@ -303,24 +340,27 @@ def push_to_hub(
 
     Returns the ``CommitInfo`` of the upload. ``token`` defaults to the saved login / ``HF_TOKEN``.
     """
-    if not isinstance(repo_id, str) or repo_id.count("/") > 1 or not repo_id.strip("/"):
+    if not is_repo_id(repo_id):
         raise ValueError(f"`repo_id` must look like 'user/name', got {repo_id!r}.")
     splits = _splits(ds, split)
-    with tempfile.TemporaryDirectory(prefix="diffsynth-hub-") as tmp:
-        stage_repo(splits, tmp, pretty_name=pretty_name)
-        return upload_staged(
-            tmp,
-            repo_id,
-            token=token,
-            private=private,
-            commit_message=commit_message,
-            revision=revision,
-            splits=list(splits),
-        )
+    return stage_and_upload(
+        lambda tmp: stage_repo(splits, tmp, pretty_name=pretty_name),
+        repo_id,
+        token=token,
+        private=private,
+        commit_message=commit_message,
+        revision=revision,
+        splits=list(splits),
+    )
 
 
-def upload_staged(
-    folder: str | os.PathLike,
+def is_repo_id(value: Any) -> bool:
+    """Whether ``value`` can name a Hub repo: ``name`` or ``user/name``."""
+    return isinstance(value, str) and value.count("/") <= 1 and bool(value.strip("/"))
+
+
+def stage_and_upload(
+    stage: Callable[[str], Any],
     repo_id: str,
     *,
     token: str | None,
@@ -329,15 +369,17 @@ def upload_staged(
     revision: str | None,
     splits: Sequence[str],
 ) -> Any:
-    """Create the dataset repo if needed, then upload a staged folder in one commit (old shards of the pushed
-    splits are replaced)."""
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    return api.upload_folder(
-        repo_id=repo_id,
-        repo_type="dataset",
-        folder_path=str(folder),
-        commit_message=commit_message,
-        revision=revision,
-        delete_patterns=[f"data/{name}-*" for name in splits],
-    )
+    """Stage a repo with ``stage(folder)`` in a temporary folder, create the dataset repo if needed and upload the
+    folder in one commit (old shards of the pushed ``splits`` are deleted in the same commit)."""
+    with tempfile.TemporaryDirectory(prefix="diffsynth-hub-") as tmp:
+        stage(tmp)
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        return api.upload_folder(
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=str(tmp),
+            commit_message=commit_message,
+            revision=revision,
+            delete_patterns=[f"data/{name}-*" for name in splits],
+        )

@@ -8,21 +8,20 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from diffsynth.coco_reader import load_coco
+from diffsynth.shards import load_shards
+
 
 def load_any(source: str | os.PathLike, split: str = "train") -> Dataset:
     """The ``split`` of a dataset stored at ``source`` (folder) or on the Hub (repo id)."""
     path = Path(source)
     if path.is_dir():
         if (path / "manifest.json").is_file():
-            from diffsynth.shards import load_shards
-
             return load_shards(path)  # checks the run is complete and restores the whole-run settings
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
             loaded = load_from_disk(str(path))
             return loaded[split] if isinstance(loaded, DatasetDict) else loaded
         if any(path.glob(f"panoptic_{split}.json")):
-            from diffsynth.export import load_coco
-
             return load_coco(path, split=split)
         parquet = sorted(path.rglob("*.parquet"))
         if not parquet:

@@ -106,6 +106,18 @@ class MaskerConfig:
     chunk_mb: float = 16.0
 
     def __post_init__(self) -> None:
+        self._check_sampling()
+        self._check_resolutions()
+        self._check_masks()
+        self._check_steps()
+        if self.softmax not in ("full", "classes"):
+            raise ValueError(f"MaskerConfig.softmax must be 'full' or 'classes', got {self.softmax!r}.")
+        if not 0 <= self.ignore_index <= 255:
+            raise ValueError(f"MaskerConfig.ignore_index must fit uint8 (0..255), got {self.ignore_index}.")
+        if self.chunk_mb <= 0:
+            raise ValueError(f"MaskerConfig.chunk_mb must be > 0, got {self.chunk_mb}.")
+
+    def _check_sampling(self) -> None:
         if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
             raise ValueError(
                 f"MaskerConfig.num_inference_steps must be an int >= 1, got {self.num_inference_steps!r}."
@@ -120,6 +132,9 @@ class MaskerConfig:
                 raise ValueError(
                     f"MaskerConfig.{name} must be a positive int or None (model default), got {value!r}."
                 )
+
+    def _check_resolutions(self) -> None:
+        """Check the resolutions; ``cross_resolution`` becomes a tuple."""
         _check_resolution("self_resolution", self.self_resolution)
         if not isinstance(self.cross_resolution, tuple | list):
             self.cross_resolution = (self.cross_resolution,)
@@ -128,6 +143,8 @@ class MaskerConfig:
             raise ValueError("MaskerConfig.cross_resolution is empty; give at least one resolution.")
         for value in self.cross_resolution:
             _check_resolution("cross_resolution", value)
+
+    def _check_masks(self) -> None:
         if not isinstance(self.tau, int) or isinstance(self.tau, bool) or self.tau < 0:
             raise ValueError(
                 f"MaskerConfig.tau must be an int >= 0 (Dataset Diffusion uses 4), got {self.tau!r}."
@@ -136,6 +153,9 @@ class MaskerConfig:
             check_thresholds(self.threshold, self.uncertainty_threshold)
         except ValueError as error:
             raise ValueError(f"MaskerConfig: {error}") from None
+
+    def _check_steps(self) -> None:
+        """Check the step selection; ``step_window`` becomes a tuple of floats."""
         start, end = self.step_window
         if not 0.0 <= start < end <= 1.0:
             raise ValueError(
@@ -149,12 +169,6 @@ class MaskerConfig:
                 raise ValueError(
                     f"MaskerConfig.step_indices={self.step_indices} must be (first >= 0, stop > first or None)."
                 )
-        if self.softmax not in ("full", "classes"):
-            raise ValueError(f"MaskerConfig.softmax must be 'full' or 'classes', got {self.softmax!r}.")
-        if not 0 <= self.ignore_index <= 255:
-            raise ValueError(f"MaskerConfig.ignore_index must fit uint8 (0..255), got {self.ignore_index}.")
-        if self.chunk_mb <= 0:
-            raise ValueError(f"MaskerConfig.chunk_mb must be > 0, got {self.chunk_mb}.")
 
 
 @dataclass
@@ -269,39 +283,21 @@ class AttentionMasker:
         cfg = self.config
         prompts, seeds = list(prompts), [int(s) for s in seeds]
         classes = [list(c) for c in classes]
-        if not prompts or not (len(prompts) == len(classes) == len(seeds)):
-            raise ValueError(
-                f"prompts ({len(prompts)}), classes ({len(classes)}) and seeds ({len(seeds)}) must be non-empty "
-                "and equally long (one entry per image)."
-            )
-        if init_images is not None and len(init_images) != len(prompts):
-            raise ValueError(
-                f"init_images has {len(init_images)} images for {len(prompts)} prompts; give one each."
-            )
+        _check_batch(prompts, classes, seeds, init_images)
         label_ids = self._label_ids(classes, categories)
-
         tokenizers = pipeline_tokenizers(self.pipe)
-        if cfg.class_prompt:
-            key_prompts = [class_prompt(c, cfg.class_separator) for c in classes]
-            image_prompts = [
-                with_class_names(p, c, cfg.class_separator) if cfg.append_class_names else p
-                for p, c in zip(prompts, classes)
-            ]
-        else:
-            key_prompts = image_prompts = prompts
-        spans = [class_token_spans(tokenizers, p, c) for p, c in zip(key_prompts, classes)]
-
-        store = AttentionStore(
-            len(prompts),
-            self.latent_size,
-            self.self_factor,
-            self.cross_factors,
-            step_window=cfg.step_window,
-            step_indices=cfg.step_indices,
-            class_embeddings=self._encode(key_prompts) if cfg.class_prompt else None,
-            class_columns=self._column_mask(spans, tokenizers[0]) if cfg.softmax == "classes" else None,
-            chunk_bytes=int(cfg.chunk_mb * 2**20),
+        key_prompts, image_prompts = self._prompts(prompts, classes)
+        batch = _Batch(
+            captions=prompts,
+            image_prompts=image_prompts,
+            key_prompts=key_prompts,
+            seeds=seeds,
+            classes=classes,
+            spans=[class_token_spans(tokenizers, p, c) for p, c in zip(key_prompts, classes)],
+            label_ids=label_ids,
+            strength=strength if init_images is not None else None,
         )
+        store = self._store(batch, tokenizers[0])
         started = time.perf_counter()
         run = run_pipeline(
             self.pipe,
@@ -325,44 +321,72 @@ class AttentionMasker:
             )
 
         started = time.perf_counter()
-        soft, cross = self.soft_maps(store, spans)
-        results = []
-        for i in range(len(prompts)):
-            ids, background_id = label_ids[i]
-            labels = self._labels(soft[i], ids, background_id)
-            metadata = {
-                "prompt": image_prompts[i],
-                "caption": prompts[i],
-                "key_prompt": key_prompts[i],
-                "seed": seeds[i],
-                "classes": classes[i],
-                "class_ids": ids,
-                "background_id": background_id,
-                "ignore_index": cfg.ignore_index,
-                "token_spans": [s.to_dict() for s in spans[i]],
-                "mode": "img2img" if init_images is not None else "txt2img",
-                "strength": strength if init_images is not None else None,
-                "steps_executed": store.executed_steps,
-                "steps_captured": list(store.captured_steps),
-                "timesteps": list(store.timesteps),
-                "layers": store.layers_used(),
-                "resolutions": self.resolutions(),
-                "nsfw": run.nsfw[i] if run.nsfw is not None else None,
-                "config": _jsonable(asdict(cfg)),
-            }
-            results.append(
-                MaskResult(
-                    image=run.images[i],
-                    label_map=labels,
-                    soft_maps=soft[i].numpy() if cfg.keep_soft_maps else None,
-                    cross_maps=cross[i].numpy() if cfg.keep_soft_maps else None,
-                    metadata=metadata,
-                )
-            )
+        soft, cross = self.soft_maps(store, batch.spans)
+        results = [self._result(batch, i, run, store, soft[i], cross[i]) for i in range(len(prompts))]
         postprocess_s = time.perf_counter() - started
         for result in results:
             result.metadata["timing_s"] = {"generation": generation_s, "postprocess": postprocess_s}
         return results
+
+    def _prompts(self, prompts: list[str], classes: list[list[str]]) -> tuple[list[str], list[str]]:
+        """``(key prompts, image prompts)``: the prompts whose class tokens are attended to, and those drawn."""
+        cfg = self.config
+        if not cfg.class_prompt:
+            return prompts, prompts
+        key_prompts = [class_prompt(c, cfg.class_separator) for c in classes]
+        image_prompts = [
+            with_class_names(p, c, cfg.class_separator) if cfg.append_class_names else p
+            for p, c in zip(prompts, classes)
+        ]
+        return key_prompts, image_prompts
+
+    def _store(self, batch: _Batch, tokenizer: Any) -> AttentionStore:
+        cfg = self.config
+        return AttentionStore(
+            len(batch.captions),
+            self.latent_size,
+            self.self_factor,
+            self.cross_factors,
+            step_window=cfg.step_window,
+            step_indices=cfg.step_indices,
+            class_embeddings=self._encode(batch.key_prompts) if cfg.class_prompt else None,
+            class_columns=self._column_mask(batch.spans, tokenizer) if cfg.softmax == "classes" else None,
+            chunk_bytes=int(cfg.chunk_mb * 2**20),
+        )
+
+    def _result(
+        self, batch: _Batch, i: int, run: Any, store: AttentionStore, soft: torch.Tensor, cross: torch.Tensor
+    ) -> MaskResult:
+        """Image ``i`` of a drawn batch: its label map, soft maps and metadata."""
+        cfg = self.config
+        ids, background_id = batch.label_ids[i]
+        metadata = {
+            "prompt": batch.image_prompts[i],
+            "caption": batch.captions[i],
+            "key_prompt": batch.key_prompts[i],
+            "seed": batch.seeds[i],
+            "classes": batch.classes[i],
+            "class_ids": ids,
+            "background_id": background_id,
+            "ignore_index": cfg.ignore_index,
+            "token_spans": [s.to_dict() for s in batch.spans[i]],
+            "mode": "txt2img" if batch.strength is None else "img2img",
+            "strength": batch.strength,
+            "steps_executed": store.executed_steps,
+            "steps_captured": list(store.captured_steps),
+            "timesteps": list(store.timesteps),
+            "layers": store.layers_used(),
+            "resolutions": self.resolutions(),
+            "nsfw": run.nsfw[i] if run.nsfw is not None else None,
+            "config": _jsonable(asdict(cfg)),
+        }
+        return MaskResult(
+            image=run.images[i],
+            label_map=self._labels(soft, ids, background_id),
+            soft_maps=soft.numpy() if cfg.keep_soft_maps else None,
+            cross_maps=cross.numpy() if cfg.keep_soft_maps else None,
+            metadata=metadata,
+        )
 
     # -- pieces --------------------------------------------------------------------------------------
     def soft_maps(self, store: AttentionStore, spans: Sequence[Sequence[TokenSpan]]) -> tuple[list, list]:
@@ -465,6 +489,34 @@ class AttentionMasker:
             for span in image_spans:
                 mask[i, list(span.positions)] = True
         return mask
+
+
+@dataclass
+class _Batch:
+    """One pipeline call's per-image inputs (``strength`` is None for text-to-image)."""
+
+    captions: list[str]
+    image_prompts: list[str]
+    key_prompts: list[str]
+    seeds: list[int]
+    classes: list[list[str]]
+    spans: list[list[TokenSpan]]
+    label_ids: list[tuple[list[int], int]]
+    strength: float | None
+
+
+def _check_batch(
+    prompts: list[str], classes: list[list[str]], seeds: list[int], init_images: Sequence[Any] | None
+) -> None:
+    if not prompts or not (len(prompts) == len(classes) == len(seeds)):
+        raise ValueError(
+            f"prompts ({len(prompts)}), classes ({len(classes)}) and seeds ({len(seeds)}) must be non-empty "
+            "and equally long (one entry per image)."
+        )
+    if init_images is not None and len(init_images) != len(prompts):
+        raise ValueError(
+            f"init_images has {len(init_images)} images for {len(prompts)} prompts; give one each."
+        )
 
 
 def _jsonable(value: Any) -> Any:

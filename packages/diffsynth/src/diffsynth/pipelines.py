@@ -15,11 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import diffusers
 import numpy as np
 import torch
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, DiffusionPipeline
 from PIL import Image
 
 from diffsynth.attention import AttentionStore, capture_attention, unet_downsampling
+from diffsynth.testing import tiny_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +97,6 @@ def is_img2img(pipe: Any) -> bool:
 def set_scheduler(pipe: Any, name: str) -> Any:
     """Swap the pipeline's scheduler for ``name`` (ddim, ddpm, pndm, lms, euler, euler_a, heun, dpm++,
     dpm++_karras, unipc), built from the current scheduler's config so betas and offsets are kept."""
-    import diffusers
-
     key = _SCHEDULER_ALIASES.get(name.lower().strip(), name.lower().strip())
     if key not in SCHEDULERS:
         raise ValueError(f"scheduler={name!r} is unknown; choose one of {sorted(SCHEDULERS)}.")
@@ -137,14 +138,10 @@ def generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 
 def _tiny(kind: str) -> Any:
-    from diffsynth.testing import tiny_pipeline
-
     return tiny_pipeline(kind)  # type: ignore[arg-type]
 
 
 def _from_pretrained(model: str, dtype: torch.dtype | None, safety_checker: bool, **kwargs: Any) -> Any:
-    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
-
     lookup = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
     config = DiffusionPipeline.load_config(model, **{k: v for k, v in kwargs.items() if k in lookup})
     class_name = config.get("_class_name", "")
@@ -225,8 +222,6 @@ def _variant(pipe: Any, want_img2img: bool) -> Any:
     cached = _VARIANTS.setdefault(pipe, {}).get(want_img2img)
     if cached is not None and all(cached.components.get(k) is v for k, v in pipe.components.items()):
         return cached
-    from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
-
     auto = AutoPipelineForImage2Image if want_img2img else AutoPipelineForText2Image
     variant = auto.from_pipe(pipe)
     variant.set_progress_bar_config(**dict(getattr(pipe, "_progress_bar_config", {}) or {}))

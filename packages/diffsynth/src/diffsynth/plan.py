@@ -6,6 +6,7 @@ alone, in any order, on any process (the basis of resumable and distributed gene
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +55,8 @@ def _article(name: str) -> str:
     return ("an " if name[:1].lower() in "aeiou" else "a ") + name
 
 
-def _join(names: Sequence[str]) -> str:
+def join_names(names: Sequence[str]) -> str:
+    """Class names as an English phrase: "a cat", "a cat and a dog", "a cat, a dog and an owl"."""
     phrases = [_article(n) for n in names]
     if len(phrases) == 1:
         return phrases[0]
@@ -128,7 +130,7 @@ class PromptPlanner:
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, index, 11])
         targets = self._weighted_classes(rng) if self.weights else self._stream_classes(index)
         template = self.templates[int(rng.integers(len(self.templates)))]
-        prompt = template.format(classes=_join([c.name for c in targets]))
+        prompt = template.format(classes=join_names([c.name for c in targets]))
         if self.context:
             prompt += ", with " + " and ".join(self.context)
         return prompt, tuple(c.name for c in targets) + tuple(self.context)
@@ -136,8 +138,6 @@ class PromptPlanner:
 
 def classes_in_prompt(prompt: str, categories: Sequence[Category]) -> tuple[str, ...]:
     """Category names that occur in a user prompt as whole words (case-insensitive)."""
-    import re
-
     found = []
     for category in categories:
         if re.search(rf"(?<![\w-]){re.escape(category.name)}(?![\w-])", prompt, flags=re.IGNORECASE):

@@ -33,19 +33,23 @@ Datasets without a ``quality`` column (older files, other tools) are scored from
 
 from __future__ import annotations
 
+import io
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from datasets import Dataset
 from PIL import Image as PILImage
 
-from diffsynth.schema import QUALITY_FIELDS
+from diffsynth.dataset import categories_of, settings_of
+from diffsynth.health import prompted_classes
+from diffsynth.schema import QUALITY_FIELDS, decode_attention
 
 if TYPE_CHECKING:
-    from datasets import Dataset
-
     from diffsynth.categories import Category
     from diffsynth.masker import MaskResult
 
@@ -245,6 +249,7 @@ class ClipScorer:
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> ClipScorer:
         """Load ``CLIPModel`` and ``CLIPProcessor`` from a Hub id or local folder (``kwargs`` go to both)."""
+        # Lazy: CLIP scoring is optional (clip_model=), and importing its modeling code costs seconds.
         from transformers import CLIPModel, CLIPProcessor
 
         return cls(
@@ -258,8 +263,6 @@ class ClipScorer:
         return getattr(output, "pooler_output", output)
 
     def __call__(self, images: Sequence[PILImage.Image], texts: Sequence[str]) -> list[float]:
-        import torch
-
         if len(images) != len(texts):
             raise ValueError(
                 f"ClipScorer: {len(images)} images for {len(texts)} texts; give one text per image."
@@ -304,9 +307,6 @@ def resolve_clip(clip: Any) -> ClipScorer | None:
 def _score_stored_row(
     row: Mapping[str, Any], categories: Sequence[Category], num_targets: int
 ) -> QualityScore:
-    from diffsynth.health import prompted_classes
-    from diffsynth.schema import decode_attention
-
     total = int(row["width"]) * int(row["height"])
     labelled = sum(int(s["area"]) for s in row["segments_info"])
     ignore_fraction = max(0.0, 1.0 - labelled / total) if total else 0.0
@@ -319,8 +319,6 @@ def _score_stored_row(
         soft = decode_attention(row["attention"])
         semantic = row["semantic"]
         if isinstance(semantic, Mapping):
-            import io
-
             semantic = PILImage.open(io.BytesIO(semantic["bytes"]))
         labels = _resize_labels(np.asarray(semantic), soft.shape[1:])
         mask = labels < min(num_targets, len(soft))
@@ -335,8 +333,6 @@ def quality_scores(ds: Dataset, *, recompute: bool = False) -> list[dict[str, fl
         column = ds.select_columns(["quality"]).with_format("arrow")["quality"].combine_chunks()
         fields = {name: column.field(name).to_pylist() for name in QUALITY_FIELDS}
         return [{name: fields[name][i] for name in QUALITY_FIELDS} for i in range(len(ds))]
-    from diffsynth.dataset import categories_of, settings_of
-
     categories = categories_of(ds)
     background = settings_of(ds).get("background", "background")
     num_targets = len([c for c in categories if c.name != background])
@@ -357,9 +353,7 @@ def filter_dataset(
 ) -> Dataset:
     """The rows of ``ds`` that pass every given bar: ``overall >= min_quality``, no prompted class without pixels
     (``require_all_classes``), ``ignore_fraction <= max_ignore``. Scores come from :func:`quality_scores`."""
-    from datasets import Dataset as _Dataset
-
-    if not isinstance(ds, _Dataset):
+    if not isinstance(ds, Dataset):
         raise TypeError(f"filter() needs a datasets.Dataset, got {type(ds).__name__}.")
     for name, value in (("min_quality", min_quality), ("max_ignore", max_ignore)):
         if value is not None and not 0.0 <= float(value) <= 1.0:
@@ -378,8 +372,6 @@ def filter_dataset(
             continue
         keep.append(index)
     if not keep:
-        import warnings
-
         warnings.warn(
             f"filter(): no row of {len(ds)} passes the bars; the result is empty. Lower the bars.",
             stacklevel=2,

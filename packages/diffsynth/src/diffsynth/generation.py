@@ -16,13 +16,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import diffusers
+import numpy as np
+import torch
+import transformers
 from PIL import Image
 from tqdm.auto import tqdm
 
+from diffsynth import __version__
+from diffsynth.balance import GenerationPlan, plan_samples
 from diffsynth.categories import Category, resolve_categories
 from diffsynth.dataset import Sample, to_dataset
+from diffsynth.distributed import process_device, process_info
 from diffsynth.masker import AttentionMasker, MaskerConfig
+from diffsynth.pipelines import load_pipeline
 from diffsynth.plan import SamplePlan, make_plans, sample_seed
+from diffsynth.prompts import class_token_spans, pipeline_tokenizers, prompt_token_ids
+from diffsynth.quality import CLIP_SCALE, DEFAULT_CROSS_THRESHOLD, resolve_clip, score_result
+from diffsynth.shards import run_sharded
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -100,8 +111,6 @@ class GenerationConfig:
                 f"GenerationConfig.max_attempts must be an int >= 1 (draws per sample), got {self.max_attempts!r}."
             )
         if self.plan is not None:
-            from diffsynth.balance import GenerationPlan
-
             self.plan = GenerationPlan.from_dict(self.plan).to_dict()
             if self.prompts is not None or self.class_weights is not None:
                 raise ValueError(
@@ -155,12 +164,6 @@ def load_init_images(images: Sequence[Any] | str | os.PathLike) -> list[Image.Im
 
 
 def _settings(config: GenerationConfig, masker: AttentionMasker, model_name: str) -> dict[str, Any]:
-    import diffusers
-    import torch
-    import transformers
-
-    from diffsynth import __version__
-
     cfg = masker.config
     settings = {
         "model": model_name,
@@ -197,44 +200,33 @@ def _settings(config: GenerationConfig, masker: AttentionMasker, model_name: str
     return settings
 
 
+def _plans(config: GenerationConfig, categories: list[Category], num_init_images: int) -> list[SamplePlan]:
+    """Every sample's plan: from the class-balance ``plan`` when given, else from prompts/templates and weights."""
+    common: dict[str, Any] = {
+        "seed": config.seed,
+        "templates": config.templates,
+        "classes_per_image": config.classes_per_image,
+        "context": config.context,
+        "num_init_images": num_init_images,
+        "background": config.background,
+    }
+    if config.plan is not None:
+        return plan_samples(config.plan, categories, config.num_images, **common)
+    return make_plans(
+        categories, config.num_images, prompts=config.prompts, weights=config.class_weights, **common
+    )
+
+
 class Generator:
     """A loaded generation run: categories, plans and the masker, ready to draw any subset of samples."""
 
     def __init__(
         self, config: GenerationConfig, pipeline: Any = None, *, progress: bool = True, clip: Any = None
     ) -> None:
-        from diffsynth.quality import resolve_clip
-
         self.config = config
         self.categories = resolve_categories(config.classes, background=config.background)
         self.init_images = load_init_images(config.init_images) if config.init_images is not None else None
-        if config.plan is not None:
-            from diffsynth.balance import plan_samples
-
-            self.plans = plan_samples(
-                config.plan,
-                self.categories,
-                config.num_images,
-                seed=config.seed,
-                templates=config.templates,
-                classes_per_image=config.classes_per_image,
-                context=config.context,
-                num_init_images=len(self.init_images or []),
-                background=config.background,
-            )
-        else:
-            self.plans = make_plans(
-                self.categories,
-                config.num_images,
-                seed=config.seed,
-                prompts=config.prompts,
-                templates=config.templates,
-                classes_per_image=config.classes_per_image,
-                context=config.context,
-                weights=config.class_weights,
-                num_init_images=len(self.init_images or []),
-                background=config.background,
-            )
+        self.plans = _plans(config, self.categories, len(self.init_images or []))
         self.clip = resolve_clip(clip if clip is not None else config.clip_model)
         self.quality_stats = {"attempts": 0, "rejected": 0, "below_bar": 0, "scored": 0, "overall_sum": 0.0}
         masker_config = config.masker_config(
@@ -243,19 +235,14 @@ class Generator:
         )
         model = pipeline if pipeline is not None else config.model
         device = config.device
-        if device is None:
-            from diffsynth.distributed import process_device, process_info
-
-            if process_info().is_distributed:
-                device = process_device()  # one GPU per process under accelerate launch / torchrun
+        if device is None and process_info().is_distributed:
+            device = process_device()  # one GPU per process under accelerate launch / torchrun
         load = {
             k: v
             for k, v in (("dtype", config.dtype), ("device", device), ("scheduler", config.scheduler))
             if v
         }
         if pipeline is not None and load:
-            from diffsynth.pipelines import load_pipeline
-
             model, load = load_pipeline(pipeline, progress=False, **load), {}
         self.masker = AttentionMasker(model, masker_config, **load)
         self.model_name = (
@@ -274,8 +261,6 @@ class Generator:
 
     def _check_prompts(self) -> None:
         """Fail before drawing: every class must be found in its prompt by the pipeline's tokenizers."""
-        from diffsynth.prompts import class_token_spans, pipeline_tokenizers, prompt_token_ids
-
         tokenizers = pipeline_tokenizers(self.masker.pipe)
         checked: set[tuple[str, tuple[str, ...]]] = set()
         for plan in self.plans:
@@ -295,8 +280,6 @@ class Generator:
     def settings(self) -> dict[str, Any]:
         settings = _settings(self.config, self.masker, str(self.model_name))
         if self.config.with_quality or self.config.min_quality is not None:
-            from diffsynth.quality import CLIP_SCALE, DEFAULT_CROSS_THRESHOLD
-
             stats = self.quality_stats
             quality: dict[str, Any] = {
                 "overall": "class_coverage * mean(1 - ignore_fraction, confidence, agreement, "
@@ -406,8 +389,6 @@ class Generator:
                 )
             )
             if score:
-                from diffsynth.quality import score_result
-
                 quality = score_result(result, samples[-1].annotation.semantic)
                 if clip_scores is not None:
                     quality = quality.with_clip(clip_scores[k])
@@ -432,8 +413,6 @@ class Generator:
 
 def _global_soft_maps(result: Any, num_targets: int):
     """Soft maps laid out over every target category (zeros for classes not prompted in this image)."""
-    import numpy as np
-
     soft = np.zeros((num_targets, *result.soft_maps.shape[1:]), dtype=np.float32)
     for local, global_id in enumerate(result.class_ids):
         if global_id < num_targets:
@@ -525,8 +504,6 @@ def generate_from_config(
     """
     generator = Generator(config, pipeline, progress=progress, clip=clip)
     if output_dir is not None:
-        from diffsynth.shards import run_sharded
-
         return run_sharded(generator, output_dir, **sharding)
     samples = generator.run()
     return to_dataset(
