@@ -64,7 +64,7 @@ def test_two_rounds_interrupted_and_resumed(eval_data, tmp_path, monkeypatch):
 
     import diffsynth
 
-    finetune_module = importlib.import_module("seemadapt.finetune")
+    finetune_module = importlib.import_module("seemadapt.finetuning")
     real_finetune = finetune_module.finetune
     real_generate = diffsynth.generate
     calls = {"finetune": 0, "generate": 0}

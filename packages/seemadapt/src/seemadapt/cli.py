@@ -225,7 +225,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return 0
     path = write_yaml(output_dir / RESOLVED_FINETUNE, resolved)
     print(f"resolved config: {path}")
-    from seemadapt.finetune import finetune
+    from seemadapt.finetuning import finetune
 
     data = config["data"]
     run = finetune(
@@ -268,7 +268,7 @@ def _image_size(value: Sequence[int] | None) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from seemadapt.evaluate import evaluate
+    from seemadapt.evaluation import evaluate
 
     model = _model_from_args(args)
     result = evaluate(
@@ -366,7 +366,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CLIError("--classes: name the classes to segment (or give --adapters, which store them)")
     paths = _image_paths(args.images)
     model = _model_from_args(args)
-    from seemadapt.evaluate import image_size_kwargs
+    from seemadapt.evaluation import image_size_kwargs
 
     sizes = image_size_kwargs(_image_size(args.image_size))
     out = Path(args.out)

@@ -322,7 +322,7 @@ def save_adapters(
             ``"xdecoder/SEEM:seem_focalt_v1.pt"``) or a preset name (``"tiny"``).
         classes: the class names trained on (or categories with ``isthing``); stored for inference.
         thing_classes: names of the thing classes (default: from categories, else none).
-        metrics: a flat ``{name: fraction}`` dict or an :class:`~seemadapt.evaluate.EvalResult`.
+        metrics: a flat ``{name: fraction}`` dict or an :class:`~seemadapt.evaluation.EvalResult`.
         config: the training config (a dataclass or dict), stored and shown in the card.
         datasets: the training sources; Hub dataset ids among them are listed in the card.
         license: the card's license (SEEM itself is Apache-2.0).

@@ -74,7 +74,7 @@ class LoopConfig:
         plan: :func:`diffsynth.plan_from_metrics` options (``floor``, ``variety``, ``power``, ``scenes``,
             ``templates``).
         finetune: :class:`~seemadapt.train.config.TrainConfig` fields (``max_steps``, ``lr``, ``batch_size`` ...).
-        evaluate: :func:`seemadapt.evaluate.evaluate` options (``batch_size``, ``image_size``, ``max_images`` ...).
+        evaluate: :func:`seemadapt.evaluation.evaluate` options (``batch_size``, ``image_size``, ``max_images`` ...).
     """
 
     classes: list[str]
@@ -147,7 +147,7 @@ class LoopConfig:
         TrainConfig.resolve(None, **{**self.finetune, "output_dir": "unused"})
         import inspect
 
-        from seemadapt.evaluate import evaluate
+        from seemadapt.evaluation import evaluate
 
         accepted = set(inspect.signature(evaluate).parameters) - {"model", "dataset"}
         unknown = sorted(set(self.evaluate) - accepted)
@@ -317,14 +317,14 @@ class _Loop:
         """The SEEM base exactly as ``finetune`` builds it (seeded, so random presets repeat)."""
         import torch
 
-        from seemadapt.finetune import load_model
+        from seemadapt.finetuning import load_model
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return load_model(self.config.model)
 
     def _evaluate(self, model: Any) -> Any:
-        from seemadapt.evaluate import evaluate
+        from seemadapt.evaluation import evaluate
 
         options = {"progress": self.progress, **self.config.evaluate}
         result = evaluate(model, self.config.eval, **options)
@@ -383,7 +383,7 @@ class _Loop:
 
     def _train(self, folder: Path, index: int, sources: list[Any]) -> Any:
         """Fine-tune (resuming from the round's last checkpoint) and save the adapters; returns the model."""
-        from seemadapt.finetune import finetune
+        from seemadapt.finetuning import finetune
         from seemadapt.train.config import TrainConfig
 
         adapters = folder / "adapters"

@@ -289,7 +289,7 @@ class Trainer:
         train: training data: a registered detectron2 dataset name, or anything
             :func:`seemadapt.data.register` accepts (Dataset, folder, Hub id, list of sources to mix).
         config: the run's :class:`TrainConfig`.
-        eval: optional evaluation data (anything :func:`seemadapt.evaluate.evaluate` accepts); its categories are
+        eval: optional evaluation data (anything :func:`seemadapt.evaluation.evaluate` accepts); its categories are
             aligned to the training classes by name.
         classes: the class list (order = contiguous ids); default: the training data's.
         train_split, eval_split: splits to take from DatasetDicts / Hub repos.
@@ -683,7 +683,7 @@ class Trainer:
             return
         self._last_eval_step = step
         if accelerator.is_main_process:
-            from seemadapt.evaluate import evaluate
+            from seemadapt.evaluation import evaluate
 
             config = self.config
             result = evaluate(
