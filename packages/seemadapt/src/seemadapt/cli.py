@@ -405,7 +405,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from seemadapt.model.checkpoint import convert_checkpoint
+    from seemadapt.model.convert import convert_checkpoint
 
     folder = convert_checkpoint(
         args.src, args.dst, config=args.config, trust_pickle=args.trust_pickle, strict=not args.no_strict

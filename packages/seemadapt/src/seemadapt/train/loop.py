@@ -604,7 +604,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(_seed_of(config.seed, step, micro, rank, 2))
         spatial = gt_spatial = None
         if config.spatial:
-            from seemadapt.model.interactive import prepare_spatial_training
+            from seemadapt.train.spatial import prepare_spatial_training
 
             spatial, gt_spatial = prepare_spatial_training(
                 accelerator.unwrap_model(prepared),
