@@ -32,8 +32,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "register": ("seemadapt.data.register", "register"),
     "make_contract_dataset": ("seemadapt.testing", "make_contract_dataset"),
     # adapters
-    "AdapterPlacement": ("seemadapt.adapters.placement", "AdapterPlacement"),
-    "apply_adapters": ("seemadapt.adapters.placement", "apply_adapters"),
+    "AdapterPlacement": ("seemadapt.adapters", "AdapterPlacement"),
+    "apply_adapters": ("seemadapt.adapters", "apply_adapters"),
     "get_strategy": ("seemadapt.adapters.strategies", "get_strategy"),
     "STRATEGIES": ("seemadapt.adapters.strategies", "STRATEGIES"),
     # training
@@ -82,7 +82,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from seemadapt.adapters.placement import AdapterPlacement, apply_adapters
+    from seemadapt.adapters import AdapterPlacement, apply_adapters
     from seemadapt.adapters.strategies import STRATEGIES, get_strategy
     from seemadapt.data.register import register
     from seemadapt.data.sources import load_source as load

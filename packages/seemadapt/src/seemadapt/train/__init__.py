@@ -6,9 +6,9 @@ from seemadapt.train.matcher import HungarianMatcher, SEEMTarget
 __all__ = ["CriterionConfig", "HungarianMatcher", "SEEMCriterion", "SEEMTarget"]
 
 from seemadapt.train.config import TrainConfig
-from seemadapt.train.loop import NonFiniteLossError, Trainer, TrainState, build_targets
 from seemadapt.train.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
 from seemadapt.train.run import Run
+from seemadapt.train.trainer import NonFiniteLossError, Trainer, TrainState, build_targets
 
 __all__ += [
     "LRSchedule",
