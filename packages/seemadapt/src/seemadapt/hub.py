@@ -159,23 +159,31 @@ def save_adapters(
         license=license,
     )
     folder = Path(folder)
+    _write_adapter_folder(model, folder, state, adapter_config, repo_id or str(folder))
+    logger.info("saved %d adapter tensors to %s", len(state), folder)
+    return folder
+
+
+def _write_adapter_folder(
+    model: nn.Module, folder: Path, state: dict[str, Any], adapter_config: AdapterConfig, repo_id: str
+) -> None:
+    """Weights, config, the LoRA part and the card into a staging folder, then moved into ``folder``: an error
+    leaves no half-written folder."""
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".seemadapt-staging-", dir=folder))
     try:
         tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
         save_file(tensors, str(staging / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
         (staging / ADAPTER_CONFIG_NAME).write_text(json.dumps(adapter_config.to_dict(), indent=2) + "\n")
-        if placement.lora is not None:
-            save_lora(model, staging / LORA_FOLDER, base_model_name_or_path=base_model)
-        (staging / CARD_NAME).write_text(render_model_card(adapter_config, repo_id=repo_id or str(folder)))
+        if adapter_config.placement.get("lora") is not None:
+            save_lora(model, staging / LORA_FOLDER, base_model_name_or_path=adapter_config.base_model)
+        (staging / CARD_NAME).write_text(render_model_card(adapter_config, repo_id=repo_id))
         if (folder / LORA_FOLDER).is_dir():
             shutil.rmtree(folder / LORA_FOLDER)
         for item in staging.iterdir():
             os.replace(item, folder / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("saved %d adapter tensors to %s", len(state), folder)
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -98,6 +98,20 @@ def render_model_card(config: AdapterConfig, repo_id: str | None = None) -> str:
         "## Adapter placement",
         "",
     ]
+    lines += _placement_section(config)
+    lines += _metrics_section(config)
+    if config.train_config:
+        lines += ["## Training", "", "```json", json.dumps(config.train_config, indent=2), "```", ""]
+    if config.versions:
+        lines += ["## Framework versions", ""]
+        lines += [f"- {name} {version}" for name, version in config.versions.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _placement_section(config: AdapterConfig) -> list[str]:
+    """The trainable-parameter table per group and the placement's settings."""
+    lines: list[str] = []
     if config.parameters:
         lines += ["| group | parameters | trainable | % trainable |", "|---|---:|---:|---:|"]
         total = trainable = 0
@@ -110,6 +124,12 @@ def render_model_card(config: AdapterConfig, repo_id: str | None = None) -> str:
     lines += ["| setting | value |", "|---|---|"]
     lines += [f"| {key} | `{json.dumps(value)}` |" for key, value in config.placement.items()]
     lines.append("")
+    return lines
+
+
+def _metrics_section(config: AdapterConfig) -> list[str]:
+    """The evaluation: summary metrics, then per-class scores, then how they are computed."""
+    lines: list[str] = []
     summary = {k: v for k, v in config.metrics.items() if "/" not in k}
     per_class = {k: v for k, v in config.metrics.items() if "/" in k}
     if config.metrics:
@@ -130,13 +150,7 @@ def render_model_card(config: AdapterConfig, repo_id: str | None = None) -> str:
             "follow the COCO panoptic rules (IoU > 0.5 matches, crowd and void respected).",
             "",
         ]
-    if config.train_config:
-        lines += ["## Training", "", "```json", json.dumps(config.train_config, indent=2), "```", ""]
-    if config.versions:
-        lines += ["## Framework versions", ""]
-        lines += [f"- {name} {version}" for name, version in config.versions.items()]
-        lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _usage_lines(base_line: str, repo: str) -> list[str]:

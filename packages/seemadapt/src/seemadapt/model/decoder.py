@@ -29,7 +29,7 @@ hooked tensor (a zero output leaves the model unchanged; the residual is the dec
   follows layer ``i``): parallel branch of the mask head on ``d = decoder_norm(output)`` batch-first ``[B, Q, C]``:
   ``mask_emb = mask_embed(d) + adapter(d)``; class logits are unchanged. Its output width must be ``mask_dim``.
 
-The fork's plain residual adapter (``x + up(drop(relu(down(x))))``, spec 8.2) is therefore a module returning only
+The fork's plain residual adapter (``x + up(drop(relu(down(x))))``) is therefore a module returning only
 its branch ``up(drop(relu(down(x))))``; its LN-head adapter (no residual) is used as it is.
 """
 

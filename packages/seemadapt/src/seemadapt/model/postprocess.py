@@ -1,4 +1,4 @@
-"""From SEEM's raw outputs to semantic maps, panoptic segments, instances and grounded masks (spec 1.4).
+"""From SEEM's raw outputs to semantic maps, panoptic segments, instances and grounded masks.
 
 All functions work on one image, on any device, with plain tensors in and out. Mask logits are first brought to the
 caller's image size (:func:`resize_mask_logits`: bilinear to the padded input, crop, bicubic+antialias to the original

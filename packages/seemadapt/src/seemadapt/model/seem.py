@@ -196,7 +196,7 @@ class SEEM(nn.Module):
         short_edge: int | None = None,
         max_size: int | None = None,
     ) -> ImageBatch:
-        """Normalise and pad images (spec 1.1) into an :class:`ImageBatch` on the model's device and dtype.
+        """Normalise and pad images into an :class:`ImageBatch` on the model's device and dtype.
 
         ``images``: a ``uint8`` tensor ``[3, H, W]`` (or ``[B, 3, H, W]``), a numpy ``[H, W, 3]`` array, a PIL image,
         or a list of them (sizes may differ), with 0..255 RGB values. ``short_edge`` / ``max_size`` optionally resize
@@ -245,7 +245,7 @@ class SEEM(nn.Module):
         rng: Rng = None,
         spatial: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Training forward (spec 1.3): decoder outputs plus what the criterion needs.
+        """Training forward: decoder outputs plus what the criterion needs.
 
         Args:
             images: a batch (anything :meth:`preprocess` takes, usually already augmented ``[3, H, W]`` tensors).

@@ -1,6 +1,6 @@
 """``TrainConfig``: every knob of a fine-tuning run, validated up front.
 
-Defaults follow the SEEM v1 recipe as the thesis ran it (``shared/research/seem_spec.md`` 8.4): AdamW, lr 1e-4,
+Defaults follow the SEEM v1 recipe as the thesis ran it: AdamW, lr 1e-4,
 weight decay 0.05 (none on norms, embeddings and biases), gradient-norm clip 5.0, 256 px LSJ crops, batch 4,
 30 epochs. Two deliberate departures: every parameter group gets the same learning rate unless
 ``lr_multipliers`` says otherwise (the fork's 0.1 on the backbone would have starved the backbone adapters), and the
