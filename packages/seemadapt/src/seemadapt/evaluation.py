@@ -408,42 +408,20 @@ def evaluate(  # noqa: PLR0913 (the public signature: one keyword per option)
     ds = _load_dataset(dataset, split)
     if len(ds) == 0:
         raise ValueError("evaluate: the dataset has no rows; give at least one annotated image.")
-    categories = read_categories(ds)
-    names, lookup = _class_lookup(class_names_of(ds), classes)
-    isthing = {int(lookup[c.id]): c.isthing for c in categories if lookup[c.id] >= 0}
-    thing_classes = [names[k] for k in range(len(names)) if isthing.get(k, False)]
-    metrics = _Metrics.create(names, isthing, tasks, grounding)
-
+    setup = _Setup.create(ds, classes, tasks, grounding, sizes)
     rank, world = _rank_world() if distributed else (0, 1)
     total = len(ds) if max_images is None else min(len(ds), max_images)
     indices = list(range(rank, total, world))
-    subset = ds.select(indices) if len(indices) != len(ds) else ds
-    examples: list[EvalExample] = []
     start = time.perf_counter()
-    bar = tqdm(total=len(indices), desc="evaluate", unit="img", disable=not progress or rank != 0)
-    batch: list[_Row] = []
-
-    def flush() -> None:
-        _score(model, batch, names, thing_classes, sizes, metrics, examples, num_examples)
-        bar.update(len(batch))
-        batch.clear()
-
-    try:
-        for position, raw in iter_raw_rows(subset, _columns(ds), batch_size=max(batch_size, 8)):
-            batch.append(_decode(indices[position], raw, categories, lookup, grounding))
-            if len(batch) == batch_size:
-                flush()
-        if batch:
-            flush()
-    finally:
-        bar.close()
+    examples = _score_rows(model, setup, ds, indices, batch_size, num_examples, progress and rank == 0)
     seconds = time.perf_counter() - start
 
     count = torch.tensor([float(len(indices))], dtype=torch.float64)
     if world > 1:
         count = sum_across_processes(count)
+    metrics = setup.metrics
     result = EvalResult(
-        classes=tuple(names),
+        classes=tuple(setup.names),
         semantic=_reduce(metrics.semantic, world),
         panoptic=_reduce(metrics.panoptic, world),
         grounding=_reduce(metrics.grounding, world),
@@ -453,6 +431,69 @@ def evaluate(  # noqa: PLR0913 (the public signature: one keyword per option)
     )
     logger.info("evaluated %d images in %.1f s: %s", result.num_images, seconds, _summary(result))
     return result
+
+
+@dataclass
+class _Setup:
+    """What one evaluation scores: the prompted classes, the ground-truth lookup, predict options, accumulators."""
+
+    names: list[str]
+    thing_classes: list[str]
+    categories: list[Any]
+    lookup: np.ndarray
+    sizes: dict[str, int]
+    grounding: bool
+    metrics: _Metrics
+
+    @classmethod
+    def create(
+        cls,
+        ds: Any,
+        classes: Sequence[str] | Mapping[str, str] | None,
+        tasks: tuple[str, ...],
+        grounding: bool,
+        sizes: dict[str, int],
+    ) -> _Setup:
+        categories = read_categories(ds)
+        names, lookup = _class_lookup(class_names_of(ds), classes)
+        isthing = {int(lookup[c.id]): c.isthing for c in categories if lookup[c.id] >= 0}
+        thing_classes = [names[k] for k in range(len(names)) if isthing.get(k, False)]
+        metrics = _Metrics.create(names, isthing, tasks, grounding)
+        return cls(names, thing_classes, categories, lookup, sizes, grounding, metrics)
+
+
+def _score_rows(
+    model: Any,
+    setup: _Setup,
+    ds: Any,
+    indices: list[int],
+    batch_size: int,
+    num_examples: int,
+    progress: bool,
+) -> list[EvalExample]:
+    """Decode and score the rows ``indices`` of ``ds`` in batches; returns the examples kept for overlays."""
+    subset = ds.select(indices) if len(indices) != len(ds) else ds
+    examples: list[EvalExample] = []
+    bar = tqdm(total=len(indices), desc="evaluate", unit="img", disable=not progress)
+    batch: list[_Row] = []
+
+    def flush() -> None:
+        _score(
+            model, batch, setup.names, setup.thing_classes, setup.sizes, setup.metrics, examples, num_examples
+        )
+        bar.update(len(batch))
+        batch.clear()
+
+    try:
+        for position, raw in iter_raw_rows(subset, _columns(ds), batch_size=max(batch_size, 8)):
+            batch.append(_decode(indices[position], raw, setup.categories, setup.lookup, setup.grounding))
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+    finally:
+        bar.close()
+    return examples
 
 
 def _check_arguments(
