@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
+from seemadapt import hub
 from seemadapt.adapters import AdapterPlacement, AdapterReport
-from seemadapt.hub import push_adapters, save_adapters
 from seemadapt.metrics import PanopticResults, SemanticResults
 from seemadapt.model.seem import SEEM
 from seemadapt.plots import plot_loss_curve, plot_per_class
@@ -35,7 +35,7 @@ def save_adapter_folder(
     """Write the adapter weights and what is needed to rebuild the model into ``folder`` with
     :func:`seemadapt.hub.save_adapters` (weights, placement, model card)."""
     folder = Path(folder)
-    result = save_adapters(
+    result = hub.save_adapters(
         model,
         folder,
         placement=placement,
@@ -114,7 +114,7 @@ class Run:
         """Save to a temporary folder and upload it with :func:`seemadapt.hub.push_adapters`; returns its result."""
         with tempfile.TemporaryDirectory(prefix="seemadapt-push-") as tmp:
             folder = self.save(Path(tmp) / "adapters")
-            return push_adapters(folder, repo_id, private=private, token=token)
+            return hub.push_adapters(folder, repo_id, private=private, token=token)
 
     # ------------------------------------------------------------------ reports
 
