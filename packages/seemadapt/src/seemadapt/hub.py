@@ -1,4 +1,4 @@
-"""Adapter files, model cards and the Hub: save, load and push the weights a fine-tuning run adds to SEEM.
+"""Adapter folders and the Hub: save, load and push the weights a fine-tuning run adds to SEEM.
 
 An adapter folder (or Hub model repo) holds only what fine-tuning changed, next to a pointer to the base checkpoint:
 
@@ -7,13 +7,14 @@ An adapter folder (or Hub model repo) holds only what fine-tuning changed, next 
   model's own state-dict names;
 * ``seemadapt_config.json`` (``"format": "seemadapt-adapters"``): the placement, the base checkpoint id, the base
   model's :class:`~seemadapt.model.SEEMConfig` (to refuse a base of another geometry), the classes, metrics, the
-  training config, library versions, trainable-parameter counts and a fingerprint of the frozen base weights;
+  training config, library versions, trainable-parameter counts and a fingerprint of the frozen base weights
+  (:mod:`seemadapt.adapter_config`);
 * ``lora/adapter_config.json`` + ``lora/adapter_model.safetensors`` when the placement uses LoRA: peft's own layout
   (:func:`seemadapt.adapters.save_lora`), so peft tools can read the LoRA part; :func:`load_adapters` reads the
   top-level file, which holds the LoRA weights too. No ``adapter_config.json`` sits at the top level: the Hub would
   parse it as a peft config;
 * ``README.md``: a model card (``library_name: seemadapt``, ``base_model``, ``pipeline_tag: image-segmentation``,
-  tags, datasets, license; placement table, metrics, usage).
+  tags, datasets, license; placement table, metrics, usage; :mod:`seemadapt.model_card`).
 
 Tokens go to ``huggingface_hub`` only: they are never logged, written into a file or put into an error.
 """
