@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -65,6 +66,7 @@ def test_import_is_light_and_names_resolve():
 
     import seemadapt
 
+    assert type(seemadapt) is types.ModuleType  # a plain module, no class swap
     importlib.import_module("seemadapt.evaluation")  # binding the submodule must not shadow the function
     importlib.import_module("seemadapt.finetuning")
     assert callable(seemadapt.evaluate) and seemadapt.evaluate.__name__ == "evaluate"
