@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from seemadapt.adapters import adapter_state_dict
-from seemadapt.finetune import finetune
+from seemadapt.finetuning import finetune
 from seemadapt.testing import make_contract_dataset
 from seemadapt.train import Trainer
 

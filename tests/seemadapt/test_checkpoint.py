@@ -17,11 +17,11 @@ from seemadapt.model.checkpoint import (
     CheckpointError,
     UntrustedCheckpointError,
     compare_state_dicts,
-    convert_checkpoint,
     infer_config,
     load_state_dict_into,
     read_state_dict,
 )
+from seemadapt.model.convert import convert_checkpoint
 
 DATA = Path(__file__).parent / "data"
 CLASSES = ["cat", "dog", "grass"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -65,8 +66,9 @@ def test_import_is_light_and_names_resolve():
 
     import seemadapt
 
-    importlib.import_module("seemadapt.evaluate")  # binding the submodule must not shadow the function
-    importlib.import_module("seemadapt.finetune")
+    assert type(seemadapt) is types.ModuleType  # a plain module, no class swap
+    importlib.import_module("seemadapt.evaluation")  # binding the submodule must not shadow the function
+    importlib.import_module("seemadapt.finetuning")
     assert callable(seemadapt.evaluate) and seemadapt.evaluate.__name__ == "evaluate"
     assert callable(seemadapt.finetune) and seemadapt.finetune.__name__ == "finetune"
     for name in seemadapt.__all__:
@@ -133,7 +135,7 @@ def test_predict_takes_classes_from_the_adapters(adapters, data_dir, tmp_path):
 
 
 def test_evaluate_with_adapters_matches_the_python_api(adapters, data_dir, tmp_path, capsys):
-    from seemadapt.evaluate import evaluate
+    from seemadapt.evaluation import evaluate
     from seemadapt.hub import load_model
 
     out = tmp_path / "eval"

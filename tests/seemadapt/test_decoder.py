@@ -13,7 +13,8 @@ from torch import nn
 import seemadapt.model.decoder as decoder_module
 from seemadapt.model.attention_layout import SEEM_V1_VARIABLES, AttentionLayout
 from seemadapt.model.config import focall_config, focalt_config, tiny_config
-from seemadapt.model.decoder import Attention, SEEMDecoder
+from seemadapt.model.decoder import SEEMDecoder
+from seemadapt.model.decoder_layers import Attention
 
 RESEARCH = Path(__file__).resolve().parent / "data"  # copies of shared/research/seem_focal{t,l}_v1_keys.txt
 PREFIX = "sem_seg_head.predictor."

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from seemadapt.evaluate import EvalResult, evaluate
+from seemadapt.evaluation import EvalResult, evaluate
 from seemadapt.testing import make_contract_dataset
 from segcontract import rgb2id
 
@@ -247,7 +247,7 @@ def test_two_processes_split_rows_and_sum_counts(tmp_path, dataset):
             import json, sys, torch, torch.distributed as dist
             sys.path.insert(0, {os.path.dirname(__file__)!r})
             from test_evaluate import Constant
-            from seemadapt.evaluate import evaluate
+            from seemadapt.evaluation import evaluate
             dist.init_process_group("gloo", init_method="file://{tmp_path / "rendezvous"}",
                                     rank=int(sys.argv[1]), world_size=2)
             result = evaluate(Constant(), {str(tmp_path / "data")!r}, progress=False, distributed=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from seemadapt.adapters import AdapterPlacement, adapter_report, apply_adapters, get_strategy
-from seemadapt.finetune import finetune, load_model
+from seemadapt.finetuning import finetune, load_model
 from seemadapt.model import SEEM
 from seemadapt.testing import make_contract_dataset
 from seemadapt.train import Run
@@ -134,7 +134,7 @@ def test_classes_reorder_the_data_consistently(data, cache, tmp_path):
 
 
 def test_finetune_with_eval_keeps_the_best_adapters_and_writes_the_report(data, cache, tmp_path, capsys):
-    pytest.importorskip("seemadapt.evaluate")
+    pytest.importorskip("seemadapt.evaluation")
     out = tmp_path / "run"
     run = finetune(
         data,

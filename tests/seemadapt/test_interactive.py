@@ -23,13 +23,13 @@ from seemadapt.model.interactive import (
     mask_iou,
     next_click,
     number_of_clicks,
-    prepare_spatial_training,
     refine_with_clicks,
     select_candidates,
 )
 from seemadapt.model.postprocess import resize_mask_logits
 from seemadapt.model.prompts import PromptGeometry, encode_points, logits_to_canvas
 from seemadapt.train.criterion import CriterionConfig, SEEMCriterion
+from seemadapt.train.spatial import prepare_spatial_training
 
 INTERACTIVE = ("mask_sptial_embed.0", "mask_sptial_embed.1", "mask_sptial_embed.2", "pn_indicator.weight")
 MEMORIES = ("spatial_embed.weight", "spatial_featured.weight")

@@ -27,7 +27,9 @@ from seemadapt.train import (
     build_targets,
     param_groups,
 )
-from seemadapt.train.loop import STATE_FILE, _non_finite_outputs, find_checkpoint, pick_metric
+from seemadapt.train.checkpoints import STATE_FILE, find_checkpoint
+from seemadapt.train.eval_hook import pick_metric
+from seemadapt.train.step import non_finite_outputs
 
 STRATEGY_NAMES = [
     "frozen-backbone/adapter-head",
@@ -244,8 +246,8 @@ def test_metric_lookup_and_output_check():
     assert pick_metric(metrics, "ap") is None
     good = {"pred_logits": torch.zeros(1, 2, 3), "pred_masks": torch.zeros(1, 2, 4, 4)}
     bad = {"pred_masks": torch.tensor([[[[math.nan]]]])}
-    assert _non_finite_outputs({**good, "aux_outputs": [good]}) == []
-    assert _non_finite_outputs({**good, "aux_outputs": [good, bad]}) == ["aux 1 pred_masks"]
+    assert non_finite_outputs({**good, "aux_outputs": [good]}) == []
+    assert non_finite_outputs({**good, "aux_outputs": [good, bad]}) == ["aux 1 pred_masks"]
 
 
 # ---------------------------------------------------------------------- training runs

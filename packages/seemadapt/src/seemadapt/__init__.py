@@ -6,13 +6,14 @@
 >>> print(evaluate(run.model, real_val).table())                           # doctest: +SKIP
 
 ``import seemadapt`` stays light: every public name is imported on first access (torch, detectron2 and peft load
-only when needed).
+only when needed). The functions ``finetune`` and ``evaluate`` live in the submodules ``seemadapt.finetuning`` and
+``seemadapt.evaluation``: a submodule named like a function would replace the function as the package attribute
+once imported.
 """
 
 from __future__ import annotations
 
-import sys
-import types
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -20,9 +21,9 @@ __version__ = "0.1.0"
 #: public name -> (module, attribute in that module)
 _LAZY: dict[str, tuple[str, str]] = {
     # the main jobs
-    "finetune": ("seemadapt.finetune", "finetune"),
-    "evaluate": ("seemadapt.evaluate", "evaluate"),
-    "EvalResult": ("seemadapt.evaluate", "EvalResult"),
+    "finetune": ("seemadapt.finetuning", "finetune"),
+    "evaluate": ("seemadapt.evaluation", "evaluate"),
+    "EvalResult": ("seemadapt.evaluation", "EvalResult"),
     # the model
     "SEEM": ("seemadapt.model.seem", "SEEM"),
     "SEEMConfig": ("seemadapt.model.config", "SEEMConfig"),
@@ -31,8 +32,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "register": ("seemadapt.data.register", "register"),
     "make_contract_dataset": ("seemadapt.testing", "make_contract_dataset"),
     # adapters
-    "AdapterPlacement": ("seemadapt.adapters.placement", "AdapterPlacement"),
-    "apply_adapters": ("seemadapt.adapters.placement", "apply_adapters"),
+    "AdapterPlacement": ("seemadapt.adapters", "AdapterPlacement"),
+    "apply_adapters": ("seemadapt.adapters", "apply_adapters"),
     "get_strategy": ("seemadapt.adapters.strategies", "get_strategy"),
     "STRATEGIES": ("seemadapt.adapters.strategies", "STRATEGIES"),
     # training
@@ -51,9 +52,6 @@ _LAZY: dict[str, tuple[str, str]] = {
     "push_adapters": ("seemadapt.hub", "push_adapters"),
     "load_model": ("seemadapt.hub", "load_model"),
 }
-
-#: public functions that share their name with the submodule defining them
-_SHADOWED = frozenset({"finetune", "evaluate"})
 
 __all__ = [
     "SEEM",
@@ -84,12 +82,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from seemadapt.adapters.placement import AdapterPlacement, apply_adapters
+    from seemadapt.adapters import AdapterPlacement, apply_adapters
     from seemadapt.adapters.strategies import STRATEGIES, get_strategy
     from seemadapt.data.register import register
     from seemadapt.data.sources import load_source as load
-    from seemadapt.evaluate import EvalResult, evaluate
-    from seemadapt.finetune import finetune
+    from seemadapt.evaluation import EvalResult, evaluate
+    from seemadapt.finetuning import finetune
     from seemadapt.hub import load_adapters, load_model, push_adapters, save_adapters
     from seemadapt.metrics import GroundingMetrics, PanopticMetrics, SemanticMetrics, format_table, to_json
     from seemadapt.model.config import SEEMConfig
@@ -101,8 +99,6 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         module, attribute = _LAZY[name]
         value = getattr(importlib.import_module(module), attribute)
         globals()[name] = value
@@ -112,21 +108,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-
-
-class _Package(types.ModuleType):
-    """Keeps ``seemadapt.evaluate`` / ``seemadapt.finetune`` the *functions*.
-
-    Importing the submodule ``seemadapt.evaluate`` (``from seemadapt.evaluate import EvalResult``) makes Python bind
-    the module as the package attribute ``evaluate``, which would shadow the function of the same name depending on
-    import order. Such a binding is replaced by the function; the module stays reachable through ``sys.modules`` and
-    ``from seemadapt.evaluate import ...``.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SHADOWED and isinstance(value, types.ModuleType) and hasattr(value, name):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -22,6 +22,7 @@ The fine-tuning YAML has nested sections that mirror ``finetune()``'s arguments:
 Flags override ``--set`` overrides, which override the file; the resolved config is written next to the outputs.
 Errors print one line that names the field, and exit with status 2 (``--traceback`` shows the whole trace).
 Hub tokens come from ``huggingface-cli login`` / ``HF_TOKEN``; there is no token flag (shell histories keep flags).
+The command functions import the library (torch, detectron2) when they run, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from seemadapt import __version__
 
@@ -140,7 +143,7 @@ def _one_or_many(value: Any) -> Any:
 
 
 def _train_config_class() -> Any:
-    from seemadapt.train.config import TrainConfig
+    from seemadapt.train.config import TrainConfig  # start-up speed: torch loads only when a command runs
 
     return TrainConfig
 
@@ -175,6 +178,24 @@ def resolve_finetune_config(args: argparse.Namespace) -> dict[str, Any]:
     config = read_yaml(args.config) if args.config else {}
     source = f"--config {args.config}: " if args.config else ""
     apply_overrides(config, args.set or [])
+    data = _apply_flags(config, args, source)
+    unknown = sorted(set(config) - set(FINETUNE_SECTIONS))
+    if unknown:
+        raise CLIError(f"{source}unknown section(s) {unknown}; the sections are {list(FINETUNE_SECTIONS)}")
+    unknown = sorted(set(data) - set(DATA_KEYS))
+    if unknown:
+        raise CLIError(f"{source}data: unknown key(s) {unknown}; use data.train and data.eval")
+    if not data.get("train"):
+        raise CLIError(f"{source}data.train: no training data; give --train SRC or data.train in the YAML")
+    if "model" not in config:
+        raise CLIError(
+            f"{source}model: name the base checkpoint, e.g. --model xdecoder/SEEM:seem_focalt_v1.pt"
+        )
+    return config
+
+
+def _apply_flags(config: dict[str, Any], args: argparse.Namespace, source: str) -> dict[str, Any]:
+    """The finetune flags over ``config`` (in place); returns its data section."""
     for name in ("model", "strategy", "classes", "push_to_hub", "private"):
         value = getattr(args, name, None)
         if value is not None:
@@ -192,19 +213,7 @@ def resolve_finetune_config(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in vars(args).items():
         if key.startswith("train."):
             train[key[len("train.") :]] = value
-    unknown = sorted(set(config) - set(FINETUNE_SECTIONS))
-    if unknown:
-        raise CLIError(f"{source}unknown section(s) {unknown}; the sections are {list(FINETUNE_SECTIONS)}")
-    unknown = sorted(set(data) - set(DATA_KEYS))
-    if unknown:
-        raise CLIError(f"{source}data: unknown key(s) {unknown}; use data.train and data.eval")
-    if not data.get("train"):
-        raise CLIError(f"{source}data.train: no training data; give --train SRC or data.train in the YAML")
-    if "model" not in config:
-        raise CLIError(
-            f"{source}model: name the base checkpoint, e.g. --model xdecoder/SEEM:seem_focalt_v1.pt"
-        )
-    return config
+    return data
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -214,7 +223,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         train_config = TrainConfig.from_dict(dict(config["train"]))
     except (TypeError, ValueError) as error:
         raise CLIError(f"train: {error}") from None
-    from seemadapt.adapters.strategies import resolve_placement
+    from seemadapt.adapters import resolve_placement  # start-up speed: torch loads only when a command runs
 
     placement = resolve_placement(config.get("strategy"))  # fails early on a bad strategy
     resolved = dict(config)
@@ -225,7 +234,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return 0
     path = write_yaml(output_dir / RESOLVED_FINETUNE, resolved)
     print(f"resolved config: {path}")
-    from seemadapt.finetune import finetune
+    from seemadapt.finetuning import finetune  # start-up speed: torch loads only when a command runs
 
     data = config["data"]
     run = finetune(
@@ -250,7 +259,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _model_from_args(args: argparse.Namespace) -> Any:
-    from seemadapt.hub import load_model
+    from seemadapt.hub import load_model  # start-up speed: torch loads only when a command runs
 
     if not args.model and not args.adapters:
         raise CLIError(
@@ -268,7 +277,7 @@ def _image_size(value: Sequence[int] | None) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from seemadapt.evaluate import evaluate
+    from seemadapt.evaluation import evaluate  # start-up speed: torch loads only when a command runs
 
     model = _model_from_args(args)
     result = evaluate(
@@ -301,9 +310,7 @@ def _resolved(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _read_image(path: Path) -> Any:
-    import numpy as np
-    import torch
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    import torch  # start-up speed: torch loads only when a command runs
 
     try:
         with Image.open(path) as image:
@@ -330,7 +337,7 @@ def _image_paths(items: Sequence[str]) -> list[Path]:
 
 def _instance_segments(output: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
     """An instance result as a segment map (higher scores painted last) for drawing."""
-    import torch
+    import torch  # start-up speed: torch loads only when a command runs
 
     masks, scores, labels = output["masks"], output["scores"], output["labels"]
     seg = torch.zeros(masks.shape[-2:], dtype=torch.int32)
@@ -350,15 +357,13 @@ def _instance_segments(output: dict[str, Any]) -> tuple[Any, list[dict[str, Any]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
+    from seemadapt.evaluation import image_size_kwargs
+    from seemadapt.hub import read_adapter_config
     from seemadapt.visualize import draw_panoptic, draw_semantic
+    from segcontract import id2rgb  # start-up speed: torch loads only when a command runs
 
     classes, things = args.classes, args.thing_classes
     if args.adapters and (classes is None or things is None):
-        from seemadapt.hub import read_adapter_config
-
         saved = read_adapter_config(args.adapters)
         classes = classes if classes is not None else saved.classes
         things = things if things is not None else (saved.thing_classes or None)
@@ -366,8 +371,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CLIError("--classes: name the classes to segment (or give --adapters, which store them)")
     paths = _image_paths(args.images)
     model = _model_from_args(args)
-    from seemadapt.evaluate import image_size_kwargs
-
     sizes = image_size_kwargs(_image_size(args.image_size))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -388,8 +391,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 seg, segments = output["panoptic_seg"].cpu(), output["segments_info"]
             else:
                 seg, segments = _instance_segments(output)
-            from segcontract import id2rgb
-
             Image.fromarray(id2rgb(seg.numpy().astype(np.int64))).save(f"{stem}_ids.png")
             info = [{**s, "name": classes[int(s["category_id"])]} for s in segments]
             Path(f"{stem}.json").write_text(json.dumps(_plain(info), indent=2) + "\n")
@@ -405,7 +406,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from seemadapt.model.checkpoint import convert_checkpoint
+    from seemadapt.model.convert import (
+        convert_checkpoint,  # start-up speed: torch loads only when a command runs
+    )
 
     folder = convert_checkpoint(
         args.src, args.dst, config=args.config, trust_pickle=args.trust_pickle, strict=not args.no_strict
@@ -415,6 +418,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from seemadapt.adapters import (  # start-up speed: torch loads only when a command runs
+        apply_adapters,
+        resolve_placement,
+    )
+    from seemadapt.hub import load_model
     from seemadapt.model.config import PRESETS
     from seemadapt.model.seem import SEEM
 
@@ -423,13 +431,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.model in PRESETS and not args.adapters:
         model = SEEM.from_config(args.model, device="meta")  # shapes only: instant even for focall
     else:
-        from seemadapt.hub import load_model
-
         model = load_model(args.model, adapters=args.adapters)
     if args.strategy:
-        from seemadapt.adapters.placement import apply_adapters
-        from seemadapt.adapters.strategies import resolve_placement
-
         report = apply_adapters(model, resolve_placement(args.strategy))
         print(f"strategy: {args.strategy}")
         print(report.table())
@@ -458,16 +461,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; the finetune flags (one per TrainConfig field) are added when ``command`` is finetune."""
-    parser = argparse.ArgumentParser(
-        prog="seemadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--version", action="version", version=f"seemadapt {__version__}")
-    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages (INFO)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_finetune_parser(sub: Any, command: str | None) -> None:
     ft = sub.add_parser("finetune", help="fine-tune SEEM with adapters (YAML config + flags)")
     ft.add_argument("--config", help="YAML with sections model, strategy, classes, data, train, push_to_hub")
     ft.add_argument(
@@ -493,6 +487,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         _add_train_flags(ft)
     ft.set_defaults(func=cmd_finetune)
 
+
+def _add_evaluate_parser(sub: Any) -> None:
     ev = sub.add_parser("evaluate", help="score a model (+ adapters) on a contract dataset")
     _add_model_flags(ev)
     ev.add_argument(
@@ -508,6 +504,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)
 
+
+def _add_other_parsers(sub: Any) -> None:
     pr = sub.add_parser("predict", help="segment images and write overlays")
     _add_model_flags(pr)
     pr.add_argument("images", nargs="+", help="image files or folders")
@@ -534,6 +532,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sm.add_argument("--adapters", help="adapter folder or Hub repo to load on top")
     sm.set_defaults(func=cmd_summary)
 
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; the finetune flags (one per TrainConfig field) are added when ``command`` is finetune."""
+    parser = argparse.ArgumentParser(
+        prog="seemadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"seemadapt {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages (INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_finetune_parser(sub, command)
+    _add_evaluate_parser(sub)
+    _add_other_parsers(sub)
     return parser
 
 

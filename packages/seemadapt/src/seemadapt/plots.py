@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .metrics import PanopticResults, SemanticResults
+from seemadapt.metrics import PanopticResults, SemanticResults
 
 # History keys that are neither losses nor evaluation scores.
 _NOT_PLOTTED = frozenset({"step", "epoch", "lr", "learning_rate", "time", "elapsed", "samples", "grad_norm"})
@@ -85,37 +85,45 @@ def loss_curve_figure(
     fig = Figure(figsize=(9, 3.6 * panels), dpi=100, layout="constrained")
     axes = fig.subplots(panels, 1, squeeze=False, sharex=True)[:, 0]
     if loss_keys:
-        ax = axes[0]
-        # The total loss first and bold; the components thin, so the sum stays readable.
-        ordered = sorted(loss_keys, key=lambda k: k != "loss")
-        for key in ordered:
-            steps, values = _series(history, key)
-            if not len(steps):
-                continue
-            width = 2.0 if key == "loss" else 0.9
-            if smoothing > 0:
-                (raw,) = ax.plot(steps, values, linewidth=width, alpha=0.25)
-                ax.plot(steps, _ema(values, smoothing), linewidth=width, color=raw.get_color(), label=key)
-            else:
-                ax.plot(steps, values, linewidth=width, label=key)
-        ax.set_ylabel("loss")
-        if log_scale:
-            ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", ncol=max(1, math.ceil(len(ordered) / 12)), loc="upper right")
+        _draw_losses(axes[0], history, loss_keys, smoothing, log_scale)
     if metric_keys:
-        ax = axes[-1]
-        for key in metric_keys:
-            steps, values = _series(history, key)
-            if len(steps):
-                ax.plot(steps, values, marker="o", markersize=3, label=key)
-        ax.set_ylabel("evaluation")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
+        _draw_metrics(axes[-1], history, metric_keys)
     axes[-1].set_xlabel("step")
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _draw_losses(
+    ax: Any, history: Sequence[Mapping[str, Any]], loss_keys: Sequence[str], smoothing: float, log_scale: bool
+) -> None:
+    # The total loss first and bold; the components thin, so the sum stays readable.
+    ordered = sorted(loss_keys, key=lambda k: k != "loss")
+    for key in ordered:
+        steps, values = _series(history, key)
+        if not len(steps):
+            continue
+        width = 2.0 if key == "loss" else 0.9
+        if smoothing > 0:
+            (raw,) = ax.plot(steps, values, linewidth=width, alpha=0.25)
+            ax.plot(steps, _ema(values, smoothing), linewidth=width, color=raw.get_color(), label=key)
+        else:
+            ax.plot(steps, values, linewidth=width, label=key)
+    ax.set_ylabel("loss")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", ncol=max(1, math.ceil(len(ordered) / 12)), loc="upper right")
+
+
+def _draw_metrics(ax: Any, history: Sequence[Mapping[str, Any]], metric_keys: Sequence[str]) -> None:
+    for key in metric_keys:
+        steps, values = _series(history, key)
+        if len(steps):
+            ax.plot(steps, values, marker="o", markersize=3, label=key)
+    ax.set_ylabel("evaluation")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
 
 
 def plot_loss_curve(

@@ -15,7 +15,7 @@ import torch
 
 from diffsynth import GenerationPlan, categories_of, generate, load_pipeline, plan_from_metrics
 from seemadapt import TrainConfig, evaluate, finetune, load_adapters
-from seemadapt.finetune import load_model
+from seemadapt.finetuning import load_model
 from segcontract import write_category_files
 from segloop.config import LoopConfig, jsonable
 from segloop.records import DONE, RoundResult, finish_round, read_round, write_json

@@ -5,20 +5,13 @@
 >>> weights = adapter_state_dict(model)                              # doctest: +SKIP
 """
 
+from seemadapt.adapters.apply import apply_adapters
 from seemadapt.adapters.lora import LoRASpec, inject_lora, load_lora, save_lora
+from seemadapt.adapters.modes import frozen_forward_context, set_train_mode
 from seemadapt.adapters.modules import AdapterModule, AdaptFormer, ChannelSpatialAdapter, VLAdapter
-from seemadapt.adapters.placement import (
-    GROUPS,
-    AdapterPlacement,
-    AdapterReport,
-    GroupCount,
-    adapter_report,
-    adapter_state_dict,
-    apply_adapters,
-    frozen_forward_context,
-    load_adapter_state_dict,
-    set_train_mode,
-)
+from seemadapt.adapters.placement import AdapterPlacement
+from seemadapt.adapters.report import GROUPS, AdapterReport, GroupCount, adapter_report
+from seemadapt.adapters.state import adapter_state_dict, load_adapter_state_dict
 from seemadapt.adapters.strategies import DEFAULT_STRATEGY, STRATEGIES, get_strategy, resolve_placement
 
 __all__ = [

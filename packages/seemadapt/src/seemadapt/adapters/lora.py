@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from seemadapt.adapters.modules import AdapterModule
+from seemadapt.adapters.names import in_language_encoder
 
-LANGUAGE_ENCODER = "sem_seg_head.predictor.lang_encoder"
 SUPPORTED_TYPES = (nn.Linear, nn.Conv2d)
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -85,7 +86,7 @@ def resolve_lora_targets(model: nn.Module, targets: Iterable[str]) -> list[str]:
     candidates = [
         (name, module)
         for name, module in model.named_modules()
-        if name and not name.startswith(adapter_prefixes) and not _in_language_encoder(name)
+        if name and not name.startswith(adapter_prefixes) and not in_language_encoder(name)
     ]
     selected: list[str] = []
     for pattern in targets:
@@ -107,7 +108,10 @@ def resolve_lora_targets(model: nn.Module, targets: Iterable[str]) -> list[str]:
 
 def inject_lora(model: nn.Module, spec: LoRASpec) -> list[str]:
     """Wrap the selected layers with peft LoRA layers (in place). Returns the wrapped module names."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import (  # peft is heavy (it imports transformers) and only LoRA placements need it
+        LoraConfig,
+        inject_adapter_in_model,
+    )
 
     names = resolve_lora_targets(model, spec.targets)
     config = LoraConfig(
@@ -124,7 +128,9 @@ def lora_parameter_names(model: nn.Module) -> set[str]:
     """Names of the LoRA parameters peft added (``*.lora_A.*``, ``*.lora_B.*``, ...); empty without LoRA."""
     if "peft" not in sys.modules:  # no peft layer can exist if peft was never imported
         return set()
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.tuners.tuners_utils import (
+        BaseTunerLayer,  # peft is heavy (it imports transformers) and only LoRA placements need it
+    )
 
     names: set[str] = set()
     for module_name, module in model.named_modules():
@@ -137,8 +143,9 @@ def lora_parameter_names(model: nn.Module) -> set[str]:
 
 def save_lora(model: nn.Module, directory: str | Path, base_model_name_or_path: str | None = None) -> Path:
     """Write the LoRA weights and config in peft's layout (``adapter_config.json``, ``adapter_model.safetensors``)."""
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
+    from peft import (
+        get_peft_model_state_dict,  # peft is heavy (it imports transformers) and only LoRA placements need it
+    )
 
     config = getattr(model, "peft_config", {}).get("default")
     if config is None:
@@ -161,8 +168,11 @@ def save_lora(model: nn.Module, directory: str | Path, base_model_name_or_path: 
 
 def load_lora(model: nn.Module, directory: str | Path) -> list[str]:
     """Inject the LoRA layers described by ``directory`` (peft layout) and load their weights. Returns the names."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from peft import (  # peft is heavy (it imports transformers) and only LoRA placements need it
+        LoraConfig,
+        inject_adapter_in_model,
+        set_peft_model_state_dict,
+    )
 
     directory = Path(directory)
     for name in (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME):
@@ -189,7 +199,3 @@ def lora_module_names(model: nn.Module) -> list[str]:
     return sorted(
         {name.split(".lora_A.", 1)[0] for name in lora_parameter_names(model) if ".lora_A." in name}
     )
-
-
-def _in_language_encoder(name: str) -> bool:
-    return name == LANGUAGE_ENCODER or name.startswith(LANGUAGE_ENCODER + ".")

@@ -12,7 +12,7 @@ The trick is the same everywhere: the *last* layer of the branch is zero-initial
 it (a ReLU after a zero layer would have zero gradient and stay dead), so the branch output is 0 but its last layer
 still receives gradients at the first step, and the earlier layers from the second step on.
 
-``fork_faithful=True`` rebuilds the thesis fork's modules instead (``shared/research/seem_spec.md`` section 8): its
+``fork_faithful=True`` rebuilds the modules of the thesis fork of SEEM instead: its
 kaiming initialisation and its math (trailing ReLU and LayerNorm on the backbone adapter, ReLU + dropout 0.1 in the
 VL-adapter, LayerNorms and a learnable scale of 1 around the head adapter). They are **not** identities at init; use
 them only to reproduce the thesis numbers. Their parameter names equal the fork's below the adapter attribute
@@ -29,17 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seemadapt.model.adapter_hooks import AdapterModule
+
 Activation = Literal["gelu", "relu"]
 
 FORK_DROPOUT = 0.1
-
-
-class AdapterModule(nn.Module):
-    """Base class of seemadapt's adapters.
-
-    The placement code finds adapters by this type, never by name: official SEEM checkpoints already contain keys
-    with "adapter" in them (``sem_seg_head.pixel_decoder.adapter_1``, the FPN laterals), so names cannot tell.
-    """
 
 
 def _kaiming_fan_out(module: nn.Module) -> None:

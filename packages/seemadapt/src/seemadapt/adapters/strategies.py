@@ -1,7 +1,6 @@
 """The four fine-tuning strategies compared in the thesis, as named :class:`AdapterPlacement` presets.
 
-Semantics are the thesis' *intended* ones (``shared/research/seem_spec.md`` 8.3), not what its fork happened to
-train: backbone adapters train; "adapter head" trains only the decoder adapters, the head adapters and the decoder
+Semantics are the thesis' *intended* ones, not what its fork happened to train: backbone adapters train; "adapter head" trains only the decoder adapters, the head adapters and the decoder
 LayerNorms (base decoder weights frozen); "full head" trains the whole predictor except the text encoder. The pixel
 decoder and the text encoder are frozen in all four.
 
@@ -20,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from seemadapt.adapters.placement import ALL_DECODER_SITES, PREDICTOR, AdapterPlacement
+from seemadapt.adapters.names import ALL_DECODER_SITES, PREDICTOR
+from seemadapt.adapters.placement import AdapterPlacement
 
 DEFAULT_STRATEGY = "adapter-backbone/full-head"
 

@@ -31,7 +31,6 @@ same-class masks. No segment at all: ``texts == ["none"]`` and zero masks. Hashe
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +49,7 @@ from seemadapt._detectron2 import (
     T,
     build_detection_train_loader,
 )
+from seemadapt.hashing import stable_hash
 from segcontract import IGNORE_LABEL, rgb2id
 
 __all__ = [
@@ -78,13 +78,6 @@ CLASS_TEMPLATES = (
 _MASK64 = (1 << 64) - 1
 _LEFT_RIGHT = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
 _LR_RE = re.compile(r"\b(leftmost|rightmost|left|right)\b", re.IGNORECASE)
-
-
-def stable_hash(text: str) -> int:
-    """A signed 64-bit hash of ``text`` that is the same in every process (Python's ``hash`` is salted)."""
-    return int.from_bytes(
-        hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True
-    )
 
 
 def sample_rng(seed: int, epoch: int, image_id: int) -> np.random.RandomState:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._distributed import sum_across_processes
-from ._inputs import Labels, as_labels, same_place
+from seemadapt.metrics.distributed import sum_across_processes
+from seemadapt.metrics.inputs import Labels, as_labels, same_place
 
 
 @dataclass(frozen=True)

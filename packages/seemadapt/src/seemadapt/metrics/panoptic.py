@@ -32,10 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from seemadapt.metrics.distributed import sum_across_processes
+from seemadapt.metrics.inputs import as_label_array
 from segcontract import rgb2id
-
-from ._distributed import sum_across_processes
-from ._inputs import as_label_array
 
 # Segment ids are 24-bit (RGB encoding), so gt * OFFSET + pred is a unique int64 key for a pair.
 OFFSET = 256**3
@@ -212,57 +211,12 @@ class PanopticMetrics:
         pred_segs = self._segments(pred_segments, "pred_segments")
         gt_segs = self._segments(gt_segments, "gt_segments")
 
-        pair_keys, pair_counts = np.unique(gt.reshape(-1) * OFFSET + pred.reshape(-1), return_counts=True)
-        pair_gt, pair_pred = pair_keys // OFFSET, pair_keys % OFFSET
-        gt_area: dict[int, int] = {}
-        pred_area: dict[int, int] = {}
-        for g, p, count in zip(pair_gt.tolist(), pair_pred.tolist(), pair_counts.tolist()):
-            gt_area[g] = gt_area.get(g, 0) + count
-            pred_area[p] = pred_area.get(p, 0) + count
-        for ids_area, segs, name in ((gt_area, gt_segs, "gt"), (pred_area, pred_segs, "pred")):
-            unknown = sorted(set(ids_area) - set(segs) - {VOID})
-            if unknown:
-                raise ValueError(
-                    f"{name}_ids holds segment ids {unknown[:5]} that {name}_segments does not describe; "
-                    "give every non-zero id a segments_info entry (or set those pixels to 0)."
-                )
-        intersections = {
-            (g, p): c for g, p, c in zip(pair_gt.tolist(), pair_pred.tolist(), pair_counts.tolist())
-        }
-
+        intersections, gt_area, pred_area = _overlaps(pred, gt, pred_segs, gt_segs)
         stats = np.zeros((len(self.category_ids), 4), dtype=np.float64)
-        gt_matched: set[int] = set()
-        pred_matched: set[int] = set()
-        for (g, p), inter in intersections.items():
-            if g == VOID or p == VOID:
-                continue
-            gs, ps = gt_segs[g], pred_segs[p]
-            if gs["iscrowd"] or gs["category"] != ps["category"]:
-                continue
-            union = pred_area[p] + gt_area[g] - inter - intersections.get((VOID, p), 0)
-            iou = inter / union
-            if iou > 0.5:
-                stats[gs["category"], _TP] += 1
-                stats[gs["category"], _IOU] += iou
-                gt_matched.add(g)
-                pred_matched.add(p)
-
-        crowd_by_category: dict[int, list[int]] = {}
-        for g, gs in gt_segs.items():
-            if g not in gt_area:
-                continue  # described but covers no pixel
-            if gs["iscrowd"]:
-                crowd_by_category.setdefault(gs["category"], []).append(g)
-            elif g not in gt_matched:
-                stats[gs["category"], _FN] += 1
-        for p, ps in pred_segs.items():
-            if p not in pred_area or p in pred_matched:
-                continue
-            ignored = intersections.get((VOID, p), 0)
-            ignored += sum(intersections.get((g, p), 0) for g in crowd_by_category.get(ps["category"], ()))
-            if ignored / pred_area[p] > 0.5:
-                continue
-            stats[ps["category"], _FP] += 1
+        gt_matched, pred_matched = _match(intersections, gt_area, pred_area, gt_segs, pred_segs, stats)
+        _count_unmatched(
+            intersections, gt_area, pred_area, gt_segs, pred_segs, gt_matched, pred_matched, stats
+        )
         self.stats += torch.from_numpy(stats)
 
     def merge(self, other: PanopticMetrics) -> PanopticMetrics:
@@ -307,3 +261,82 @@ class PanopticMetrics:
             stuff=_average([r for r in rows if not r.isthing]),
             per_class=tuple(rows),
         )
+
+
+def _overlaps(
+    pred: np.ndarray, gt: np.ndarray, pred_segs: dict[int, dict[str, int]], gt_segs: dict[int, dict[str, int]]
+) -> tuple[dict[tuple[int, int], int], dict[int, int], dict[int, int]]:
+    """Pixel counts of every (gt id, pred id) pair and of every segment; every non-void id must be described."""
+    pair_keys, pair_counts = np.unique(gt.reshape(-1) * OFFSET + pred.reshape(-1), return_counts=True)
+    pair_gt, pair_pred = pair_keys // OFFSET, pair_keys % OFFSET
+    gt_area: dict[int, int] = {}
+    pred_area: dict[int, int] = {}
+    for g, p, count in zip(pair_gt.tolist(), pair_pred.tolist(), pair_counts.tolist()):
+        gt_area[g] = gt_area.get(g, 0) + count
+        pred_area[p] = pred_area.get(p, 0) + count
+    for ids_area, segs, name in ((gt_area, gt_segs, "gt"), (pred_area, pred_segs, "pred")):
+        unknown = sorted(set(ids_area) - set(segs) - {VOID})
+        if unknown:
+            raise ValueError(
+                f"{name}_ids holds segment ids {unknown[:5]} that {name}_segments does not describe; "
+                "give every non-zero id a segments_info entry (or set those pixels to 0)."
+            )
+    intersections = {(g, p): c for g, p, c in zip(pair_gt.tolist(), pair_pred.tolist(), pair_counts.tolist())}
+    return intersections, gt_area, pred_area
+
+
+def _match(
+    intersections: dict[tuple[int, int], int],
+    gt_area: dict[int, int],
+    pred_area: dict[int, int],
+    gt_segs: dict[int, dict[str, int]],
+    pred_segs: dict[int, dict[str, int]],
+    stats: np.ndarray,
+) -> tuple[set[int], set[int]]:
+    """COCO matching (same category, not crowd, IoU > 0.5 with void pixels of the prediction left out): adds TP and
+    IoU to ``stats``; returns the matched gt and pred ids."""
+    gt_matched: set[int] = set()
+    pred_matched: set[int] = set()
+    for (g, p), inter in intersections.items():
+        if g == VOID or p == VOID:
+            continue
+        gs, ps = gt_segs[g], pred_segs[p]
+        if gs["iscrowd"] or gs["category"] != ps["category"]:
+            continue
+        union = pred_area[p] + gt_area[g] - inter - intersections.get((VOID, p), 0)
+        iou = inter / union
+        if iou > 0.5:
+            stats[gs["category"], _TP] += 1
+            stats[gs["category"], _IOU] += iou
+            gt_matched.add(g)
+            pred_matched.add(p)
+    return gt_matched, pred_matched
+
+
+def _count_unmatched(
+    intersections: dict[tuple[int, int], int],
+    gt_area: dict[int, int],
+    pred_area: dict[int, int],
+    gt_segs: dict[int, dict[str, int]],
+    pred_segs: dict[int, dict[str, int]],
+    gt_matched: set[int],
+    pred_matched: set[int],
+    stats: np.ndarray,
+) -> None:
+    """FN for unmatched non-crowd gt segments; FP for unmatched predictions not mostly on void or crowd pixels."""
+    crowd_by_category: dict[int, list[int]] = {}
+    for g, gs in gt_segs.items():
+        if g not in gt_area:
+            continue  # described but covers no pixel
+        if gs["iscrowd"]:
+            crowd_by_category.setdefault(gs["category"], []).append(g)
+        elif g not in gt_matched:
+            stats[gs["category"], _FN] += 1
+    for p, ps in pred_segs.items():
+        if p not in pred_area or p in pred_matched:
+            continue
+        ignored = intersections.get((VOID, p), 0)
+        ignored += sum(intersections.get((g, p), 0) for g in crowd_by_category.get(ps["category"], ()))
+        if ignored / pred_area[p] > 0.5:
+            continue
+        stats[ps["category"], _FP] += 1

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._distributed import sum_across_processes
-from ._inputs import Labels, as_labels, same_place
+from seemadapt.metrics.distributed import sum_across_processes
+from seemadapt.metrics.inputs import Labels, as_labels, same_place
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray, defined: np.ndarray) -> np.ndarray:

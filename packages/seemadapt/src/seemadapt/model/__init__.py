@@ -1,4 +1,4 @@
-"""SEEM v1 in clean PyTorch: configs, parts, the assembled model, checkpoints and post-processing.
+"""SEEM v1 in clean PyTorch: configs, parts, the assembled model, its predictor, checkpoints and post-processing.
 
 >>> from seemadapt.model import SEEM
 >>> model = SEEM.from_pretrained("xdecoder/SEEM:seem_focalt_v1.pt")        # doctest: +SKIP
@@ -10,7 +10,6 @@ from seemadapt.model.checkpoint import (
     CheckpointError,
     LoadReport,
     UntrustedCheckpointError,
-    convert_checkpoint,
     infer_config,
     load_state_dict_into,
     read_state_dict,
@@ -26,6 +25,7 @@ from seemadapt.model.config import (
     get_config,
     tiny_config,
 )
+from seemadapt.model.convert import convert_checkpoint
 from seemadapt.model.decoder import SEEMDecoder
 from seemadapt.model.images import ImageBatch
 from seemadapt.model.language import LanguageEncoder
@@ -36,6 +36,7 @@ from seemadapt.model.postprocess import (
     resize_mask_logits,
     semantic_inference,
 )
+from seemadapt.model.predictor import SEEMPredictor
 from seemadapt.model.seem import SEEM, GroundingPrompts, SEEMHead
 from seemadapt.model.tokenizer import SEEMTokenizer
 
@@ -54,6 +55,7 @@ __all__ = [
     "SEEMConfig",
     "SEEMDecoder",
     "SEEMHead",
+    "SEEMPredictor",
     "SEEMTokenizer",
     "TransformerEncoderPixelDecoder",
     "UntrustedCheckpointError",

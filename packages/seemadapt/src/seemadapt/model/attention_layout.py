@@ -14,7 +14,7 @@ Conventions (identical to ``torch.nn.MultiheadAttention`` boolean masks):
 * Self-attention mask: start all blocked; unblock ``row x column`` for every partner pair; when both sides carry
   group labels (prompt indices) unblock only equal labels (block-diagonal prompts); finally block every padded
   position both as a query (its row) and as a key (its column). A padded row is therefore fully blocked: the
-  attention must return zeros for it (see ``decoder.Attention``).
+  attention must return zeros for it (see ``decoder_layers.Attention``).
 * Cross-attention mask: the previous prediction thresholded at 0.5 (:func:`mask_from_logits`); any fully blocked
   row is unblocked (Mask2Former rule, :func:`unblock_full_rows`) so no query attends to nothing.
 """

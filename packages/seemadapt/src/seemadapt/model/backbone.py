@@ -5,11 +5,11 @@
 * ``variant="focal_dw"`` (Focal-T, official ``focal_dw.py``): a depthwise 3x3 positional conv before each branch and
   true post-norm, ``x = norm(x + DropPath(gamma * branch(x)))``; stem conv padding 3.
 
-Parameter names match the official checkpoints exactly (``shared/research/seem_spec.md`` section 2.4), so a state dict
-loads with every key used. Activations are kept channels-last (``[B, H, W, C]``) inside the stages because every
+Parameter names match the official checkpoints exactly (``backbone.layers.{s}.blocks.{b}.*``,
+``backbone.patch_embed.*``, ...), so a state dict loads with every key used. Activations are kept channels-last (``[B, H, W, C]``) inside the stages because every
 LayerNorm and Linear acts on C; the returned features are NCHW.
 
-Adapters (spec 8.1) plug into every block through the ``adapter`` attribute; see :meth:`FocalNet.blocks`.
+Adapters plug into every block through the ``adapter`` attribute; see :meth:`FocalNet.blocks`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class PatchEmbed(nn.Module):
 
 
 class FocalModulation(nn.Module):
-    """Focal modulation (spec 2.2): ``proj(q * h(sum_l gate_l * ctx_l + gate_L * global) / (L + 1))``.
+    """Focal modulation: ``proj(q * h(sum_l gate_l * ctx_l + gate_L * global) / (L + 1))``.
 
     ``ctx_l`` are hierarchical depthwise-conv contexts (kernel ``2l + focal_window``, GELU after each), ``global`` is the
     GELU of the spatial mean of the last level; the gates are per-pixel scalars predicted by ``f`` with q and ctx.

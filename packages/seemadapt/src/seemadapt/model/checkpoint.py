@@ -1,6 +1,6 @@
-"""Load, save and convert SEEM checkpoints: official ``.pt`` files and our safetensors folders, local or on the Hub.
+"""Load and save SEEM checkpoints: official ``.pt`` files and our safetensors folders, local or on the Hub.
 
-Loading follows the official rule (spec 7): a checkpoint tensor is used when its name exists in the model and its
+Loading follows the official rule: a checkpoint tensor is used when its name exists in the model and its
 shape is identical; everything else is reported in a :class:`LoadReport` (missing, unexpected, shape-mismatched). With
 ``strict=True`` anything but the documented differences is an error:
 
@@ -24,14 +24,16 @@ import re
 import tempfile
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from seemadapt import __version__
 from seemadapt.model.config import PRESETS, SEEMConfig, get_config
 
 if TYPE_CHECKING:
@@ -221,8 +223,6 @@ def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return unwrap_state_dict(load_file(str(path), device="cpu"))
     try:
         try:
@@ -317,7 +317,7 @@ def infer_config(
     )
 
 
-def _as_config(config: str | SEEMConfig | Mapping[str, Any], num_classes: int | None) -> SEEMConfig:
+def as_config(config: str | SEEMConfig | Mapping[str, Any], num_classes: int | None) -> SEEMConfig:
     if isinstance(config, str):
         return get_config(config, num_classes=133 if num_classes is None else num_classes)
     if isinstance(config, Mapping):
@@ -325,8 +325,6 @@ def _as_config(config: str | SEEMConfig | Mapping[str, Any], num_classes: int | 
     if not isinstance(config, SEEMConfig):
         raise TypeError(f"config must be a preset name or a SEEMConfig, got {type(config).__name__}.")
     if num_classes is not None and num_classes != config.num_classes:
-        from dataclasses import replace
-
         config = replace(config, num_classes=num_classes)
     return config
 
@@ -443,9 +441,9 @@ def load_pretrained(
     resolved = resolve_checkpoint(repo_or_path, filename, revision=revision, token=token)
     state = read_state_dict(resolved.weights, trust_pickle=trust_pickle)
     if config is not None:
-        model_config = _as_config(config, num_classes)
+        model_config = as_config(config, num_classes)
     elif resolved.config is not None:
-        model_config = _as_config(read_config_file(resolved.config), num_classes)
+        model_config = as_config(read_config_file(resolved.config), num_classes)
     else:
         shapes = {key: tuple(value.shape) for key, value in state.items()}
         model_config = infer_config(shapes, resolved.weights.name, num_classes)
@@ -469,11 +467,7 @@ def _write_atomic(path: Path, write: Any) -> None:
         raise
 
 
-def _write_folder(state: Mapping[str, Tensor], config: SEEMConfig, folder: str | os.PathLike) -> Path:
-    from safetensors.torch import save_file
-
-    from seemadapt import __version__
-
+def write_folder(state: Mapping[str, Tensor], config: SEEMConfig, folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
@@ -486,34 +480,4 @@ def _write_folder(state: Mapping[str, Tensor], config: SEEMConfig, folder: str |
 def save_pretrained(model: SEEM, folder: str | os.PathLike) -> Path:
     """Write ``model.safetensors`` (the full state dict, adapters included if attached) and
     ``seemadapt_config.json`` into ``folder``."""
-    return _write_folder(model.state_dict(), model.config, folder)
-
-
-def convert_checkpoint(
-    src: str | os.PathLike,
-    dst_folder: str | os.PathLike,
-    config: str | SEEMConfig | None = None,
-    trust_pickle: bool = False,
-    strict: bool = True,
-) -> Path:
-    """Convert an official SEEM ``.pt`` into a safetensors folder that :meth:`SEEM.from_pretrained` reads.
-
-    The keys and shapes are checked against the config's model (built on the meta device, so no weights are
-    allocated twice); ``criterion.empty_weight`` is dropped. Returns the folder.
-    """
-    from seemadapt.model.seem import SEEM
-
-    src = Path(src)
-    state = read_state_dict(src, trust_pickle=trust_pickle)
-    shapes = {key: tuple(value.shape) for key, value in state.items()}
-    model_config = _as_config(config, None) if config is not None else infer_config(shapes, src.name)
-    skeleton = SEEM.from_config(model_config, device="meta")
-    report = compare_state_dicts(
-        {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}, shapes, source=str(src)
-    )
-    if strict and not report.ok:
-        raise CheckpointError(
-            f"{src.name} does not match the {model_config.name} model:\n  " + "\n  ".join(report.problems)
-        )
-    logger.info("%s", report)
-    return _write_folder({key: state[key] for key in report.loaded}, model_config, dst_folder)
+    return write_folder(model.state_dict(), model.config, folder)

@@ -1,6 +1,7 @@
 """Configuration dataclasses for SEEM v1 and the named presets ``focalt``, ``focall`` and ``tiny``.
 
-Every field mirrors a value of the official v1 configs (see ``shared/research/seem_spec.md``); the presets
+Every field mirrors a value of the official SEEM v1 configs (``configs/seem/focalt_unicl_lang_v1.yaml`` and
+``focall_unicl_lang_v1.yaml`` in the SEEM repository); the presets
 reproduce the official checkpoints' geometry exactly so their state dicts load with every key used.
 """
 

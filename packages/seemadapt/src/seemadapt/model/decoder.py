@@ -29,15 +29,14 @@ hooked tensor (a zero output leaves the model unchanged; the residual is the dec
   follows layer ``i``): parallel branch of the mask head on ``d = decoder_norm(output)`` batch-first ``[B, Q, C]``:
   ``mask_emb = mask_embed(d) + adapter(d)``; class logits are unchanged. Its output width must be ``mask_dim``.
 
-The fork's plain residual adapter (``x + up(drop(relu(down(x))))``, spec 8.2) is therefore a module returning only
+The fork's plain residual adapter (``x + up(drop(relu(down(x))))``) is therefore a module returning only
 its branch ``up(drop(relu(down(x))))``; its LN-head adapter (no residual) is used as it is.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,114 +45,11 @@ from torch import Tensor, nn
 
 from seemadapt.model.attention_layout import AttentionLayout, mask_from_logits, unblock_full_rows
 from seemadapt.model.config import DecoderConfig, LanguageConfig
+from seemadapt.model.decoder_layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+from seemadapt.model.language import LanguageEncoder
 from seemadapt.model.position_encoding import PositionEmbeddingSine
 
 TASKS = ("seg", "grounding_eval", "spatial")
-
-
-class Attention(nn.Module):
-    """Multi-head attention with ``nn.MultiheadAttention``'s parameter names, on seq-first inputs.
-
-    A query whose row of ``attn_mask`` (bool, True = blocked) blocks every key gets a zero attention output instead
-    of NaN (the official code's ``nan_to_num`` after the softmax): padded text tokens rely on it.
-    """
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"Attention: dim ({dim}) must be divisible by num_heads ({num_heads}).")
-        self.num_heads = num_heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
-        self.out_proj = nn.Linear(dim, dim)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.out_proj.bias)
-
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        """``query [Lq, B, C]``, ``key``/``value [Lk, B, C]``, ``attn_mask [B*heads, Lq, Lk]`` or ``[Lq, Lk]``."""
-        len_q, batch, dim = query.shape
-        len_k = key.shape[0]
-        head_dim = dim // self.num_heads
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        q = F.linear(query, w_q, b_q).reshape(len_q, batch * self.num_heads, head_dim).transpose(0, 1)
-        k = F.linear(key, w_k, b_k).reshape(len_k, batch * self.num_heads, head_dim).transpose(0, 1)
-        v = F.linear(value, w_v, b_v).reshape(len_k, batch * self.num_heads, head_dim).transpose(0, 1)
-        scores = (q * head_dim**-0.5) @ k.transpose(1, 2)
-        if attn_mask is not None:
-            # A finite minimum instead of -inf: partially blocked rows are unchanged (exp underflows to exactly 0),
-            # fully blocked rows become uniform and are then zeroed, so no NaN ever appears (forward or backward).
-            scores = scores.masked_fill(attn_mask, torch.finfo(scores.dtype).min)
-        weights = scores.softmax(dim=-1)
-        if attn_mask is not None:
-            weights = weights.masked_fill(attn_mask, 0.0)
-        out = (weights @ v).transpose(0, 1).reshape(len_q, batch, dim)
-        return self.out_proj(out)
-
-
-def _xavier_matrices(module: nn.Module) -> None:
-    for parameter in module.parameters():
-        if parameter.dim() > 1:
-            nn.init.xavier_uniform_(parameter)
-
-
-class CrossAttentionLayer(nn.Module):
-    """Post-norm masked cross-attention: ``norm(tgt + MHA(tgt + query_pos, memory + pos, memory))``."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.multihead_attn = Attention(dim, num_heads)
-        self.norm = nn.LayerNorm(dim)
-        _xavier_matrices(self)
-
-    def forward(
-        self, tgt: Tensor, memory: Tensor, attn_mask: Tensor, pos: Tensor, query_pos: Tensor
-    ) -> Tensor:
-        return self.norm(tgt + self.multihead_attn(tgt + query_pos, memory + pos, memory, attn_mask))
-
-
-class SelfAttentionLayer(nn.Module):
-    """Post-norm self-attention: ``norm(tgt + MHA(tgt + query_pos, tgt + query_pos, tgt))``."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.self_attn = Attention(dim, num_heads)
-        self.norm = nn.LayerNorm(dim)
-        _xavier_matrices(self)
-
-    def forward(self, tgt: Tensor, attn_mask: Tensor, query_pos: Tensor) -> Tensor:
-        query = tgt + query_pos
-        return self.norm(tgt + self.self_attn(query, query, tgt, attn_mask))
-
-
-class FFNLayer(nn.Module):
-    """Post-norm feed-forward: ``norm(tgt + linear2(relu(linear1(tgt))))``."""
-
-    def __init__(self, dim: int, dim_feedforward: int) -> None:
-        super().__init__()
-        self.linear1 = nn.Linear(dim, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, dim)
-        self.norm = nn.LayerNorm(dim)
-        _xavier_matrices(self)
-
-    def forward(self, tgt: Tensor) -> Tensor:
-        return self.norm(tgt + self.linear2(F.relu(self.linear1(tgt))))
-
-
-class MLP(nn.Module):
-    """Linear layers with ReLU between them (none after the last)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for index, layer in enumerate(self.layers):
-            x = layer(x)
-            if index < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
 
 
 @dataclass
@@ -170,6 +66,16 @@ class _Prompts:
     generator: torch.Generator | None
 
 
+@dataclass
+class _Sequences:
+    """The decoder's token sequences by name (see :class:`AttentionLayout`): values, positions, padding, groups."""
+
+    outputs: dict[str, Tensor] = field(default_factory=dict)
+    positions: dict[str, Tensor] = field(default_factory=dict)
+    padding: dict[str, Tensor] = field(default_factory=dict)
+    groups: dict[str, Tensor] = field(default_factory=dict)
+
+
 class SEEMDecoder(nn.Module):
     """SEEM v1 decoder (``seem_v1``) with its language encoder as the submodule ``lang_encoder``.
 
@@ -180,8 +86,6 @@ class SEEMDecoder(nn.Module):
 
     def __init__(self, config: DecoderConfig, language: LanguageConfig) -> None:
         super().__init__()
-        from seemadapt.model.language import LanguageEncoder  # deferred: sibling module, built in parallel
-
         if language.dim_proj != config.dim_proj:
             raise ValueError(
                 f"SEEMDecoder: language.dim_proj ({language.dim_proj}) must equal config.dim_proj ({config.dim_proj})."
@@ -258,6 +162,49 @@ class SEEMDecoder(nn.Module):
             grounding ``pred_gmasks``, ``pred_gtexts``; with spatial prompts ``pred_smasks``, ``pred_stexts``,
             ``pred_smaskembs`` ``[B, query_number*n, ...]`` and ``pred_pspatials``, ``pred_nspatials [B, n, C]``.
         """
+        self._check_inputs(multi_scale_features, spatial, task)
+        batch = mask_features.shape[0]
+        device = mask_features.device
+        src, pos, sizes = self._prepare_features(multi_scale_features)
+
+        seq = _Sequences()
+        seq.outputs["queries_object"] = self.query_feat.weight[:, None].repeat(1, batch, 1)
+        seq.positions["queries_object"] = self.query_embed.weight[:, None].repeat(1, batch, 1)
+        prompts = None
+        if spatial is not None:
+            prompts = self._prepare_spatial(spatial, src, sizes, mask_features)
+            self._add_spatial_queries(seq, prompts, batch, device)
+        if grounding_tokens is not None:
+            self._add_grounding_tokens(seq, grounding_tokens, grounding_padding_mask, batch, device)
+
+        predictions = []
+        cross_ranges = self.layout.ranges(_lengths(seq.outputs), "cross")
+        output, query_pos = _gather(seq.outputs, seq.positions, cross_ranges)
+        predictions.append(self._predict(output, mask_features, class_embeddings, cross_ranges, 0))
+        for i in range(self.config.num_transformer_layers):
+            level = i % self.config.num_feature_levels
+            output = self._cross_attend(
+                i, output, query_pos, predictions[-1]["masks"], (src, pos, sizes), cross_ranges, seq, prompts
+            )
+            _scatter(output, seq.outputs, cross_ranges)
+            self._self_attend(i, level, seq, prompts, batch, device)
+            output, query_pos = _gather(seq.outputs, seq.positions, cross_ranges)
+            predictions.append(self._predict(output, mask_features, class_embeddings, cross_ranges, i + 1))
+
+        results = [
+            self._organize(p, cross_ranges, prompts, grounding_tokens is not None) for p in predictions
+        ]
+        if task == "spatial":
+            return {"prev_mask": self._best_spatial_masks(results[-1], prompts.num_prompts)}
+        final = results[-1]
+        final["aux_outputs"] = results[:-1]
+        return final
+
+    # ------------------------------------------------------------------ forward steps
+
+    def _check_inputs(
+        self, multi_scale_features: list[Tensor], spatial: dict[str, Any] | None, task: str
+    ) -> None:
         config = self.config
         if task not in TASKS:
             raise ValueError(f"SEEMDecoder.forward: task must be one of {TASKS}, got {task!r}.")
@@ -269,104 +216,102 @@ class SEEMDecoder(nn.Module):
                 f"got {len(multi_scale_features)}."
             )
         self._check_adapters()
-        batch = mask_features.shape[0]
-        device = mask_features.device
-        src, pos, sizes = self._prepare_features(multi_scale_features)
 
-        outputs: dict[str, Tensor] = {}
-        positions: dict[str, Tensor] = {}
-        padding: dict[str, Tensor] = {}
-        groups: dict[str, Tensor] = {}
-        outputs["queries_object"] = self.query_feat.weight[:, None].repeat(1, batch, 1)
-        positions["queries_object"] = self.query_embed.weight[:, None].repeat(1, batch, 1)
+    def _add_spatial_queries(self, seq: _Sequences, prompts: Any, batch: int, device: torch.device) -> None:
+        """``query_number`` randomly picked object queries per visual prompt, and the memories after round one."""
+        config = self.config
+        count = config.query_number * prompts.num_prompts
+        picked = torch.randint(
+            0,
+            config.num_queries,
+            (count,),
+            generator=prompts.generator,
+            device=_generator_device(prompts.generator, device),
+        ).to(device)
+        seq.outputs["queries_spatial"] = seq.outputs["queries_object"][picked].clone()
+        seq.positions["queries_spatial"] = seq.positions["queries_object"][picked].clone()
+        seq.groups["queries_spatial"] = torch.arange(prompts.num_prompts, device=device).repeat_interleave(
+            config.query_number
+        )
+        if prompts.prev_mask is not None:
+            seq.outputs["memories_spatial"] = self.spatial_featured.weight[:, None].repeat(1, batch, 1)
+            seq.positions["memories_spatial"] = self.spatial_embed.weight[:, None].repeat(1, batch, 1)
 
-        prompts = None
-        if spatial is not None:
-            prompts = self._prepare_spatial(spatial, src, sizes, mask_features)
-            count = config.query_number * prompts.num_prompts
-            picked = torch.randint(
-                0,
-                config.num_queries,
-                (count,),
-                generator=prompts.generator,
-                device=_generator_device(prompts.generator, device),
-            ).to(device)
-            outputs["queries_spatial"] = outputs["queries_object"][picked].clone()
-            positions["queries_spatial"] = positions["queries_object"][picked].clone()
-            groups["queries_spatial"] = torch.arange(prompts.num_prompts, device=device).repeat_interleave(
-                config.query_number
+    def _add_grounding_tokens(
+        self,
+        seq: _Sequences,
+        grounding_tokens: Tensor,
+        grounding_padding_mask: Tensor | None,
+        batch: int,
+        device: torch.device,
+    ) -> None:
+        """Grounding queries (copies of the object queries) and the text tokens they attend to."""
+        hidden = self.config.hidden_dim
+        if grounding_tokens.dim() != 3 or grounding_tokens.shape[1:] != (batch, hidden):
+            raise ValueError(
+                f"SEEMDecoder.forward: grounding_tokens must be [T, {batch}, {hidden}] (seq-first), "
+                f"got {tuple(grounding_tokens.shape)}."
             )
-            if prompts.prev_mask is not None:
-                outputs["memories_spatial"] = self.spatial_featured.weight[:, None].repeat(1, batch, 1)
-                positions["memories_spatial"] = self.spatial_embed.weight[:, None].repeat(1, batch, 1)
-
-        if grounding_tokens is not None:
-            if grounding_tokens.dim() != 3 or grounding_tokens.shape[1:] != (batch, config.hidden_dim):
-                raise ValueError(
-                    f"SEEMDecoder.forward: grounding_tokens must be [T, {batch}, {config.hidden_dim}] (seq-first), "
-                    f"got {tuple(grounding_tokens.shape)}."
-                )
-            outputs["queries_grounding"] = outputs["queries_object"].clone()
-            positions["queries_grounding"] = positions["queries_object"].clone()
-            outputs["tokens_grounding"] = grounding_tokens
-            positions["tokens_grounding"] = grounding_tokens.detach().clone()
-            if grounding_padding_mask is None:
-                grounding_padding_mask = torch.zeros(
-                    batch, grounding_tokens.shape[0], dtype=torch.bool, device=device
-                )
-            padding["tokens_grounding"] = grounding_padding_mask.to(device=device, dtype=torch.bool)
-
-        predictions = []
-        cross_ranges = self.layout.ranges(_lengths(outputs), "cross")
-        output, query_pos = _gather(outputs, positions, cross_ranges)
-        predictions.append(self._predict(output, mask_features, class_embeddings, cross_ranges, 0))
-
-        for i in range(config.num_transformer_layers):
-            level = i % config.num_feature_levels
-            # Prediction i (on the current queries) masks layer i, at the resolution of its feature level.
-            attn_mask = mask_from_logits(predictions[-1]["masks"], sizes[level], self.num_heads)
-            if "memories_spatial" in cross_ranges:
-                attn_mask, groups["memories_spatial"] = self._memory_mask(
-                    attn_mask, cross_ranges["memories_spatial"], prompts, sizes[level]
-                )
-            attn_mask = unblock_full_rows(attn_mask)
-            output = self.transformer_cross_attention_layers[i](
-                output, src[level], attn_mask, pos[level], query_pos
+        seq.outputs["queries_grounding"] = seq.outputs["queries_object"].clone()
+        seq.positions["queries_grounding"] = seq.positions["queries_object"].clone()
+        seq.outputs["tokens_grounding"] = grounding_tokens
+        seq.positions["tokens_grounding"] = grounding_tokens.detach().clone()
+        if grounding_padding_mask is None:
+            grounding_padding_mask = torch.zeros(
+                batch, grounding_tokens.shape[0], dtype=torch.bool, device=device
             )
-            if self.cross_attention_adapters is not None:
-                output = output + self.cross_attention_adapters[i](output)
-            _scatter(output, outputs, cross_ranges)
+        seq.padding["tokens_grounding"] = grounding_padding_mask.to(device=device, dtype=torch.bool)
 
-            if prompts is not None:  # point tokens are re-sampled from this layer's level, not carried over
-                outputs["tokens_spatial"] = prompts.tokens[level]
-                positions["tokens_spatial"] = prompts.tokens[level].detach().clone()
-                padding["tokens_spatial"] = prompts.token_padding[level]
-                groups["tokens_spatial"] = prompts.token_groups[level]
-            lengths = _lengths(outputs)
-            self_ranges = self.layout.ranges(lengths, "self")
-            output, query_pos = _gather(outputs, positions, self_ranges)
-            self_mask = self.layout.self_attention_mask(
-                lengths, batch, self.num_heads, padding=padding, groups=groups, device=device
+    def _cross_attend(
+        self,
+        i: int,
+        output: Tensor,
+        query_pos: Tensor,
+        prev_masks: Tensor,
+        features: tuple[list[Tensor], list[Tensor], list[tuple[int, int]]],
+        cross_ranges: dict[str, slice],
+        seq: _Sequences,
+        prompts: Any,
+    ) -> Tensor:
+        """Cross-attention layer ``i`` (+ its adapter), masked by the previous prediction at its feature level."""
+        src, pos, sizes = features
+        level = i % self.config.num_feature_levels
+        # Prediction i (on the current queries) masks layer i, at the resolution of its feature level.
+        attn_mask = mask_from_logits(prev_masks, sizes[level], self.num_heads)
+        if "memories_spatial" in cross_ranges:
+            attn_mask, seq.groups["memories_spatial"] = self._memory_mask(
+                attn_mask, cross_ranges["memories_spatial"], prompts, sizes[level]
             )
-            output = self.transformer_self_attention_layers[i](output, self_mask, query_pos)
-            if self.self_attention_adapters is not None:
-                output = output + self.self_attention_adapters[i](output)
-            output = self.transformer_ffn_layers[i](output)
-            if self.ffn_adapters is not None:
-                output = output + self.ffn_adapters[i](output)
-            _scatter(output, outputs, self_ranges)
+        attn_mask = unblock_full_rows(attn_mask)
+        output = self.transformer_cross_attention_layers[i](
+            output, src[level], attn_mask, pos[level], query_pos
+        )
+        if self.cross_attention_adapters is not None:
+            output = output + self.cross_attention_adapters[i](output)
+        return output
 
-            output, query_pos = _gather(outputs, positions, cross_ranges)
-            predictions.append(self._predict(output, mask_features, class_embeddings, cross_ranges, i + 1))
-
-        results = [
-            self._organize(p, cross_ranges, prompts, grounding_tokens is not None) for p in predictions
-        ]
-        if task == "spatial":
-            return {"prev_mask": self._best_spatial_masks(results[-1], prompts.num_prompts)}
-        final = results[-1]
-        final["aux_outputs"] = results[:-1]
-        return final
+    def _self_attend(
+        self, i: int, level: int, seq: _Sequences, prompts: Any, batch: int, device: torch.device
+    ) -> None:
+        """Self-attention and FFN layer ``i`` (+ adapters) over every sequence, written back into ``seq``."""
+        if prompts is not None:  # point tokens are re-sampled from this layer's level, not carried over
+            seq.outputs["tokens_spatial"] = prompts.tokens[level]
+            seq.positions["tokens_spatial"] = prompts.tokens[level].detach().clone()
+            seq.padding["tokens_spatial"] = prompts.token_padding[level]
+            seq.groups["tokens_spatial"] = prompts.token_groups[level]
+        lengths = _lengths(seq.outputs)
+        self_ranges = self.layout.ranges(lengths, "self")
+        output, query_pos = _gather(seq.outputs, seq.positions, self_ranges)
+        self_mask = self.layout.self_attention_mask(
+            lengths, batch, self.num_heads, padding=seq.padding, groups=seq.groups, device=device
+        )
+        output = self.transformer_self_attention_layers[i](output, self_mask, query_pos)
+        if self.self_attention_adapters is not None:
+            output = output + self.self_attention_adapters[i](output)
+        output = self.transformer_ffn_layers[i](output)
+        if self.ffn_adapters is not None:
+            output = output + self.ffn_adapters[i](output)
+        _scatter(output, seq.outputs, self_ranges)
 
     # ------------------------------------------------------------------ pieces
 

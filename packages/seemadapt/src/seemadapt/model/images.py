@@ -1,6 +1,6 @@
 """Image input for SEEM: accept the usual image types, normalise, pad to a common size and remember the sizes.
 
-This replaces detectron2's ``ImageList.from_tensors`` (spec 1.1) so the model itself needs no detectron2: images are
+This replaces detectron2's ``ImageList.from_tensors`` so the model itself needs no detectron2: images are
 normalised with the ImageNet statistics in 0..255 RGB, padded right/bottom to the batch's largest height and width
 rounded **up** to a multiple of the size divisibility, with 0 *after* normalisation (the mean colour), and every
 image keeps its unpadded size so predictions can be cropped back and resized to the size the caller gave.

@@ -1,6 +1,6 @@
-"""Interactive segmentation with SEEM: prompt rounds with memories, simulated corrective clicks, spatial training.
+"""Interactive segmentation with SEEM: prompt rounds with memories and simulated corrective clicks.
 
-SEEM refines a visual prompt over rounds (spec 5.8): each round the decoder sees the prompt masks (positive and
+SEEM refines a visual prompt over rounds: each round the decoder sees the prompt masks (positive and
 negative) and, from the second round on, the previous round's mask through 32 learned *memory* prompts that
 cross-attend inside it. A user (or a simulator) adds corrective clicks between rounds:
 
@@ -11,11 +11,11 @@ cross-attend inside it. A user (or a simulator) adds corrective clicks between r
 * :func:`decode_prompts`: runs the rounds on encoded image features and picks, for every prompt, the best of its
   ``query_number`` spatial queries (:func:`select_candidates`).
 * :func:`refine_with_clicks`: the NoC-style loop against a ground-truth mask (clicks, then IoU per click).
-* :func:`prepare_spatial_training`: SEEM's spatial training inputs: random shapes inside up to ``max_candidate``
-  instances (:mod:`seemadapt.data.visual_prompts`), then ``0..max_iter`` rounds without gradients that each add one
-  corrective click per prompt, so the trained forward sees clicks and memories as at inference.
 
-Composition with text. In SEEM v1 the text tokens only reach the grounding queries (spec 5.3), so running them in the
+Spatial *training* inputs (random shapes, then simulated click rounds) are built by
+:func:`seemadapt.train.spatial.prepare_spatial_training` from these pieces.
+
+Composition with text. In SEEM v1 the text tokens only reach the grounding queries, so running them in the
 same decoder call would not change any visual prompt's candidates. Text therefore composes where SEEM's two heads
 meet, in the joint visual-language space: each candidate of a prompt is scored by its visual-prompt affinity
 (``mask_emb . prompt_emb``, what SEEM ranks candidates by) *and* by the similarity of its caption embedding to the
@@ -39,7 +39,6 @@ from seemadapt.model.postprocess import grounding_logits, resize_mask_logits
 from seemadapt.model.prompts import PromptGeometry, VisualPrompts, encode_points
 
 if TYPE_CHECKING:
-    from seemadapt.data.visual_prompts import VisualPromptSampler
     from seemadapt.model.seem import SEEM
 
 #: SEEM stops adding clicks to a prompt once its IoU reaches this.
@@ -60,7 +59,6 @@ __all__ = [
     "mask_iou",
     "next_click",
     "number_of_clicks",
-    "prepare_spatial_training",
     "refine_with_clicks",
     "select_candidates",
 ]
@@ -400,13 +398,18 @@ def decode_prompts(
 # ---------------------------------------------------------------------------------------------------- evaluation
 
 
-def _unwrap(model: Any) -> SEEM:
-    """The :class:`SEEM` inside DDP / accelerate / compile wrappers."""
-    from seemadapt.model.seem import SEEM
+def unwrap_model(model: Any) -> SEEM:
+    """The :class:`SEEM` inside DDP / accelerate / compile wrappers.
 
+    A SEEM is recognised by what this module uses (``encode_image``, ``preprocess`` and the decoder), so this module
+    needs no import of :mod:`seemadapt.model.seem` (which imports it through the predictor).
+    """
     current = model
     for _ in range(8):
-        if isinstance(current, SEEM):
+        if isinstance(current, torch.nn.Module) and all(
+            hasattr(current, name)
+            for name in ("encode_image", "preprocess", "sem_seg_head", "language_encoder")
+        ):
             return current
         inner = getattr(current, "module", None) or getattr(current, "_orig_mod", None)
         if inner is None:
@@ -438,7 +441,7 @@ def refine_with_clicks(
     Returns ``{"ious": [IoU after click 1, 2, ...], "clicks": [Click, ...], "mask": bool [H, W] final prediction,
     "logits": [H, W] final logits}``; see :func:`number_of_clicks` for NoC@IoU.
     """
-    seem = _unwrap(model)
+    seem = unwrap_model(model)
     gt = _as_bool_array(gt_mask, "gt_mask")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}.")
@@ -492,114 +495,3 @@ def refine_with_clicks(
 
 
 # ---------------------------------------------------------------------------------------------------- training
-
-
-def _instance_masks(instances: Any) -> Tensor:
-    """``[N, H, W]`` bool masks from detectron2 ``Instances`` (``gt_masks``), a dict with ``gt_masks``, ``BitMasks``
-    or a tensor."""
-    masks = instances
-    if isinstance(masks, dict):
-        masks = masks["gt_masks"]
-    elif hasattr(masks, "has") and masks.has("gt_masks"):
-        masks = masks.gt_masks
-    masks = getattr(masks, "tensor", masks)
-    masks = torch.as_tensor(masks)
-    if masks.dim() != 3:
-        raise ValueError(f"instance masks must be [N, H, W], got shape {tuple(masks.shape)}.")
-    return masks.bool()
-
-
-def _pad_to(masks: Tensor, size: tuple[int, int]) -> Tensor:
-    height, width = masks.shape[-2:]
-    if height > size[0] or width > size[1]:
-        raise ValueError(f"masks of {height}x{width} do not fit the padded input {size[0]}x{size[1]}.")
-    return F.pad(masks, (0, size[1] - width, 0, size[0] - height))
-
-
-def prepare_spatial_training(
-    model: Any,
-    batch_images: ImageInput | Sequence[ImageInput] | ImageBatch,
-    instances: Sequence[Any],
-    *,
-    max_candidate: int = 10,
-    max_iter: int = 1,
-    generator: torch.Generator,
-    min_iter: int = 0,
-    sampler: VisualPromptSampler | None = None,
-    iou_threshold: float = IOU_THRESHOLD,
-) -> tuple[dict[str, Any], list[Tensor]]:
-    """SEEM's spatial training inputs for one batch (spec 1.3 steps 5 and 7).
-
-    1. Per image, draw a random Point/Polygon/Scribble/Circle inside each of up to ``max_candidate`` instances
-       (:class:`~seemadapt.data.visual_prompts.VisualPromptSampler`, seeded from ``generator``).
-    2. Draw ``r`` uniformly in ``min_iter..max_iter`` (once per batch; SEEM: ``0..max_iter``) and, without gradients, run ``r`` decoder rounds
-       (``task="spatial"``), each adding one corrective click per prompt (:func:`add_corrective_clicks`); from the
-       second round on the previous round's masks feed the memories.
-
-    Args:
-        model: the :class:`SEEM` being trained (DDP/accelerate wrappers are unwrapped; runs in its current mode).
-        batch_images: the images exactly as they are passed to ``forward_train``.
-        instances: per image detectron2 ``Instances`` with ``gt_masks`` (or ``[N, H, W]`` masks) at the image size.
-        generator: the only source of randomness (sampler seed, number of rounds, decoder sampling).
-        sampler: the shape sampler (default: SEEM's, with ``max_candidate``).
-
-    Returns ``(spatial, gt_spatial_masks)``: ``spatial`` for ``forward_train(..., spatial=spatial)`` (``pos_masks``,
-    ``neg_masks``, ``generator`` and, after at least one round, ``prev_mask``), and per image the targets
-    ``[c, Hp, Wp]`` (bool, padded like the images) to put into each criterion target as ``gt_spatial_masks``.
-    """
-    from seemadapt.data.visual_prompts import VisualPromptSampler, VisualSamplerConfig, as_numpy_rng
-
-    if not 0 <= min_iter <= max_iter:
-        raise ValueError(f"need 0 <= min_iter <= max_iter, got min_iter={min_iter}, max_iter={max_iter}.")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(
-            "prepare_spatial_training: generator must be a torch.Generator (seeded by the caller)."
-        )
-    seem = _unwrap(model)
-    batch = seem.preprocess(batch_images)
-    if len(instances) != len(batch):
-        raise ValueError(f"prepare_spatial_training: {len(instances)} instances for {len(batch)} images.")
-    sampler = sampler if sampler is not None else VisualPromptSampler(VisualSamplerConfig(max_candidate))
-    rng = as_numpy_rng(generator)
-    device, size = seem.device, batch.padded_size
-    gt_masks, positive = [], []
-    for b, record in enumerate(instances):
-        masks = _instance_masks(record)
-        height, width = batch.image_sizes[b]
-        if tuple(masks.shape[-2:]) != (height, width):
-            raise ValueError(
-                f"prepare_spatial_training: image {b} is {height}x{width} but its masks are "
-                f"{tuple(masks.shape[-2:])}."
-            )
-        sample = sampler(masks, rng)
-        gt_masks.append(_pad_to(sample.gt_masks, size).to(device))
-        positive.append(_pad_to(sample.rand_shape, size).to(device))
-    negative = [torch.zeros_like(p) for p in positive]
-    rounds = int(
-        torch.randint(min_iter, max_iter + 1, (1,), generator=generator, device=generator.device).item()
-    )
-    prev_mask = None
-    if rounds:
-        with torch.no_grad():
-            mask_features, multi_scale, _ = seem.encode_image(batch)
-            for _ in range(rounds):
-                spatial = {"pos_masks": positive, "neg_masks": negative, "generator": generator}
-                if prev_mask is not None:
-                    spatial["prev_mask"] = prev_mask
-                prev_mask = seem.decoder(multi_scale, mask_features, None, spatial=spatial, task="spatial")[
-                    "prev_mask"
-                ]
-                positive, negative, _ = add_corrective_clicks(
-                    prev_mask,
-                    gt_masks,
-                    positive,
-                    negative,
-                    image_sizes=batch.image_sizes,
-                    iou_threshold=iou_threshold,
-                )
-                positive = [p.to(device) for p in positive]
-                negative = [n.to(device) for n in negative]
-    spatial = {"pos_masks": positive, "neg_masks": negative, "generator": generator}
-    if prev_mask is not None:
-        spatial["prev_mask"] = prev_mask.detach()
-    return spatial, gt_masks

@@ -1,4 +1,4 @@
-"""From SEEM's raw outputs to semantic maps, panoptic segments, instances and grounded masks (spec 1.4).
+"""From SEEM's raw outputs to semantic maps, panoptic segments, instances and grounded masks.
 
 All functions work on one image, on any device, with plain tensors in and out. Mask logits are first brought to the
 caller's image size (:func:`resize_mask_logits`: bilinear to the padded input, crop, bicubic+antialias to the original
@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seemadapt.model.language import MAX_LOGIT_SCALE, NORM_EPS
+
 Size = tuple[int, int]
 
 OBJECT_MASK_THRESHOLD = 0.8
 OVERLAP_THRESHOLD = 0.8
 DETECTIONS_PER_IMAGE = 100
-MAX_LOGIT_SCALE = 100.0
-NORM_EPS = 1e-7
 
 
 def resize_mask_logits(mask_logits: Tensor, padded_size: Size, image_size: Size, output_size: Size) -> Tensor:
@@ -164,16 +164,23 @@ def instance_inference(
 
 
 def grounding_logits(captions: Tensor, text_embeddings: Tensor, logit_scale: Tensor | float) -> Tensor:
-    """Query-text similarity ``[Q, n]``: ``min(exp(logit_scale), 100) * cos(caption, text)`` (norms get ``+1e-7``)."""
+    """Query-text similarity ``[Q, n]``: ``min(exp(logit_scale), 100) * cos(caption, text)`` (norms get ``+1e-7``).
+
+    The one implementation for inference (:func:`match_grounding`, interactive candidates) and training (matcher and
+    criterion). Computed in float32; the text norms in the texts' own precision when it is higher. A tensor
+    ``logit_scale`` (the language encoder's raw log-scale parameter) keeps its autograd connection.
+    """
     scale = (
         torch.as_tensor(logit_scale, dtype=torch.float32, device=captions.device)
         .exp()
         .clamp(max=MAX_LOGIT_SCALE)
     )
     v = captions.float()
-    t = text_embeddings.float().to(v.device)
     v = v / (v.norm(dim=-1, keepdim=True) + NORM_EPS)
-    t = t / (t.norm(dim=-1, keepdim=True) + NORM_EPS)
+    text = text_embeddings.to(
+        device=v.device, dtype=torch.promote_types(text_embeddings.dtype, torch.float32)
+    )
+    t = text.float() / (text.norm(dim=-1, keepdim=True).float() + NORM_EPS)
     return scale * v @ t.t()
 
 

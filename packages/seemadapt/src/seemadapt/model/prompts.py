@@ -1,7 +1,7 @@
 """Visual prompts (points, boxes, scribbles, masks) as the boolean prompt masks SEEM's decoder takes.
 
-SEEM turns every visual prompt into a mask on the network's input canvas and samples the prompt's points from it
-(spec 5.8): the decoder reads coordinates normalised by the canvas size, so a prompt mask must be drawn on the
+SEEM turns every visual prompt into a mask on the network's input canvas and samples the prompt's points from it:
+the decoder reads coordinates normalised by the canvas size, so a prompt mask must be drawn on the
 **padded input** (``[Hp, Wp]``), with the image resized exactly as :meth:`SEEM.preprocess` resized it and the padding
 on the right and bottom left empty. :class:`PromptGeometry` holds that mapping; the ``encode_*`` functions draw
 prompts given in the caller's image coordinates onto the canvas.

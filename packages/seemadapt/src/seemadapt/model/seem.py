@@ -5,19 +5,19 @@ Module names equal the official checkpoint's (``backbone.*``, ``sem_seg_head.pix
 (:mod:`seemadapt.model.checkpoint`). Entry points:
 
 * :meth:`SEEM.from_config` / :meth:`SEEM.from_pretrained` / :meth:`SEEM.save_pretrained`;
-* :meth:`SEEM.predict` (semantic / panoptic / instance from class names) and :meth:`SEEM.ground` (masks for
-  referring sentences), both batched where SEEM allows it, on the model's device, under ``torch.inference_mode``;
+* :meth:`SEEM.predict` (semantic / panoptic / instance from class names), :meth:`SEEM.ground` (masks for
+  referring sentences) and :meth:`SEEM.segment` (visual prompts), on the model's device, under
+  ``torch.inference_mode``: they call :class:`~seemadapt.model.predictor.SEEMPredictor`;
+* :meth:`SEEM.summary` / :meth:`SEEM.parameter_counts`: :mod:`seemadapt.model.summary`;
 * :meth:`SEEM.forward_train` (= ``forward``, so DDP wraps it): the decoder outputs for the criterion, with a random
   prompt template per class and grounding texts encoded at token level.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -25,60 +25,22 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from seemadapt.model.backbone import FocalNet
+from seemadapt.model.checkpoint import load_pretrained, save_pretrained
 from seemadapt.model.config import SEEMConfig, get_config
 from seemadapt.model.decoder import SEEMDecoder
+from seemadapt.model.grounding import GroundingPrompts, encode_grounding, text_hash
 from seemadapt.model.images import ImageBatch, ImageInput, as_image_list, batch_images
 from seemadapt.model.language import LanguageEncoder
 from seemadapt.model.pixel_decoder import TransformerEncoderPixelDecoder
-from seemadapt.model.postprocess import (
-    DETECTIONS_PER_IMAGE,
-    instance_inference,
-    match_grounding,
-    panoptic_inference,
-    resize_mask_logits,
-    semantic_inference,
-)
+from seemadapt.model.postprocess import DETECTIONS_PER_IMAGE
+from seemadapt.model.predictor import TASKS, SEEMPredictor, Task
+from seemadapt.model.summary import adapter_state_keys, parameter_counts, summary_table
 from seemadapt.model.templates import Rng
 
 if TYPE_CHECKING:
     from seemadapt.model.checkpoint import LoadReport
 
-Task = Literal["semantic", "panoptic", "instance"]
-TASKS: tuple[str, ...] = ("semantic", "panoptic", "instance")
-
-INTERACTIVE_PREFIXES = tuple(
-    f"sem_seg_head.predictor.{name}."
-    for name in ("mask_sptial_embed", "spatial_embed", "spatial_featured", "pn_indicator")
-)
-DECODER_ADAPTER_HOOKS = (
-    "cross_attention_adapters",
-    "self_attention_adapters",
-    "ffn_adapters",
-    "mask_embed_adapters",
-)
-
-
-def text_hash(text: str) -> int:
-    """A stable 56-bit hash of a text (Python's ``hash`` is salted per process): equal texts, equal values."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=7).digest(), "big")
-
-
-@dataclass
-class GroundingPrompts:
-    """Grounding texts of a batch, encoded for the decoder and the criterion.
-
-    Attributes:
-        tokens: ``[T, B, D]`` seq-first valid token embeddings (SOT..EOT) of each image's *unique* texts,
-            concatenated, zero-padded to the longest image; ``None`` when no image has a text.
-        padding_mask: ``[B, T]``, True = padding.
-        class_embeddings: per image the EOT embedding ``[n, D]`` of every text (duplicates included), or ``None``.
-        hashes: per image :func:`text_hash` of every text.
-    """
-
-    tokens: Tensor | None
-    padding_mask: Tensor | None
-    class_embeddings: list[Tensor | None]
-    hashes: list[list[int]]
+__all__ = ["SEEM", "TASKS", "GroundingPrompts", "SEEMHead", "Task", "text_hash"]
 
 
 class SEEMHead(nn.Module):
@@ -172,8 +134,6 @@ class SEEM(nn.Module):
         See :func:`seemadapt.model.checkpoint.load_pretrained` for the resolution rules; the returned model is in
         eval mode and carries the :class:`~seemadapt.model.checkpoint.LoadReport` as ``model.load_report``.
         """
-        from seemadapt.model.checkpoint import load_pretrained
-
         return load_pretrained(
             cls,
             repo_or_path,
@@ -190,8 +150,6 @@ class SEEM(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> str:
         """Write ``model.safetensors`` and ``seemadapt_config.json`` into ``folder``; returns the folder."""
-        from seemadapt.model.checkpoint import save_pretrained
-
         return str(save_pretrained(self, folder))
 
     def load_adapters(
@@ -202,6 +160,8 @@ class SEEM(nn.Module):
         token: str | bool | None = None,
     ) -> SEEM:
         """Apply and load adapters written by :func:`seemadapt.hub.save_adapters` (a folder or a Hub repo)."""
+        # The one call from the model up to the adapter-file layer (seemadapt.hub imports the model): imported at call
+        # time so that the model layer never imports adapters or the Hub code; the work is seemadapt.load_adapters'.
         from seemadapt.hub import load_adapters
 
         return load_adapters(self, repo_or_folder, revision=revision, token=token)
@@ -236,7 +196,7 @@ class SEEM(nn.Module):
         short_edge: int | None = None,
         max_size: int | None = None,
     ) -> ImageBatch:
-        """Normalise and pad images (spec 1.1) into an :class:`ImageBatch` on the model's device and dtype.
+        """Normalise and pad images into an :class:`ImageBatch` on the model's device and dtype.
 
         ``images``: a ``uint8`` tensor ``[3, H, W]`` (or ``[B, 3, H, W]``), a numpy ``[H, W, 3]`` array, a PIL image,
         or a list of them (sizes may differ), with 0..255 RGB values. ``short_edge`` / ``max_size`` optionally resize
@@ -271,39 +231,9 @@ class SEEM(nn.Module):
         return self.language_encoder.class_embeddings(class_names, mode=mode, rng=rng)
 
     def encode_grounding(self, texts: Sequence[Sequence[str] | None]) -> GroundingPrompts:
-        """Encode each image's grounding texts (one per grounding mask, duplicates allowed; ``None``/empty = none).
-
-        Texts are deduplicated by :func:`text_hash` per image; the valid tokens (SOT..EOT) of the unique texts are
-        concatenated in first-occurrence order; the sequences are padded seq-first with zeros and a padding mask
-        (the official code pads with -1 and finds the padding again by value). Runs with autograd when the encoder
-        needs it (see :class:`LanguageEncoder`).
-        """
-        per_image = [list(t) if t else [] for t in texts]
-        unique = list(dict.fromkeys(text for image_texts in per_image for text in image_texts))
-        lang = self.language_encoder
-        hashes = [[text_hash(text) for text in image_texts] for image_texts in per_image]
-        if not unique:
-            return GroundingPrompts(None, None, [None] * len(per_image), hashes)
-        tokenized = lang.tokenize(unique)
-        encoding = lang(tokenized.input_ids, tokenized.attention_mask, normalize=False)
-        row = {text: index for index, text in enumerate(unique)}
-        lengths = encoding.attention_mask.sum(dim=1).tolist()
-        sequences, class_embs = [], []
-        for image_texts in per_image:
-            if not image_texts:
-                sequences.append(encoding.tokens.new_zeros(0, encoding.tokens.shape[-1]))
-                class_embs.append(None)
-                continue
-            indices = [row[text] for text in dict.fromkeys(image_texts)]
-            sequences.append(torch.cat([encoding.tokens[i, : int(lengths[i])] for i in indices]))
-            class_embs.append(encoding.sentence[[row[text] for text in image_texts]])
-        longest = max(len(s) for s in sequences)
-        tokens = encoding.tokens.new_zeros(longest, len(sequences), encoding.tokens.shape[-1])
-        padding = torch.ones(len(sequences), longest, dtype=torch.bool, device=tokens.device)
-        for b, sequence in enumerate(sequences):
-            tokens[: len(sequence), b] = sequence
-            padding[b, : len(sequence)] = False
-        return GroundingPrompts(tokens, padding, class_embs, hashes)
+        """Encode each image's grounding texts for the decoder and the criterion (see
+        :func:`seemadapt.model.grounding.encode_grounding`; hashes by :func:`text_hash`)."""
+        return encode_grounding(self.language_encoder, texts)
 
     # ------------------------------------------------------------------ training
 
@@ -315,7 +245,7 @@ class SEEM(nn.Module):
         rng: Rng = None,
         spatial: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Training forward (spec 1.3): decoder outputs plus what the criterion needs.
+        """Training forward: decoder outputs plus what the criterion needs.
 
         Args:
             images: a batch (anything :meth:`preprocess` takes, usually already augmented ``[3, H, W]`` tensors).
@@ -364,34 +294,7 @@ class SEEM(nn.Module):
             return len(images)
         return len(as_image_list(images)[0])
 
-    # ------------------------------------------------------------------ inference
-
-    @contextmanager
-    def _evaluating(self) -> Iterator[None]:
-        """Eval mode (no stochastic depth) for the duration, then the caller's mode again."""
-        was_training = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was_training)
-
-    @staticmethod
-    def _thing_ids(classes: Sequence[str], thing_classes: Sequence[str | int] | None) -> set[int] | None:
-        if thing_classes is None:
-            return None
-        index = {name: i for i, name in enumerate(classes)}
-        ids = set()
-        for item in thing_classes:
-            if isinstance(item, str):
-                if item not in index:
-                    raise ValueError(f"thing_classes: {item!r} is not one of the classes {list(classes)}.")
-                ids.add(index[item])
-            elif 0 <= int(item) < len(classes):
-                ids.add(int(item))
-            else:
-                raise ValueError(f"thing_classes: index {item} is outside 0..{len(classes) - 1}.")
-        return ids
+    # ------------------------------------------------------------------ inference (see seemadapt.model.predictor)
 
     def predict(
         self,
@@ -406,7 +309,7 @@ class SEEM(nn.Module):
         object_mask_threshold: float | None = None,
         overlap_threshold: float | None = None,
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        """Open-vocabulary segmentation of ``images`` into ``classes`` (spec 1.4), outputs at each image's own size.
+        """Open-vocabulary segmentation of ``images`` into ``classes``, outputs at each image's own size.
 
         Args:
             images: one image or a list (any sizes; see :meth:`preprocess`). A single image gives a single result.
@@ -425,47 +328,17 @@ class SEEM(nn.Module):
         Runs in eval mode (restoring the caller's mode afterwards) under ``torch.inference_mode``; tensors are
         returned on the model's device.
         """
-        if task not in TASKS:
-            raise ValueError(f"predict: task must be one of {TASKS}, got {task!r}.")
-        classes = [str(name) for name in classes]
-        if not classes:
-            raise ValueError("predict: classes must name at least one class.")
-        if len(set(classes)) != len(classes):
-            raise ValueError(f"predict: classes must be unique, got {classes}.")
-        thing_ids = self._thing_ids(classes, thing_classes)
-        decoder_config = self.config.decoder
-        object_threshold = (
-            decoder_config.object_mask_threshold if object_mask_threshold is None else object_mask_threshold
+        return SEEMPredictor(self).predict(
+            images,
+            classes,
+            task,
+            thing_classes,
+            short_edge=short_edge,
+            max_size=max_size,
+            top_k=top_k,
+            object_mask_threshold=object_mask_threshold,
+            overlap_threshold=overlap_threshold,
         )
-        overlap = decoder_config.overlap_threshold if overlap_threshold is None else overlap_threshold
-        image_list, single = as_image_list(images)
-        with self._evaluating():
-            # Text embeddings are made outside inference mode: they are cached and may later meet autograd.
-            class_embs = self.class_embeddings(classes, mode="eval")
-            with torch.inference_mode():
-                batch = self.preprocess(image_list, short_edge=short_edge, max_size=max_size)
-                mask_features, multi_scale, _ = self.encode_image(batch)
-                outputs = self.sem_seg_head.predictor(multi_scale, mask_features, class_embs, task="seg")
-                results = []
-                for b in range(len(batch)):
-                    masks = resize_mask_logits(
-                        outputs["pred_masks"][b],
-                        batch.padded_size,
-                        batch.image_sizes[b],
-                        batch.original_sizes[b],
-                    )
-                    logits = outputs["pred_logits"][b].float()
-                    if task == "semantic":
-                        sem_seg = semantic_inference(logits, masks)
-                        results.append({"sem_seg": sem_seg, "labels": sem_seg.argmax(dim=0)})
-                    elif task == "panoptic":
-                        panoptic_seg, segments = panoptic_inference(
-                            logits, masks, thing_ids, object_threshold, overlap
-                        )
-                        results.append({"panoptic_seg": panoptic_seg, "segments_info": segments})
-                    else:
-                        results.append(instance_inference(logits, masks, thing_ids, top_k))
-        return results[0] if single else results
 
     def ground(
         self,
@@ -476,7 +349,7 @@ class SEEM(nn.Module):
         max_size: int | None = None,
         threshold: float = 0.0,
     ) -> dict[str, Tensor]:
-        """Masks for referring ``sentences`` in one ``image`` (SEEM's text grounding, spec 1.4).
+        """Masks for referring ``sentences`` in one ``image`` (SEEM's text grounding).
 
         All sentences' valid tokens go into the decoder together; each sentence then takes the grounding query whose
         caption embedding is most similar to its sentence embedding.
@@ -484,36 +357,11 @@ class SEEM(nn.Module):
         Returns ``{"masks": bool [n, H, W] (logit > threshold), "mask_logits": [n, H, W], "scores": [n],
         "query_indices": [n]}`` at the image's size; ``scores`` is the softmax over queries at the chosen query.
         """
-        image_list, _ = as_image_list(image)
-        if len(image_list) != 1:
-            raise ValueError(f"ground: takes one image, got {len(image_list)}; call it once per image.")
-        sentences = [sentences] if isinstance(sentences, str) else [str(s) for s in sentences]
-        if not sentences:
-            raise ValueError("ground: needs at least one sentence.")
-        lang = self.language_encoder
-        with self._evaluating(), torch.inference_mode():
-            batch = self.preprocess(image_list, short_edge=short_edge, max_size=max_size)
-            mask_features, multi_scale, _ = self.encode_image(batch)
-            encoding = lang.encode(sentences, normalize=False, token_level=True)
-            tokens = encoding.tokens[encoding.attention_mask.bool()][:, None]  # [T, 1, D]
-            outputs = self.sem_seg_head.predictor(
-                multi_scale, mask_features, None, grounding_tokens=tokens, task="grounding_eval"
-            )
-            indices, scores = match_grounding(outputs["pred_gtexts"][0], encoding.sentence, lang.logit_scale)
-            logits = resize_mask_logits(
-                outputs["pred_gmasks"][0][indices],
-                batch.padded_size,
-                batch.image_sizes[0],
-                batch.original_sizes[0],
-            )
-        return {
-            "masks": logits > threshold,
-            "mask_logits": logits,
-            "scores": scores,
-            "query_indices": indices,
-        }
+        return SEEMPredictor(self).ground(
+            image, sentences, short_edge=short_edge, max_size=max_size, threshold=threshold
+        )
 
-    def segment(
+    def segment(  # noqa: PLR0913 (one argument per prompt kind and option, as SAM's predictor)
         self,
         image: ImageInput,
         points: Any = None,
@@ -560,198 +408,41 @@ class SEEM(nn.Module):
         [str] * n, "prompts": VisualPrompts | None}`` at the image's size; ``scores`` is the chosen candidate's
         probability among the object's candidates (text: the grounding score of :meth:`ground`).
         """
-        from seemadapt.model import interactive
-        from seemadapt.model.prompts import encode_prompts, logits_to_canvas
+        return SEEMPredictor(self).segment(
+            image,
+            points,
+            boxes,
+            scribbles,
+            mask,
+            text,
+            rounds=rounds,
+            prev_mask=prev_mask,
+            prev_prompts=prev_prompts,
+            generator=generator,
+            short_edge=short_edge,
+            max_size=max_size,
+            threshold=threshold,
+            point_size=point_size,
+            scribble_width=scribble_width,
+        )
 
-        image_list, _ = as_image_list(image)
-        if len(image_list) != 1:
-            raise ValueError(f"segment: takes one image, got {len(image_list)}; call it once per image.")
-        if rounds < 1:
-            raise ValueError(f"segment: rounds must be >= 1, got {rounds}.")
-        texts = None if text is None else ([text] if isinstance(text, str) else [str(t) for t in text])
-        if texts is not None and not texts:
-            raise ValueError("segment: text must name at least one sentence (or be None).")
-        visual = prev_prompts is not None or any(p is not None for p in (points, boxes, scribbles, mask))
-        if not visual:
-            if texts is None:
-                raise ValueError(
-                    "segment: give at least one prompt (points, boxes, scribbles, mask or text)."
-                )
-            if prev_mask is not None:
-                raise ValueError(
-                    "segment: prev_mask feeds the memories of visual prompts; give visual prompts."
-                )
-            grounded = self.ground(
-                image_list[0], texts, short_edge=short_edge, max_size=max_size, threshold=threshold
-            )
-            return {
-                "masks": grounded["masks"],
-                "scores": grounded["scores"],
-                "logits": grounded["mask_logits"],
-                "kinds": ["text"] * len(texts),
-                "prompts": None,
-            }
-        with self._evaluating(), torch.inference_mode():
-            encoded = interactive.encode_features(self, image_list, short_edge=short_edge, max_size=max_size)
-            geometry = encoded.geometry()
-            if prev_prompts is not None:
-                prompts = self._merge_clicks(
-                    prev_prompts, points, (boxes, scribbles, mask), geometry, point_size
-                )
-            else:
-                prompts = encode_prompts(
-                    geometry,
-                    points,
-                    boxes,
-                    scribbles,
-                    mask,
-                    point_size=point_size,
-                    scribble_width=scribble_width,
-                )
-            if len(prompts) == 0:
-                raise ValueError("segment: the visual prompts are empty.")
-            if texts is not None and len(texts) not in (1, len(prompts)):
-                raise ValueError(
-                    f"segment: {len(texts)} texts for {len(prompts)} visual prompts; give one text for all "
-                    "objects or one per object."
-                )
-            text_embeddings = None if texts is None else self.language_encoder.encode(texts, normalize=True)
-            memory = None
-            if prev_mask is not None:
-                if prev_mask.dim() != 3 or prev_mask.shape[0] != len(prompts):
-                    raise ValueError(
-                        f"segment: prev_mask must be [{len(prompts)}, H, W] logits (one per object, a previous "
-                        f"result's 'logits'), got {tuple(prev_mask.shape)}."
-                    )
-                memory = logits_to_canvas(prev_mask.to(self.device), geometry, encoded.decoder_size)[None]
-            decoded = interactive.decode_prompts(
-                self,
-                encoded,
-                prompts,
-                text_embeddings=text_embeddings,
-                prev_mask=memory,
-                rounds=rounds,
-                generator=generator,
-            )
-            logits = resize_mask_logits(
-                decoded.mask_logits,
-                encoded.batch.padded_size,
-                encoded.batch.image_sizes[0],
-                encoded.batch.original_sizes[0],
-            )
-        return {
-            "masks": logits > threshold,
-            "scores": decoded.scores,
-            "logits": logits,
-            "kinds": list(prompts.kinds),
-            "prompts": prompts,
-        }
-
-    @staticmethod
-    def _merge_clicks(
-        prev_prompts: Any, points: Any, others: tuple[Any, ...], geometry: Any, point_size: int
-    ) -> Any:
-        """``prev_prompts`` plus new corrective clicks, one point group per previous object (for :meth:`segment`)."""
-        from seemadapt.model.prompts import VisualPrompts, encode_points, group_points
-
-        if not isinstance(prev_prompts, VisualPrompts):
-            raise TypeError("segment: prev_prompts must be a previous result's 'prompts' (VisualPrompts).")
-        if any(other is not None for other in others):
-            raise ValueError(
-                "segment: with prev_prompts only corrective points may be added (no boxes/scribbles/mask)."
-            )
-        if prev_prompts.geometry is not None and prev_prompts.geometry != geometry:
-            raise ValueError(
-                f"segment: prev_prompts were drawn for {prev_prompts.geometry}, this call has {geometry}; use the "
-                "same image and short_edge/max_size."
-            )
-        if points is None:
-            return prev_prompts
-        groups = group_points(points)
-        if len(groups) == 1 and len(prev_prompts) > 1:
-            raise ValueError(
-                f"segment: {len(prev_prompts)} objects in prev_prompts; give one point group per object "
-                "(points=[[clicks of object 0], [clicks of object 1], ...], [] for none)."
-            )
-        if len(groups) != len(prev_prompts):
-            raise ValueError(
-                f"segment: {len(groups)} point groups for {len(prev_prompts)} objects in prev_prompts; give one "
-                "group per object ([] for none)."
-            )
-        clicks = encode_points(groups, geometry, point_size, require_positive=False)
-        return prev_prompts.merged(clicks)
-
-    # ------------------------------------------------------------------ bookkeeping
+    # ------------------------------------------------------------------ bookkeeping (see seemadapt.model.summary)
 
     def adapter_state_keys(self) -> set[str]:
         """State-dict keys that belong to adapters (not in official checkpoints): modules of type
-        :class:`~seemadapt.adapters.modules.AdapterModule`, the backbone blocks' ``adapter`` hook, the decoder's
+        :class:`~seemadapt.model.adapter_hooks.AdapterModule`, the backbone blocks' ``adapter`` hook, the decoder's
         adapter hook lists, and LoRA weights."""
-        from seemadapt.adapters.modules import AdapterModule
-
-        prefixes = tuple(
-            f"{name}." for name, module in self.named_modules() if isinstance(module, AdapterModule)
-        )
-        keys = set()
-        for key in self.state_dict(keep_vars=True):
-            parts = key.split(".")
-            if (
-                key.startswith(prefixes)
-                or "lora_" in key
-                or (parts[0] == "backbone" and "adapter" in parts)
-                or (key.startswith("sem_seg_head.predictor.") and parts[2] in DECODER_ADAPTER_HOOKS)
-            ):
-                keys.add(key)
-        return keys
+        return adapter_state_keys(self)
 
     def parameter_counts(self, trainable_only: bool = False) -> dict[str, int]:
         """Parameters per part: ``backbone``, ``pixel_decoder``, ``language_encoder``, ``decoder`` (language encoder
         excluded; includes ``interactive``), ``interactive``, ``adapters``, ``other``, ``total``, ``trainable``,
         ``frozen``. With ``trainable_only`` the parts count only parameters with ``requires_grad``."""
-        adapters = self.adapter_state_keys()
-        names = (
-            "backbone",
-            "pixel_decoder",
-            "language_encoder",
-            "decoder",
-            "interactive",
-            "adapters",
-            "other",
-        )
-        counts = dict.fromkeys((*names, "total", "trainable", "frozen"), 0)
-        for name, parameter in self.named_parameters():
-            size = parameter.numel()
-            counts["trainable" if parameter.requires_grad else "frozen"] += size
-            if trainable_only and not parameter.requires_grad:
-                continue
-            part = "adapters" if name in adapters else _part_of(name)
-            if part == "interactive":
-                counts["interactive"] += size
-                part = "decoder"
-            counts[part] += size
-            counts["total"] += size
-        return counts
+        return parameter_counts(self, trainable_only)
 
     def summary(self) -> str:
         """A table of parameter counts per part, with the trainable share of each."""
-        counts = self.parameter_counts()
-        trainable = self.parameter_counts(trainable_only=True)
-        rows = [
-            ("backbone", "backbone"),
-            ("pixel decoder", "pixel_decoder"),
-            ("language encoder", "language_encoder"),
-            ("decoder", "decoder"),
-            ("  of which interactive-only", "interactive"),
-            ("adapters", "adapters"),
-        ]
-        if counts["other"]:
-            rows.append(("other", "other"))
-        rows.append(("total", "total"))
-        width = max(len(label) for label, _ in rows)
-        lines = [f"SEEM v1 ({self.config.name})", f"{'part':<{width}}  {'parameters':>13}  {'trainable':>13}"]
-        lines += [f"{label:<{width}}  {counts[key]:>13,}  {trainable[key]:>13,}" for label, key in rows]
-        lines.append(f"{'frozen':<{width}}  {counts['frozen']:>13,}")
-        return "\n".join(lines)
+        return summary_table(self)
 
     def print_summary(self) -> None:
         print(self.summary())
@@ -769,17 +460,3 @@ class _SkipMetaInit(TorchFunctionMode):
         if is_init and isinstance(target, Tensor) and target.is_meta:
             return target
         return func(*args, **kwargs)
-
-
-def _part_of(name: str) -> str:
-    if name.startswith("backbone."):
-        return "backbone"
-    if name.startswith("sem_seg_head.pixel_decoder."):
-        return "pixel_decoder"
-    if name.startswith("sem_seg_head.predictor.lang_encoder."):
-        return "language_encoder"
-    if name.startswith(INTERACTIVE_PREFIXES):
-        return "interactive"
-    if name.startswith("sem_seg_head.predictor."):
-        return "decoder"
-    return "other"

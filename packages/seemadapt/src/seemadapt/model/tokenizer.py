@@ -62,6 +62,7 @@ class SEEMTokenizer:
     @classmethod
     def from_bpe_file(cls, path: str | os.PathLike | None = None, context_length: int = 77) -> SEEMTokenizer:
         """The offline tokenizer built from a CLIP BPE file (default: the one inside open-clip-torch)."""
+        # transformers takes seconds to import and only building a tokenizer needs it
         from transformers import CLIPTokenizer
 
         vocab, merges = load_clip_bpe(None if path is None else str(path))
@@ -76,6 +77,7 @@ class SEEMTokenizer:
         ``None``, the offline BPE tokenizer. ``kwargs`` go to ``AutoTokenizer.from_pretrained``."""
         if name_or_path is None:
             return cls.from_bpe_file(context_length=context_length)
+        # transformers takes seconds to import and only building a tokenizer needs it
         from transformers import AutoTokenizer
 
         backend = AutoTokenizer.from_pretrained(name_or_path, model_max_length=context_length, **kwargs)

@@ -1,6 +1,6 @@
 """``TrainConfig``: every knob of a fine-tuning run, validated up front.
 
-Defaults follow the SEEM v1 recipe as the thesis ran it (``shared/research/seem_spec.md`` 8.4): AdamW, lr 1e-4,
+Defaults follow the SEEM v1 recipe as the thesis ran it: AdamW, lr 1e-4,
 weight decay 0.05 (none on norms, embeddings and biases), gradient-norm clip 5.0, 256 px LSJ crops, batch 4,
 30 epochs. Two deliberate departures: every parameter group gets the same learning rate unless
 ``lr_multipliers`` says otherwise (the fork's 0.1 on the backbone would have starved the backbone adapters), and the
@@ -19,6 +19,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+import yaml
+
+from seemadapt.adapters import GROUPS
 from seemadapt.train.criterion import CriterionConfig
 
 __all__ = ["SCHEDULES", "TRACKERS", "TrainConfig"]
@@ -70,7 +74,7 @@ class TrainConfig:
             epoch, 0 = only at the end. The run always evaluates (when eval data is given) and saves at the end.
         save_total_limit: checkpoints kept (the newest ones); the best adapters are kept apart.
         best_metric: evaluation key that picks the best checkpoint (higher is better), e.g. ``"miou"``.
-        eval_batch_size, eval_tasks, eval_image_size: passed to :func:`seemadapt.evaluate.evaluate`
+        eval_batch_size, eval_tasks, eval_image_size: passed to :func:`seemadapt.evaluation.evaluate`
             (``eval_image_size``: shortest edge the images are resized to inside the model; ``None`` = own size).
         tracker: ``"tensorboard"`` (default), ``"wandb"`` or ``None``; project_name: the tracker's run name.
         resume_from: ``"latest"`` (newest complete checkpoint in ``output_dir``, or a fresh start if none) or a
@@ -148,14 +152,17 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}.")
         _positive("eps", self.eps)
-        from seemadapt.adapters import GROUPS
-
         for group, factor in self.lr_multipliers.items():
             if group not in GROUPS:
                 raise ValueError(
                     f"TrainConfig.lr_multipliers: unknown group {group!r}; groups are {list(GROUPS)}."
                 )
             _at_least(f"lr_multipliers[{group!r}]", factor, 0.0)
+        self._validate_schedule()
+        self._validate_data()
+        self._validate_run()
+
+    def _validate_schedule(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
         if self.schedule == "multistep":
@@ -181,6 +188,8 @@ class TrainConfig:
                 f"TrainConfig.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}."
             )
         _int_at_least("seed", self.seed, 0)
+
+    def _validate_data(self) -> None:
         _int_at_least("image_size", self.image_size, 32)
         if not 0.0 < self.min_scale <= self.max_scale:
             raise ValueError(
@@ -194,6 +203,8 @@ class TrainConfig:
         _int_at_least("spatial_max_candidate", self.spatial_max_candidate, 1)
         _int_at_least("spatial_max_iter", self.spatial_max_iter, 0)
         _int_at_least("num_workers", self.num_workers, 0)
+
+    def _validate_run(self) -> None:
         _int_at_least("log_every", self.log_every, 1)
         for name in ("eval_every", "save_every"):
             value = getattr(self, name)
@@ -227,8 +238,6 @@ class TrainConfig:
         or a CPU with AMX / AVX512-BF16 through oneDNN), else ``"no"`` (older CPUs and GPUs)."""
         if self.mixed_precision != "auto":
             return self.mixed_precision
-        import torch
-
         if torch.cuda.is_available():
             return "bf16" if torch.cuda.is_bf16_supported() else "no"
         return "bf16" if _cpu_has_native_bf16() else "no"
@@ -267,8 +276,6 @@ class TrainConfig:
         path = Path(path)
         text = path.read_text()
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
             data = yaml.safe_load(text) or {}
         else:
             data = json.loads(text)
@@ -328,8 +335,6 @@ def _at_least(name: str, value: Any, low: float) -> None:
 
 def _cpu_has_native_bf16() -> bool:
     """True on CPUs whose oneDNN kernels run bf16 natively (AMX or AVX512-BF16): there bf16 autocast is faster."""
-    import torch
-
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

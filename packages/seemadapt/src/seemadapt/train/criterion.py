@@ -37,7 +37,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seemadapt.train.matcher import HungarianMatcher, Indices, SEEMTarget, grounding_logits, has_grounding
+from seemadapt.model.postprocess import grounding_logits
+from seemadapt.train.matcher import HungarianMatcher, Indices, SEEMTarget, has_grounding
 from seemadapt.train.points import importance_points, point_sample
 
 __all__ = ["CriterionConfig", "SEEMCriterion", "SEEMTarget", "dice_loss", "grounding_ce", "sigmoid_bce_loss"]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from seemadapt.model.postprocess import grounding_logits
 from seemadapt.train.points import point_sample, random_points
 
 MatchMode = Literal["object", "grounding", "spatial"]
@@ -69,19 +70,6 @@ def pairwise_dice(logits: Tensor, targets: Tensor) -> Tensor:
     numerator = 2 * probs @ targets.t()
     denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
     return 1 - (numerator + 1) / (denominator + 1)
-
-
-def grounding_logits(pred_gtexts: Tensor, class_embs: Tensor, logit_scale: Tensor | float) -> Tensor:
-    """Query-text similarity ``[Q, n]``: ``exp(logit_scale).clamp(max=100) * cos`` (norms get ``+1e-7``).
-
-    ``logit_scale`` is the language encoder's raw (log) parameter; a tensor keeps its autograd connection.
-    """
-    scale = (
-        torch.as_tensor(logit_scale, dtype=pred_gtexts.dtype, device=pred_gtexts.device).exp().clamp(max=100)
-    )
-    v = pred_gtexts / (pred_gtexts.norm(dim=-1, keepdim=True) + 1e-7)
-    t = class_embs.to(pred_gtexts) / (class_embs.norm(dim=-1, keepdim=True).to(pred_gtexts) + 1e-7)
-    return scale * v @ t.t()
 
 
 def has_grounding(target: Mapping[str, Any]) -> bool:

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from torch import nn
+from torch import nn
 
-    from seemadapt.adapters import AdapterPlacement, AdapterReport
-    from seemadapt.model.seem import SEEM
-    from seemadapt.train.config import TrainConfig
+from seemadapt import hub
+from seemadapt.adapters import AdapterPlacement, AdapterReport
+from seemadapt.metrics import PanopticResults, SemanticResults
+from seemadapt.model.seem import SEEM
+from seemadapt.plots import plot_loss_curve, plot_per_class
+from seemadapt.train.config import TrainConfig
 
 __all__ = ["Run", "save_adapter_folder"]
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def _has_hub() -> bool:
-    return importlib.util.find_spec("seemadapt.hub") is not None
 
 
 def save_adapter_folder(
@@ -38,43 +32,20 @@ def save_adapter_folder(
     config: dict[str, Any] | None = None,
     datasets: list[Any] | tuple[Any, ...] = (),
 ) -> Path:
-    """Write the adapter weights and what is needed to rebuild the model into ``folder``.
-
-    Uses :func:`seemadapt.hub.save_adapters` (weights, placement, model card); without that module, a minimal
-    folder: ``adapter_model.safetensors`` (:func:`~seemadapt.adapters.adapter_state_dict`) and
-    ``adapter_config.json`` (placement, base model, classes, metrics).
-    """
+    """Write the adapter weights and what is needed to rebuild the model into ``folder`` with
+    :func:`seemadapt.hub.save_adapters` (weights, placement, model card)."""
     folder = Path(folder)
-    if _has_hub():
-        from seemadapt.hub import save_adapters
-
-        result = save_adapters(
-            model,
-            folder,
-            placement=placement,
-            base_model=base_model,
-            classes=classes,
-            metrics=metrics,
-            config=config,
-            datasets=list(datasets),
-        )
-        return Path(result) if result is not None else folder
-    from safetensors.torch import save_file
-
-    from seemadapt.adapters import adapter_state_dict
-
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous().clone() for k, v in adapter_state_dict(model).items()}
-    save_file(weights, str(folder / ADAPTER_WEIGHTS))
-    payload = {
-        "placement": placement.to_dict(),
-        "base_model": base_model,
-        "classes": list(classes),
-        "metrics": _json_safe(metrics or {}),
-        "config": config or {},
-    }
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(payload, indent=2))
-    return folder
+    result = hub.save_adapters(
+        model,
+        folder,
+        placement=placement,
+        base_model=base_model,
+        classes=classes,
+        metrics=metrics,
+        config=config,
+        datasets=list(datasets),
+    )
+    return Path(result) if result is not None else folder
 
 
 def _json_safe(value: Any) -> Any:
@@ -141,13 +112,9 @@ class Run:
 
     def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None) -> Any:
         """Save to a temporary folder and upload it with :func:`seemadapt.hub.push_adapters`; returns its result."""
-        if not _has_hub():
-            raise ImportError("Run.push_to_hub needs seemadapt.hub, which this installation lacks.")
-        from seemadapt.hub import push_adapters
-
         with tempfile.TemporaryDirectory(prefix="seemadapt-push-") as tmp:
             folder = self.save(Path(tmp) / "adapters")
-            return push_adapters(folder, repo_id, private=private, token=token)
+            return hub.push_adapters(folder, repo_id, private=private, token=token)
 
     # ------------------------------------------------------------------ reports
 
@@ -162,8 +129,6 @@ class Run:
 
     def write_report(self) -> Path:
         """Write ``results.md``, ``metrics.json``, ``history.json`` and the plots into :attr:`report_dir`."""
-        from seemadapt.plots import plot_loss_curve, plot_per_class
-
         folder = Path(self.report_dir)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "history.json").write_text(
@@ -210,8 +175,6 @@ def _per_class_results(result: Any) -> Any:
     """The semantic (else panoptic) results object inside an evaluation result, if any."""
     if result is None:
         return None
-    from seemadapt.metrics import PanopticResults, SemanticResults
-
     kinds = (SemanticResults, PanopticResults)
     if isinstance(result, kinds):
         return result

@@ -29,9 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
 
+from seemadapt.data.sources import load_source
+from seemadapt.hub import load_model
 from seemadapt.metrics import (
     GroundingMetrics,
     GroundingResults,
@@ -42,6 +47,10 @@ from seemadapt.metrics import (
     format_table,
     to_json,
 )
+from seemadapt.metrics.distributed import sum_across_processes
+from seemadapt.plots import plot_per_class
+from seemadapt.visualize import draw_panoptic, draw_semantic
+from segcontract import COLUMNS, class_names_of, decode_row, iter_raw_rows, read_categories
 
 __all__ = ["TASKS", "EvalExample", "EvalResult", "evaluate", "image_size_kwargs"]
 
@@ -175,8 +184,6 @@ class EvalResult:
     def save(self, folder: str | Path, *, overlays: bool = True) -> Path:
         """Write ``results.json``, ``results.md``, per-class bar plots and (with ``overlays``) a few prediction
         overlays under ``overlays/`` into ``folder``; returns the folder."""
-        from seemadapt.plots import plot_per_class
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "results.json").write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
@@ -191,8 +198,6 @@ class EvalResult:
         return folder
 
     def _save_overlays(self, folder: Path) -> None:
-        from seemadapt.visualize import draw_panoptic, draw_semantic
-
         folder.mkdir(parents=True, exist_ok=True)
         for example in self.examples:
             stem = Path(example.file_name).stem or "image"
@@ -286,8 +291,6 @@ def _unwrap(model: Any) -> Any:
 
 
 def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -323,8 +326,6 @@ class _Row:
 def _decode(
     index: int, raw: Mapping[str, Any], categories: Sequence[Any], lookup: np.ndarray, with_grounding: bool
 ) -> _Row:
-    from segcontract import decode_row
-
     decoded = decode_row(index, raw, len(categories), name="evaluation dataset", categories=categories)
     image = np.asarray(decoded.image.convert("RGB"), dtype=np.uint8)
     table = np.full(256, IGNORE, dtype=np.int64)
@@ -348,10 +349,6 @@ def _decode(
 
 
 def _load_dataset(dataset: Any, split: str | None) -> Any:
-    import datasets
-
-    from seemadapt.data.sources import load_source
-
     if isinstance(dataset, datasets.Dataset):
         return dataset
     return load_source(dataset, split=split)
@@ -360,7 +357,7 @@ def _load_dataset(dataset: Any, split: str | None) -> Any:
 # ----------------------------------------------------------------------------------------------- entry point
 
 
-def evaluate(
+def evaluate(  # noqa: PLR0913 (the public signature: one keyword per option)
     model: Any,
     dataset: Any,
     *,
@@ -405,10 +402,103 @@ def evaluate(
     Returns:
         an :class:`EvalResult`; identical on every process when run distributed.
     """
-    from tqdm.auto import tqdm
+    tasks = _check_arguments(tasks, grounding, batch_size, max_images)
+    sizes = image_size_kwargs(image_size)
+    model = _prepare_model(model, grounding, device)
+    ds = _load_dataset(dataset, split)
+    if len(ds) == 0:
+        raise ValueError("evaluate: the dataset has no rows; give at least one annotated image.")
+    setup = _Setup.create(ds, classes, tasks, grounding, sizes)
+    rank, world = _rank_world() if distributed else (0, 1)
+    total = len(ds) if max_images is None else min(len(ds), max_images)
+    indices = list(range(rank, total, world))
+    start = time.perf_counter()
+    examples = _score_rows(model, setup, ds, indices, batch_size, num_examples, progress and rank == 0)
+    seconds = time.perf_counter() - start
 
-    from segcontract import COLUMNS, class_names_of, iter_raw_rows, read_categories
+    count = torch.tensor([float(len(indices))], dtype=torch.float64)
+    if world > 1:
+        count = sum_across_processes(count)
+    metrics = setup.metrics
+    result = EvalResult(
+        classes=tuple(setup.names),
+        semantic=_reduce(metrics.semantic, world),
+        panoptic=_reduce(metrics.panoptic, world),
+        grounding=_reduce(metrics.grounding, world),
+        num_images=int(count.item()),
+        seconds=seconds,
+        examples=examples,
+    )
+    logger.info("evaluated %d images in %.1f s: %s", result.num_images, seconds, _summary(result))
+    return result
 
+
+@dataclass
+class _Setup:
+    """What one evaluation scores: the prompted classes, the ground-truth lookup, predict options, accumulators."""
+
+    names: list[str]
+    thing_classes: list[str]
+    categories: list[Any]
+    lookup: np.ndarray
+    sizes: dict[str, int]
+    grounding: bool
+    metrics: _Metrics
+
+    @classmethod
+    def create(
+        cls,
+        ds: Any,
+        classes: Sequence[str] | Mapping[str, str] | None,
+        tasks: tuple[str, ...],
+        grounding: bool,
+        sizes: dict[str, int],
+    ) -> _Setup:
+        categories = read_categories(ds)
+        names, lookup = _class_lookup(class_names_of(ds), classes)
+        isthing = {int(lookup[c.id]): c.isthing for c in categories if lookup[c.id] >= 0}
+        thing_classes = [names[k] for k in range(len(names)) if isthing.get(k, False)]
+        metrics = _Metrics.create(names, isthing, tasks, grounding)
+        return cls(names, thing_classes, categories, lookup, sizes, grounding, metrics)
+
+
+def _score_rows(
+    model: Any,
+    setup: _Setup,
+    ds: Any,
+    indices: list[int],
+    batch_size: int,
+    num_examples: int,
+    progress: bool,
+) -> list[EvalExample]:
+    """Decode and score the rows ``indices`` of ``ds`` in batches; returns the examples kept for overlays."""
+    subset = ds.select(indices) if len(indices) != len(ds) else ds
+    examples: list[EvalExample] = []
+    bar = tqdm(total=len(indices), desc="evaluate", unit="img", disable=not progress)
+    batch: list[_Row] = []
+
+    def flush() -> None:
+        _score(
+            model, batch, setup.names, setup.thing_classes, setup.sizes, setup.metrics, examples, num_examples
+        )
+        bar.update(len(batch))
+        batch.clear()
+
+    try:
+        for position, raw in iter_raw_rows(subset, _columns(ds), batch_size=max(batch_size, 8)):
+            batch.append(_decode(indices[position], raw, setup.categories, setup.lookup, setup.grounding))
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+    finally:
+        bar.close()
+    return examples
+
+
+def _check_arguments(
+    tasks: Sequence[str] | str, grounding: bool, batch_size: Any, max_images: Any
+) -> tuple[str, ...]:
     tasks = _check_tasks(tasks)
     if not tasks and not grounding:
         raise ValueError("evaluate: nothing to do; give tasks=('semantic', 'panoptic') or grounding=True.")
@@ -416,10 +506,12 @@ def evaluate(
         raise ValueError(f"evaluate: batch_size must be a positive int, got {batch_size!r}.")
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"evaluate: max_images must be None or a positive int, got {max_images!r}.")
-    sizes = image_size_kwargs(image_size)
-    if isinstance(model, str):
-        from seemadapt.hub import load_model
+    return tasks
 
+
+def _prepare_model(model: Any, grounding: bool, device: torch.device | str | None) -> Any:
+    """The bare model to call (loaded when given by name), checked and moved to ``device``."""
+    if isinstance(model, str):
         model = load_model(model)
     model = _unwrap(model)
     if not callable(getattr(model, "predict", None)):
@@ -428,76 +520,35 @@ def evaluate(
         raise TypeError("evaluate: grounding=True needs a model with a ground() method (a SEEM).")
     if device is not None and isinstance(model, torch.nn.Module):
         model.to(device)
+    return model
 
-    ds = _load_dataset(dataset, split)
-    if len(ds) == 0:
-        raise ValueError("evaluate: the dataset has no rows; give at least one annotated image.")
-    categories = read_categories(ds)
-    names, lookup = _class_lookup(class_names_of(ds), classes)
-    isthing = {int(lookup[c.id]): c.isthing for c in categories if lookup[c.id] >= 0}
-    thing_classes = [names[k] for k in range(len(names)) if isthing.get(k, False)]
 
-    semantic = SemanticMetrics(len(names), names, ignore_index=IGNORE) if "semantic" in tasks else None
-    panoptic = (
-        PanopticMetrics([{"id": k, "name": n, "isthing": isthing.get(k, False)} for k, n in enumerate(names)])
-        if "panoptic" in tasks
-        else None
-    )
-    grounding_metrics = GroundingMetrics() if grounding else None
+def _columns(ds: Any) -> list[str]:
+    """The contract columns the evaluation reads (those the dataset has)."""
+    return [c for c in COLUMNS if c in ds.column_names]
 
-    rank, world = _rank_world() if distributed else (0, 1)
-    total = len(ds) if max_images is None else min(len(ds), max_images)
-    indices = list(range(rank, total, world))
-    subset = ds.select(indices) if len(indices) != len(ds) else ds
-    examples: list[EvalExample] = []
-    start = time.perf_counter()
-    bar = tqdm(total=len(indices), desc="evaluate", unit="img", disable=not progress or rank != 0)
-    columns = [c for c in COLUMNS if c in ds.column_names]
-    batch: list[_Row] = []
 
-    def flush() -> None:
-        _score(
-            model,
-            batch,
-            names,
-            thing_classes,
-            sizes,
-            semantic,
-            panoptic,
-            grounding_metrics,
-            examples,
-            num_examples,
+@dataclass
+class _Metrics:
+    """The metric accumulators of the requested tasks (``None`` = not evaluated)."""
+
+    semantic: SemanticMetrics | None
+    panoptic: PanopticMetrics | None
+    grounding: GroundingMetrics | None
+
+    @classmethod
+    def create(
+        cls, names: list[str], isthing: dict[int, bool], tasks: tuple[str, ...], grounding: bool
+    ) -> _Metrics:
+        semantic = SemanticMetrics(len(names), names, ignore_index=IGNORE) if "semantic" in tasks else None
+        panoptic = (
+            PanopticMetrics(
+                [{"id": k, "name": n, "isthing": isthing.get(k, False)} for k, n in enumerate(names)]
+            )
+            if "panoptic" in tasks
+            else None
         )
-        bar.update(len(batch))
-        batch.clear()
-
-    try:
-        for position, raw in iter_raw_rows(subset, columns, batch_size=max(batch_size, 8)):
-            batch.append(_decode(indices[position], raw, categories, lookup, grounding))
-            if len(batch) == batch_size:
-                flush()
-        if batch:
-            flush()
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - start
-
-    count = torch.tensor([float(len(indices))], dtype=torch.float64)
-    if world > 1:
-        from seemadapt.metrics._distributed import sum_across_processes
-
-        count = sum_across_processes(count)
-    result = EvalResult(
-        classes=tuple(names),
-        semantic=_reduce(semantic, world),
-        panoptic=_reduce(panoptic, world),
-        grounding=_reduce(grounding_metrics, world),
-        num_images=int(count.item()),
-        seconds=seconds,
-        examples=examples,
-    )
-    logger.info("evaluated %d images in %.1f s: %s", result.num_images, seconds, _summary(result))
-    return result
+        return cls(semantic, panoptic, GroundingMetrics() if grounding else None)
 
 
 def _reduce(metrics: Any, world: int) -> Any:
@@ -517,12 +568,11 @@ def _score(
     names: list[str],
     thing_classes: list[str],
     sizes: dict[str, int],
-    semantic: SemanticMetrics | None,
-    panoptic: PanopticMetrics | None,
-    grounding: GroundingMetrics | None,
+    metrics: _Metrics,
     examples: list[EvalExample],
     num_examples: int,
 ) -> None:
+    semantic, panoptic, grounding = metrics.semantic, metrics.panoptic, metrics.grounding
     images = [torch.from_numpy(np.ascontiguousarray(row.image.transpose(2, 0, 1))) for row in rows]
     keep = max(0, min(len(rows), num_examples - len(examples)))
     new = [EvalExample(row.file_name, row.image, row.semantic) for row in rows[:keep]]

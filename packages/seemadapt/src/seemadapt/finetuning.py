@@ -14,16 +14,17 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from seemadapt.adapters import AdapterPlacement, adapter_report, apply_adapters, resolve_placement
+from seemadapt.evaluation import evaluate
+from seemadapt.model.config import PRESETS
+from seemadapt.model.seem import SEEM
 from seemadapt.train.config import TrainConfig
-
-if TYPE_CHECKING:
-    from seemadapt.adapters import AdapterPlacement
-    from seemadapt.model.seem import SEEM
-    from seemadapt.train.run import Run
+from seemadapt.train.run import Run
+from seemadapt.train.trainer import Trainer
 
 __all__ = ["DEFAULT_MODEL", "finetune", "load_model"]
 
@@ -39,9 +40,6 @@ def load_model(model: str | os.PathLike | SEEM = DEFAULT_MODEL) -> SEEM:
     * a local checkpoint file or folder, or a Hub reference ``"owner/name"`` / ``"owner/name:file.pt"``:
       :meth:`SEEM.from_pretrained` (official ``.pt`` files included).
     """
-    from seemadapt.model.config import PRESETS
-    from seemadapt.model.seem import SEEM
-
     if isinstance(model, SEEM):
         return model
     if not isinstance(model, str | os.PathLike):
@@ -62,8 +60,6 @@ def load_model(model: str | os.PathLike | SEEM = DEFAULT_MODEL) -> SEEM:
 
 
 def _describe(model: Any) -> str:
-    from seemadapt.model.seem import SEEM
-
     if isinstance(model, SEEM):
         source = getattr(getattr(model, "load_report", None), "source", None)
         # A preset built with from_config: its name rebuilds it (exactly, for the seeded "tiny").
@@ -114,8 +110,6 @@ def finetune(
     (``run.report_dir``) gets ``results.md``, ``metrics.json``, ``history.json``, ``loss_curve.png`` and, with
     eval data, ``per_class.png``.
     """
-    from seemadapt.adapters import adapter_report, apply_adapters, resolve_placement
-
     cfg = TrainConfig.resolve(config, **overrides)
     # Seeded so that random presets and the adapters' random initialisation repeat from run to run.
     with torch.random.fork_rng(devices=[]):
@@ -135,13 +129,12 @@ def finetune(
         print(f"Adapter placement trains {report.num_trainable:,} of {report.num_parameters:,} parameters:")
         print(report.table(), flush=True)
 
-    from seemadapt.train.loop import Trainer
-
     trainer = Trainer(
         seem,
         train,
         cfg,
         eval=eval,
+        evaluator=evaluate,
         classes=classes,
         train_split=train_split,
         eval_split=eval_split,

@@ -1,0 +1,344 @@
+"""Inference with a SEEM model: open-vocabulary segmentation, text grounding and interactive segmentation.
+
+:class:`SEEMPredictor` wraps a model the way SAM's predictor wraps SAM: the model computes features and decoder
+outputs, the predictor turns user inputs (class names, sentences, clicks/boxes/scribbles/masks) into decoder calls and
+the outputs into masks at each image's own size. :meth:`SEEM.predict`, :meth:`SEEM.ground` and :meth:`SEEM.segment`
+call it. Every call runs in eval mode (restoring the caller's mode afterwards) under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+from seemadapt.model import interactive
+from seemadapt.model.images import ImageInput, as_image_list
+from seemadapt.model.postprocess import (
+    DETECTIONS_PER_IMAGE,
+    instance_inference,
+    match_grounding,
+    panoptic_inference,
+    resize_mask_logits,
+    semantic_inference,
+)
+from seemadapt.model.prompts import (
+    PromptGeometry,
+    VisualPrompts,
+    encode_points,
+    encode_prompts,
+    group_points,
+    logits_to_canvas,
+)
+
+if TYPE_CHECKING:
+    from seemadapt.model.seem import SEEM
+
+__all__ = ["TASKS", "SEEMPredictor", "Task"]
+
+Task = Literal["semantic", "panoptic", "instance"]
+TASKS: tuple[str, ...] = ("semantic", "panoptic", "instance")
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no stochastic depth) for the duration, then the caller's mode again."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def thing_ids(classes: Sequence[str], thing_classes: Sequence[str | int] | None) -> set[int] | None:
+    """Indices of the ``thing_classes`` (names or indices) among ``classes``; ``None``: all classes are things."""
+    if thing_classes is None:
+        return None
+    index = {name: i for i, name in enumerate(classes)}
+    ids = set()
+    for item in thing_classes:
+        if isinstance(item, str):
+            if item not in index:
+                raise ValueError(f"thing_classes: {item!r} is not one of the classes {list(classes)}.")
+            ids.add(index[item])
+        elif 0 <= int(item) < len(classes):
+            ids.add(int(item))
+        else:
+            raise ValueError(f"thing_classes: index {item} is outside 0..{len(classes) - 1}.")
+    return ids
+
+
+def _check_classes(task: str, classes: Sequence[str]) -> list[str]:
+    if task not in TASKS:
+        raise ValueError(f"predict: task must be one of {TASKS}, got {task!r}.")
+    classes = [str(name) for name in classes]
+    if not classes:
+        raise ValueError("predict: classes must name at least one class.")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"predict: classes must be unique, got {classes}.")
+    return classes
+
+
+def _segment_texts(text: str | Sequence[str] | None, rounds: int) -> list[str] | None:
+    if rounds < 1:
+        raise ValueError(f"segment: rounds must be >= 1, got {rounds}.")
+    texts = None if text is None else ([text] if isinstance(text, str) else [str(t) for t in text])
+    if texts is not None and not texts:
+        raise ValueError("segment: text must name at least one sentence (or be None).")
+    return texts
+
+
+def merge_clicks(
+    prev_prompts: Any, points: Any, others: tuple[Any, ...], geometry: PromptGeometry, point_size: int
+) -> VisualPrompts:
+    """``prev_prompts`` plus new corrective clicks, one point group per previous object (for ``segment``)."""
+    if not isinstance(prev_prompts, VisualPrompts):
+        raise TypeError("segment: prev_prompts must be a previous result's 'prompts' (VisualPrompts).")
+    if any(other is not None for other in others):
+        raise ValueError(
+            "segment: with prev_prompts only corrective points may be added (no boxes/scribbles/mask)."
+        )
+    if prev_prompts.geometry is not None and prev_prompts.geometry != geometry:
+        raise ValueError(
+            f"segment: prev_prompts were drawn for {prev_prompts.geometry}, this call has {geometry}; use the "
+            "same image and short_edge/max_size."
+        )
+    if points is None:
+        return prev_prompts
+    groups = group_points(points)
+    if len(groups) == 1 and len(prev_prompts) > 1:
+        raise ValueError(
+            f"segment: {len(prev_prompts)} objects in prev_prompts; give one point group per object "
+            "(points=[[clicks of object 0], [clicks of object 1], ...], [] for none)."
+        )
+    if len(groups) != len(prev_prompts):
+        raise ValueError(
+            f"segment: {len(groups)} point groups for {len(prev_prompts)} objects in prev_prompts; give one "
+            "group per object ([] for none)."
+        )
+    clicks = encode_points(groups, geometry, point_size, require_positive=False)
+    return prev_prompts.merged(clicks)
+
+
+class SEEMPredictor:
+    """Inference on a :class:`~seemadapt.model.seem.SEEM` model (see the module docstring)."""
+
+    def __init__(self, model: SEEM) -> None:
+        self.model = model
+
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        classes: Sequence[str],
+        task: Task = "semantic",
+        thing_classes: Sequence[str | int] | None = None,
+        *,
+        short_edge: int | None = None,
+        max_size: int | None = None,
+        top_k: int = DETECTIONS_PER_IMAGE,
+        object_mask_threshold: float | None = None,
+        overlap_threshold: float | None = None,
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """Open-vocabulary segmentation: see :meth:`seemadapt.model.seem.SEEM.predict`."""
+        model = self.model
+        classes = _check_classes(task, classes)
+        things = thing_ids(classes, thing_classes)
+        decoder_config = model.config.decoder
+        object_threshold = (
+            decoder_config.object_mask_threshold if object_mask_threshold is None else object_mask_threshold
+        )
+        overlap = decoder_config.overlap_threshold if overlap_threshold is None else overlap_threshold
+        image_list, single = as_image_list(images)
+        with evaluating(model):
+            # Text embeddings are made outside inference mode: they are cached and may later meet autograd.
+            class_embs = model.class_embeddings(classes, mode="eval")
+            with torch.inference_mode():
+                batch = model.preprocess(image_list, short_edge=short_edge, max_size=max_size)
+                mask_features, multi_scale, _ = model.encode_image(batch)
+                outputs = model.sem_seg_head.predictor(multi_scale, mask_features, class_embs, task="seg")
+                results = []
+                for b in range(len(batch)):
+                    masks = resize_mask_logits(
+                        outputs["pred_masks"][b],
+                        batch.padded_size,
+                        batch.image_sizes[b],
+                        batch.original_sizes[b],
+                    )
+                    logits = outputs["pred_logits"][b].float()
+                    if task == "semantic":
+                        sem_seg = semantic_inference(logits, masks)
+                        results.append({"sem_seg": sem_seg, "labels": sem_seg.argmax(dim=0)})
+                    elif task == "panoptic":
+                        panoptic_seg, segments = panoptic_inference(
+                            logits, masks, things, object_threshold, overlap
+                        )
+                        results.append({"panoptic_seg": panoptic_seg, "segments_info": segments})
+                    else:
+                        results.append(instance_inference(logits, masks, things, top_k))
+        return results[0] if single else results
+
+    def ground(
+        self,
+        image: ImageInput,
+        sentences: str | Sequence[str],
+        *,
+        short_edge: int | None = None,
+        max_size: int | None = None,
+        threshold: float = 0.0,
+    ) -> dict[str, Tensor]:
+        """Masks for referring sentences: see :meth:`seemadapt.model.seem.SEEM.ground`."""
+        model = self.model
+        image_list, _ = as_image_list(image)
+        if len(image_list) != 1:
+            raise ValueError(f"ground: takes one image, got {len(image_list)}; call it once per image.")
+        sentences = [sentences] if isinstance(sentences, str) else [str(s) for s in sentences]
+        if not sentences:
+            raise ValueError("ground: needs at least one sentence.")
+        lang = model.language_encoder
+        with evaluating(model), torch.inference_mode():
+            batch = model.preprocess(image_list, short_edge=short_edge, max_size=max_size)
+            mask_features, multi_scale, _ = model.encode_image(batch)
+            encoding = lang.encode(sentences, normalize=False, token_level=True)
+            tokens = encoding.tokens[encoding.attention_mask.bool()][:, None]  # [T, 1, D]
+            outputs = model.sem_seg_head.predictor(
+                multi_scale, mask_features, None, grounding_tokens=tokens, task="grounding_eval"
+            )
+            indices, scores = match_grounding(outputs["pred_gtexts"][0], encoding.sentence, lang.logit_scale)
+            logits = resize_mask_logits(
+                outputs["pred_gmasks"][0][indices],
+                batch.padded_size,
+                batch.image_sizes[0],
+                batch.original_sizes[0],
+            )
+        return {
+            "masks": logits > threshold,
+            "mask_logits": logits,
+            "scores": scores,
+            "query_indices": indices,
+        }
+
+    def segment(  # noqa: PLR0913 (the public signature of SEEM.segment: one argument per prompt kind and option)
+        self,
+        image: ImageInput,
+        points: Any = None,
+        boxes: Any = None,
+        scribbles: Any = None,
+        mask: Any = None,
+        text: str | Sequence[str] | None = None,
+        *,
+        rounds: int = 1,
+        prev_mask: Tensor | None = None,
+        prev_prompts: Any = None,
+        generator: torch.Generator | None = None,
+        short_edge: int | None = None,
+        max_size: int | None = None,
+        threshold: float = 0.0,
+        point_size: int = 3,
+        scribble_width: int = 3,
+    ) -> dict[str, Any]:
+        """Interactive segmentation from visual prompts and/or text: see :meth:`seemadapt.model.seem.SEEM.segment`."""
+        image_list, _ = as_image_list(image)
+        if len(image_list) != 1:
+            raise ValueError(f"segment: takes one image, got {len(image_list)}; call it once per image.")
+        texts = _segment_texts(text, rounds)
+        visual = prev_prompts is not None or any(p is not None for p in (points, boxes, scribbles, mask))
+        if not visual:
+            return self._segment_by_text(image_list[0], texts, prev_mask, short_edge, max_size, threshold)
+        with evaluating(self.model), torch.inference_mode():
+            encoded = interactive.encode_features(
+                self.model, image_list, short_edge=short_edge, max_size=max_size
+            )
+            geometry = encoded.geometry()
+            if prev_prompts is not None:
+                prompts = merge_clicks(prev_prompts, points, (boxes, scribbles, mask), geometry, point_size)
+            else:
+                prompts = encode_prompts(
+                    geometry,
+                    points,
+                    boxes,
+                    scribbles,
+                    mask,
+                    point_size=point_size,
+                    scribble_width=scribble_width,
+                )
+            return self._decode_visual(encoded, prompts, texts, prev_mask, rounds, generator, threshold)
+
+    def _segment_by_text(
+        self,
+        image: ImageInput,
+        texts: list[str] | None,
+        prev_mask: Tensor | None,
+        short_edge: int | None,
+        max_size: int | None,
+        threshold: float,
+    ) -> dict[str, Any]:
+        """``segment`` without visual prompts: every text is one object, segmented by :meth:`ground`."""
+        if texts is None:
+            raise ValueError("segment: give at least one prompt (points, boxes, scribbles, mask or text).")
+        if prev_mask is not None:
+            raise ValueError("segment: prev_mask feeds the memories of visual prompts; give visual prompts.")
+        grounded = self.ground(image, texts, short_edge=short_edge, max_size=max_size, threshold=threshold)
+        return {
+            "masks": grounded["masks"],
+            "scores": grounded["scores"],
+            "logits": grounded["mask_logits"],
+            "kinds": ["text"] * len(texts),
+            "prompts": None,
+        }
+
+    def _decode_visual(
+        self,
+        encoded: interactive.EncodedImage,
+        prompts: VisualPrompts,
+        texts: list[str] | None,
+        prev_mask: Tensor | None,
+        rounds: int,
+        generator: torch.Generator | None,
+        threshold: float,
+    ) -> dict[str, Any]:
+        """``segment`` with visual prompts: decode them (with text and memories) into masks at the image's size."""
+        model = self.model
+        if len(prompts) == 0:
+            raise ValueError("segment: the visual prompts are empty.")
+        if texts is not None and len(texts) not in (1, len(prompts)):
+            raise ValueError(
+                f"segment: {len(texts)} texts for {len(prompts)} visual prompts; give one text for all "
+                "objects or one per object."
+            )
+        text_embeddings = None if texts is None else model.language_encoder.encode(texts, normalize=True)
+        memory = None
+        if prev_mask is not None:
+            if prev_mask.dim() != 3 or prev_mask.shape[0] != len(prompts):
+                raise ValueError(
+                    f"segment: prev_mask must be [{len(prompts)}, H, W] logits (one per object, a previous "
+                    f"result's 'logits'), got {tuple(prev_mask.shape)}."
+                )
+            memory = logits_to_canvas(prev_mask.to(model.device), encoded.geometry(), encoded.decoder_size)[
+                None
+            ]
+        decoded = interactive.decode_prompts(
+            model,
+            encoded,
+            prompts,
+            text_embeddings=text_embeddings,
+            prev_mask=memory,
+            rounds=rounds,
+            generator=generator,
+        )
+        logits = resize_mask_logits(
+            decoded.mask_logits,
+            encoded.batch.padded_size,
+            encoded.batch.image_sizes[0],
+            encoded.batch.original_sizes[0],
+        )
+        return {
+            "masks": logits > threshold,
+            "scores": decoded.scores,
+            "logits": logits,
+            "kinds": list(prompts.kinds),
+            "prompts": prompts,
+        }
