@@ -68,11 +68,11 @@ class GroundingPrompts:
     """Grounding texts of a batch, encoded for the decoder and the criterion.
 
     Attributes:
-        tokens: ``[T, B, D]`` seq-first valid token embeddings (SOT..EOT) of each image's *unique* texts,
+        tokens: ``[T, B, D]`` seq-first valid token embeddings (SOT..EOT) of each image's first text per hash,
             concatenated, zero-padded to the longest image; ``None`` when no image has a text.
         padding_mask: ``[B, T]``, True = padding.
         class_embeddings: per image the EOT embedding ``[n, D]`` of every text (duplicates included), or ``None``.
-        hashes: per image :func:`text_hash` of every text.
+        hashes: per image the hash of every text (given, or :func:`text_hash`): equal hashes, one target.
     """
 
     tokens: Tensor | None
@@ -270,18 +270,31 @@ class SEEM(nn.Module):
         """Classifier text embeddings ``[K+1, D]`` of ``class_names + ["background"]`` (cached by the encoder)."""
         return self.language_encoder.class_embeddings(class_names, mode=mode, rng=rng)
 
-    def encode_grounding(self, texts: Sequence[Sequence[str] | None]) -> GroundingPrompts:
+    def encode_grounding(
+        self,
+        texts: Sequence[Sequence[str] | None],
+        hashes: Sequence[Sequence[int] | None] | None = None,
+    ) -> GroundingPrompts:
         """Encode each image's grounding texts (one per grounding mask, duplicates allowed; ``None``/empty = none).
 
-        Texts are deduplicated by :func:`text_hash` per image; the valid tokens (SOT..EOT) of the unique texts are
-        concatenated in first-occurrence order; the sequences are padded seq-first with zeros and a padding mask
-        (the official code pads with -1 and finds the padding again by value). Runs with autograd when the encoder
-        needs it (see :class:`LanguageEncoder`).
+        ``hashes`` (per image, one per text; default :func:`text_hash` of each text) say which texts stand for the
+        same target: the mapper gives a sentence's hash in text mode and the *class name's* in class mode, so two
+        templates of one class ("a photo of a cat.", "a cat.") share one. As in SEEM, only the first text of each
+        hash reaches the decoder: its valid tokens (SOT..EOT) are concatenated in first-occurrence order and padded
+        seq-first with zeros and a padding mask (the official code pads with -1 and finds the padding again by
+        value). Every text keeps its own EOT embedding (``class_embeddings``) for the criterion, which groups targets
+        by hash. Runs with autograd when the encoder needs it (see :class:`LanguageEncoder`).
         """
         per_image = [list(t) if t else [] for t in texts]
+        if hashes is None:
+            hashes = [[text_hash(text) for text in image_texts] for image_texts in per_image]
+        hashes = [
+            [int(h) for h in image_hashes] if image_hashes is not None else [] for image_hashes in hashes
+        ]
+        if [len(h) for h in hashes] != [len(t) for t in per_image]:
+            raise ValueError("encode_grounding: hashes must give one value per text of every image.")
         unique = list(dict.fromkeys(text for image_texts in per_image for text in image_texts))
         lang = self.language_encoder
-        hashes = [[text_hash(text) for text in image_texts] for image_texts in per_image]
         if not unique:
             return GroundingPrompts(None, None, [None] * len(per_image), hashes)
         tokenized = lang.tokenize(unique)
@@ -289,12 +302,15 @@ class SEEM(nn.Module):
         row = {text: index for index, text in enumerate(unique)}
         lengths = encoding.attention_mask.sum(dim=1).tolist()
         sequences, class_embs = [], []
-        for image_texts in per_image:
+        for image_texts, image_hashes in zip(per_image, hashes):
             if not image_texts:
                 sequences.append(encoding.tokens.new_zeros(0, encoding.tokens.shape[-1]))
                 class_embs.append(None)
                 continue
-            indices = [row[text] for text in dict.fromkeys(image_texts)]
+            first: dict[int, int] = {}  # hash -> index of its first text
+            for index, value in enumerate(image_hashes):
+                first.setdefault(value, index)
+            indices = [row[image_texts[i]] for i in first.values()]
             sequences.append(torch.cat([encoding.tokens[i, : int(lengths[i])] for i in indices]))
             class_embs.append(encoding.sentence[[row[text] for text in image_texts]])
         longest = max(len(s) for s in sequences)
@@ -314,6 +330,7 @@ class SEEM(nn.Module):
         grounding: Sequence[Sequence[str] | None] | None = None,
         rng: Rng = None,
         spatial: dict[str, Any] | None = None,
+        grounding_hash: Sequence[Sequence[int] | None] | None = None,
     ) -> dict[str, Any]:
         """Training forward (spec 1.3): decoder outputs plus what the criterion needs.
 
@@ -322,6 +339,8 @@ class SEEM(nn.Module):
             class_names: the dataset's classes; one random template per class is drawn from ``rng``.
             grounding: per image the grounding texts (one per grounding mask) or ``None``.
             spatial: interactive prompts, passed to :class:`SEEMDecoder` unchanged.
+            grounding_hash: per image the mapper's hash of each grounding text (class mode: the class name's), see
+                :meth:`encode_grounding`; default: the texts' own hashes.
 
         Returns:
             the decoder's outputs (``pred_logits``, ``pred_masks``, ``aux_outputs``, grounding keys...) plus
@@ -336,7 +355,7 @@ class SEEM(nn.Module):
         batch = self.preprocess(images)
         mask_features, multi_scale, _ = self.encode_image(batch)
         class_embs = self.class_embeddings(class_names, mode="train", rng=rng)
-        prompts = self.encode_grounding(grounding) if grounding is not None else None
+        prompts = self.encode_grounding(grounding, grounding_hash) if grounding is not None else None
         outputs = self.sem_seg_head.predictor(
             multi_scale,
             mask_features,
