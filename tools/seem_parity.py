@@ -46,6 +46,8 @@ from seemadapt.train.loop import build_targets
 
 CLASSES = ["cat", "dog", "car", "sky", "grass"]
 THINGS = ["cat", "dog", "car"]
+TASKS = ("semantic", "panoptic", "instance")
+SENTENCES = ["the cat on the left", "a dog", "the cat on the left"]  # as seem_parity_ref.py grounds
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -165,7 +167,14 @@ def our_stages(model: SEEM, images: list[Tensor]) -> dict[str, Any]:
         mask_features, multi_scale = model.sem_seg_head.pixel_decoder(features)
         class_embs = model.class_embeddings(CLASSES, mode="eval")
         decoder = model.decoder(multi_scale, mask_features, class_embs)
+    tasks = [model.predict(images, CLASSES, t, THINGS, object_mask_threshold=0.0) for t in TASKS]
+    inference = [
+        {"sem_seg": s["sem_seg"], "panoptic": p["panoptic_seg"], "instance_scores": i["scores"]}
+        for s, p, i in zip(*tasks)
+    ]
     return {
+        "inference": inference,
+        "grounding": model.ground(images[0], SENTENCES)["mask_logits"],
         "backbone": dict(features),
         "class_embeddings": class_embs,
         "decoder": decoder,
@@ -284,6 +293,24 @@ def decoder_rows(ours: dict[str, Any], ref: dict[str, Any]) -> list[tuple[str, f
     return rows
 
 
+def inference_rows(ours: dict[str, Any], ref: dict[str, Any]) -> list[tuple[str, float]]:
+    """Post-processed outputs: semantic scores, panoptic ids (pixels differing), instance scores, grounding."""
+    pairs = list(zip(ours["inference"], ref["inference"]))
+    panoptic = sum(int((o["panoptic"] != r["panoptic"]).sum()) for o, r in pairs)
+    return [
+        ("semantic inference sem_seg", max(max_abs(o["sem_seg"], r["sem_seg"]) for o, r in pairs)),
+        ("panoptic inference (pixels with another segment id)", float(panoptic)),
+        (
+            "instance inference scores",
+            max(max_abs(o["instance_scores"], r["instance_scores"]) for o, r in pairs),
+        ),
+        (
+            "text grounding mask logits (3 sentences, one repeated)",
+            max_abs(ours["grounding"], ref["grounding"]),
+        ),
+    ]
+
+
 def training_rows(ours: dict[str, Any], ref: dict[str, Any]) -> list[tuple[str, float]]:
     rows = decoder_rows(ours["decoder"], ref["decoder"])
     for i, (o, r) in enumerate(zip(ours["clicks"], ref["clicks"])):
@@ -367,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, images in spec["eval"].items():
         ours, theirs = our_stages(models[True], images), ref["stages"][name]
         rows = [(s, max_abs(ours[s], theirs[s])) for s in ("backbone", "pixel_decoder", "class_embeddings")]
+        rows += inference_rows(ours, theirs)
         for stage, value in rows + decoder_rows(ours["decoder"], theirs["decoder"]):
             print(f"{'inference, ' + name:<36} {stage:<58} {value:.3g}")
     for name, case in spec["training"].items():

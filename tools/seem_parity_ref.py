@@ -199,6 +199,21 @@ def stages(model: nn.Module, images: list[torch.Tensor], classes: list[str]) -> 
         out["class_embeddings"] = lang.default_text_embeddings.clone()
         model.sem_seg_head.num_classes = len(classes)
         out["decoder"] = model.sem_seg_head(features)
+        model.semantic_on = model.panoptic_on = model.instance_on = True
+        model.object_mask_threshold = 0.0  # random weights score about 1/(K+1): let panoptic keep segments
+        results = model([{"image": x} for x in images])
+        out["inference"] = [
+            {
+                "sem_seg": r["sem_seg"],
+                "panoptic": r["panoptic_seg"][0],
+                "instance_scores": r["instances"].scores,
+            }
+            for r in results
+        ]
+        sentences = ["the cat on the left", "a dog", "the cat on the left"]
+        grounding = {"texts": [[t] for t in sentences]}
+        result = model([{"image": images[0], "groundings": grounding}], mode="grounding_refcoco")
+        out["grounding"] = result[0]["grounding_mask"]
     return out
 
 
