@@ -167,7 +167,7 @@ def our_stages(model: SEEM, images: list[Tensor]) -> dict[str, Any]:
         mask_features, multi_scale = model.sem_seg_head.pixel_decoder(features)
         class_embs = model.class_embeddings(CLASSES, mode="eval")
         decoder = model.decoder(multi_scale, mask_features, class_embs)
-    tasks = [model.predict(images, CLASSES, t, THINGS, object_mask_threshold=0.0) for t in TASKS]
+    tasks = [model.predict(images, CLASSES, t, THINGS, object_mask_threshold=0.0, top_k=10) for t in TASKS]
     inference = [
         {"sem_seg": s["sem_seg"], "panoptic": p["panoptic_seg"], "instance_scores": i["scores"]}
         for s, p, i in zip(*tasks)
