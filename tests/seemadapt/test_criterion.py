@@ -355,7 +355,11 @@ def test_deep_supervision_names_every_layer_with_identical_weights():
             "spatial_dice_weight",
         )
     }
-    raw = _criterion(**ones)(outputs, targets, logit_scale=0.5, generator=_gen(1))
+    unweighted = _criterion(**ones)
+    unweighted.matcher = (
+        _criterion().matcher
+    )  # the matching costs use the weights too: keep the same matching
+    raw = unweighted(outputs, targets, logit_scale=0.5, generator=_gen(1))
     names = CriterionConfig().loss_weights
     assert set(weighted) == {f"{n}_{i}" for n in names for i in range(3)} == set(_criterion().weight_dict(3))
     for key, value in weighted.items():

@@ -116,7 +116,7 @@ def test_add_corrective_clicks_updates_a_copy_of_the_prompts():
     positive[0][0, 2, 2] = True
     negative = [torch.zeros(2, 32, 32, dtype=torch.bool)]
     prev = torch.full((1, 2, 8, 8), -10.0)  # stride 4: predicts nothing
-    new_pos, new_neg, clicks = add_corrective_clicks(prev, [gt], positive, negative)
+    new_pos, new_neg, clicks = add_corrective_clicks(prev, [gt], positive, negative, distance="exact")
     click = clicks[0][0]
     # deepest pixel of the 16x16 miss: (7, 7) and (8, 8) tie on the border distance (8), but the clicked pixel
     # (2, 2) is left out of the error, which brings (7, 7) within 7.07 of the outside

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffsynth import dataset_diffusion as dd
 from diffsynth.attention import AttentionStore, available_resolutions, grid_size
 from diffsynth.masks import (
     check_thresholds,
@@ -62,11 +63,19 @@ def _check_resolution(name: str, value: Any) -> None:
 
 @dataclass
 class MaskerConfig:
-    """Settings of attention capture and mask extraction (defaults follow Dataset Diffusion).
+    """Settings of attention capture and mask extraction.
+
+    Defaults: 50 steps, guidance 7.5, no negative prompt, self-attention at latent/2 and cross-attention at
+    latent/4 over all executed steps, ``tau = 4``, thresholds 0.6 / 0.5, and the cross-attention of the *caption's
+    own* class tokens (``class_prompt=False``). The refinement, thresholds and resolutions are Dataset Diffusion's; the
+    step count (half the cost) and the caption tokens (class names need not be appended) are not. For Dataset
+    Diffusion's exact recipe (100 steps, its fixed negative prompt, keys from the class-only prompt "cat dog" while
+    the image is drawn from "caption; cat dog") use :meth:`dataset_diffusion`.
 
     Resolutions: a float is a fraction of the latent's short side (``0.5`` = latent/2: 32x32 self-attention
     for 512 px SD 1.5, 64x64 for SDXL); an int is the attention grid's short side (e.g. ``32``).
-    ``cross_resolution`` may list several; their maps are resized to the self grid and averaged.
+    ``cross_resolution`` may list several; their maps are resized (bicubic, not clamped, as Dataset Diffusion)
+    to the self grid and averaged.
 
     Steps: ``step_window = (start, end)`` keeps executed steps ``floor(start*T) <= i < ceil(end*T)`` of the
     ``T`` steps the pipeline actually ran (``int(steps * strength)`` in image-to-image);
@@ -78,9 +87,9 @@ class MaskerConfig:
     and forcing every pixel onto some class otherwise.
 
     Class prompt (Dataset Diffusion's way): with ``class_prompt=True`` the captured cross-attention uses
-    keys from a class-only prompt ("mold, stain") encoded by the pipeline's text encoder, while the image
-    is drawn from the caption (plus the class names when ``append_class_names``). Class names then need
-    not appear in the caption.
+    keys from a class-only prompt (the names joined by ``class_separator``: "mold, stain" by default, "mold stain"
+    in Dataset Diffusion) encoded by the pipeline's text encoder, while the image is drawn from the caption (plus
+    "; " and the class names when ``append_class_names``). Class names then need not appear in the caption.
     """
 
     num_inference_steps: int = 50
@@ -104,6 +113,29 @@ class MaskerConfig:
     ignore_index: int = 255
     progress: bool = True
     chunk_mb: float = 16.0
+
+    @classmethod
+    def dataset_diffusion(cls, **overrides: Any) -> MaskerConfig:
+        """Dataset Diffusion's recipe (:mod:`diffsynth.dataset_diffusion`): 100 steps, its negative prompt, keys
+        from the class-only prompt "cat dog" while the image is drawn from "caption; cat dog"; ``overrides``
+        replace single fields (e.g. ``height``)."""
+        recipe: dict[str, Any] = dict(
+            num_inference_steps=dd.NUM_INFERENCE_STEPS,
+            guidance_scale=dd.GUIDANCE_SCALE,
+            negative_prompt=dd.NEGATIVE_PROMPT,
+            self_resolution=dd.SELF_RESOLUTION,
+            cross_resolution=dd.CROSS_RESOLUTION,
+            tau=dd.TAU,
+            threshold=dd.THRESHOLD,
+            uncertainty_threshold=dd.UNCERTAINTY_THRESHOLD,
+            step_window=(0.0, 1.0),
+            step_indices=None,
+            softmax="full",
+            class_prompt=True,
+            append_class_names=True,
+            class_separator=dd.CLASS_SEPARATOR,
+        )
+        return cls(**{**recipe, **overrides})
 
     def __post_init__(self) -> None:
         self._check_sampling()
@@ -414,7 +446,7 @@ class AttentionMasker:
             maps = class_columns(store.mean("cross", factor)[index], positions)  # [N_c, K]
             maps = to_grid(maps, grid_size(self.latent_size, factor))
             if tuple(maps.shape[-2:]) != tuple(grid):
-                maps = upsample(maps, grid)  # probabilities stay in [0, 1], so the clamp is exact
+                maps = upsample(maps, grid, clamp=False)  # as Dataset Diffusion: bicubic over/undershoot kept
             count = store.count("cross", factor)
             total = maps * count if total is None else total + maps * count
             weight += count

@@ -61,14 +61,15 @@ def normalize(maps: torch.Tensor, dims: Sequence[int] = (-2, -1), eps: float = 1
     )
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize of ``[K, h, w]`` or ``[B, K, h, w]`` maps to ``size = (H, W)``, clamped to [0, 1]."""
+def upsample(maps: torch.Tensor, size: tuple[int, int], *, clamp: bool = True) -> torch.Tensor:
+    """Bicubic resize of ``[K, h, w]`` or ``[B, K, h, w]`` maps to ``size = (H, W)``; ``clamp`` cuts bicubic's
+    overshoot back to [0, 1] (Dataset Diffusion never clamps, so intermediate resizes pass ``clamp=False``)."""
     if maps.ndim not in (3, 4):
         raise ValueError(f"upsample: maps must be [K, h, w] or [B, K, h, w], got {tuple(maps.shape)}.")
     batched = maps if maps.ndim == 4 else maps[None]
-    out = F.interpolate(batched.float(), size=tuple(size), mode="bicubic", align_corners=False).clamp_(
-        0.0, 1.0
-    )
+    out = F.interpolate(batched.float(), size=tuple(size), mode="bicubic", align_corners=False)
+    if clamp:
+        out = out.clamp_(0.0, 1.0)
     return out if maps.ndim == 4 else out[0]
 
 

@@ -408,14 +408,10 @@ class SEEMDecoder(nn.Module):
         random (sorted) at every layer. Returns the updated mask and each memory slot's prompt index."""
         prev = prompts.prev_mask
         slots = rows.stop - rows.start
+        # drawn as SEEM draws them (multinomial over equal weights), so a seeded run picks the original's slots
+        weights = torch.ones(prev.shape[1], device=_generator_device(prompts.generator, prev.device))
         owner = (
-            torch.randint(
-                0,
-                prev.shape[1],
-                (slots,),
-                generator=prompts.generator,
-                device=_generator_device(prompts.generator, prev.device),
-            )
+            torch.multinomial(weights, slots, replacement=True, generator=prompts.generator)
             .sort()
             .values.to(prev.device)
         )

@@ -24,11 +24,11 @@ class GroundingPrompts:
     """Grounding texts of a batch, encoded for the decoder and the criterion.
 
     Attributes:
-        tokens: ``[T, B, D]`` seq-first valid token embeddings (SOT..EOT) of each image's *unique* texts,
+        tokens: ``[T, B, D]`` seq-first valid token embeddings (SOT..EOT) of each image's first text per hash,
             concatenated, zero-padded to the longest image; ``None`` when no image has a text.
         padding_mask: ``[B, T]``, True = padding.
         class_embeddings: per image the EOT embedding ``[n, D]`` of every text (duplicates included), or ``None``.
-        hashes: per image :func:`text_hash` of every text.
+        hashes: per image the hash of every text (given, or :func:`text_hash`): equal hashes, one target.
     """
 
     tokens: Tensor | None
@@ -37,17 +37,42 @@ class GroundingPrompts:
     hashes: list[list[int]]
 
 
-def encode_grounding(lang: LanguageEncoder, texts: Sequence[Sequence[str] | None]) -> GroundingPrompts:
+def _hashes_of(per_image: list[list[str]], hashes: Sequence[Sequence[int] | None] | None) -> list[list[int]]:
+    """One hash per text of every image: the given ones, or :func:`text_hash` of each text."""
+    if hashes is None:
+        return [[text_hash(text) for text in image_texts] for image_texts in per_image]
+    result = [[int(h) for h in image_hashes] if image_hashes is not None else [] for image_hashes in hashes]
+    if [len(h) for h in result] != [len(t) for t in per_image]:
+        raise ValueError("encode_grounding: hashes must give one value per text of every image.")
+    return result
+
+
+def _first_per_hash(image_texts: list[str], image_hashes: list[int]) -> list[str]:
+    """The first text of each hash, in first-occurrence order (what SEEM feeds the decoder)."""
+    first: dict[int, str] = {}
+    for text, value in zip(image_texts, image_hashes):
+        first.setdefault(value, text)
+    return list(first.values())
+
+
+def encode_grounding(
+    lang: LanguageEncoder,
+    texts: Sequence[Sequence[str] | None],
+    hashes: Sequence[Sequence[int] | None] | None = None,
+) -> GroundingPrompts:
     """Encode each image's grounding texts (one per grounding mask, duplicates allowed; ``None``/empty = none).
 
-    Texts are deduplicated by :func:`text_hash` per image; the valid tokens (SOT..EOT) of the unique texts are
-    concatenated in first-occurrence order; the sequences are padded seq-first with zeros and a padding mask
-    (the official code pads with -1 and finds the padding again by value). Runs with autograd when the encoder
-    needs it (see :class:`LanguageEncoder`).
+    ``hashes`` (per image, one per text; default :func:`text_hash` of each text) say which texts stand for the
+    same target: the mapper gives a sentence's hash in text mode and the *class name's* in class mode, so two
+    templates of one class ("a photo of a cat.", "a cat.") share one. As in SEEM, only the first text of each
+    hash reaches the decoder: its valid tokens (SOT..EOT) are concatenated in first-occurrence order and padded
+    seq-first with zeros and a padding mask (the official code pads with -1 and finds the padding again by
+    value). Every text keeps its own EOT embedding (``class_embeddings``) for the criterion, which groups targets
+    by hash. Runs with autograd when the encoder needs it (see :class:`LanguageEncoder`).
     """
     per_image = [list(t) if t else [] for t in texts]
+    hashes = _hashes_of(per_image, hashes)
     unique = list(dict.fromkeys(text for image_texts in per_image for text in image_texts))
-    hashes = [[text_hash(text) for text in image_texts] for image_texts in per_image]
     if not unique:
         return GroundingPrompts(None, None, [None] * len(per_image), hashes)
     tokenized = lang.tokenize(unique)
@@ -55,12 +80,12 @@ def encode_grounding(lang: LanguageEncoder, texts: Sequence[Sequence[str] | None
     row = {text: index for index, text in enumerate(unique)}
     lengths = encoding.attention_mask.sum(dim=1).tolist()
     sequences, class_embs = [], []
-    for image_texts in per_image:
+    for image_texts, image_hashes in zip(per_image, hashes):
         if not image_texts:
             sequences.append(encoding.tokens.new_zeros(0, encoding.tokens.shape[-1]))
             class_embs.append(None)
             continue
-        indices = [row[text] for text in dict.fromkeys(image_texts)]
+        indices = [row[text] for text in _first_per_hash(image_texts, image_hashes)]
         sequences.append(torch.cat([encoding.tokens[i, : int(lengths[i])] for i in indices]))
         class_embs.append(encoding.sentence[[row[text] for text in image_texts]])
     longest = max(len(s) for s in sequences)

@@ -6,7 +6,9 @@ cross-attend inside it. A user (or a simulator) adds corrective clicks between r
 
 * :func:`next_click`: SEEM's click simulation. The error is split into false negatives (object missed) and false
   positives (background taken), leaving out pixels already clicked; the larger part gets the next click, at its
-  deepest interior point (maximum of the Euclidean distance transform, the image border counting as outside):
+  deepest interior point (maximum of a distance transform, the image border counting as outside; training uses
+  SEEM's convolutional approximation, interactive refinement the exact Euclidean one, see
+  :mod:`seemadapt.model.distance`):
   positive for a false negative, negative for a false positive. No click once IoU >= 0.925.
 * :func:`decode_prompts`: runs the rounds on encoded image features and picks, for every prompt, the best of its
   ``query_number`` spatial queries (:func:`select_candidates`).
@@ -31,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import distance_transform_edt
 from torch import Tensor
 
+from seemadapt.model.distance import DistanceMethod, deepest_point
 from seemadapt.model.images import ImageBatch, ImageInput
 from seemadapt.model.postprocess import grounding_logits, resize_mask_logits
 from seemadapt.model.prompts import PromptGeometry, VisualPrompts, encode_points
@@ -97,24 +99,6 @@ def mask_iou(pred: Any, gt: Any) -> float:
     return 1.0 if union == 0 else int(np.logical_and(pred, gt).sum()) / union
 
 
-def deepest_point(region: Any) -> tuple[int, int] | None:
-    """``(row, col)`` of the pixel of ``region`` farthest from its outside (the image border counts as outside):
-    the maximum of the Euclidean distance transform, first in raster order on ties; ``None`` for an empty region.
-
-    The transform runs on the region's bounding box plus a one-pixel margin, which gives the same distances (the
-    nearest outside pixel of any region pixel is never farther than the margin around its box).
-    """
-    region = _as_bool_array(region, "region")
-    rows, cols = np.nonzero(region)
-    if len(rows) == 0:
-        return None
-    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    crop = np.pad(region[r0:r1, c0:c1], 1)
-    distance = distance_transform_edt(crop)[1:-1, 1:-1]
-    row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return int(row + r0), int(col + c0)
-
-
 def next_click(
     pred_mask: Any,
     gt_mask: Any,
@@ -122,6 +106,7 @@ def next_click(
     clicked: Any = None,
     valid: Any = None,
     iou_threshold: float = IOU_THRESHOLD,
+    distance: DistanceMethod = "exact",
 ) -> Click | None:
     """SEEM's simulated corrective click for one prompt, or ``None`` when no click is needed.
 
@@ -130,6 +115,8 @@ def next_click(
         clicked: bool ``[H, W]`` pixels already clicked (left out of the error regions), optional.
         valid: bool ``[H, W]`` where clicks may go (e.g. the image without its padding), optional.
         iou_threshold: no click once ``IoU(pred, gt)`` reaches it.
+        distance: the transform :func:`~seemadapt.model.distance.deepest_point` uses (``"approximate"``: SEEM's
+            training transform; ``"exact"``: Euclidean, the centre of the error region).
 
     The false negatives (``gt & ~pred``) and false positives (``~gt & pred``) are counted; the larger region gets
     the click (a positive click for false negatives; a tie goes to the false positives, as in SEEM), at its
@@ -152,7 +139,7 @@ def next_click(
     if fn_count == 0 and fp_count == 0:
         return None
     positive = fn_count > fp_count
-    point = deepest_point(false_negative if positive else false_positive)
+    point = deepest_point(false_negative if positive else false_positive, distance)
     assert point is not None
     return Click(point[0], point[1], positive)
 
@@ -175,6 +162,7 @@ def add_corrective_clicks(
     image_sizes: Sequence[tuple[int, int]] | None = None,
     iou_threshold: float = IOU_THRESHOLD,
     click_size: int = CLICK_SIZE,
+    distance: DistanceMethod = "approximate",
 ) -> tuple[list[Tensor], list[Tensor], list[list[Click | None]]]:
     """One round of SEEM's click simulation on a batch (``prepare_next_spaital_mask``).
 
@@ -183,6 +171,8 @@ def add_corrective_clicks(
             an image), upsampled bilinearly to the canvas and thresholded at 0.
         gt_masks, positive, negative: per image ``[n_b, Hp, Wp]`` targets and current prompt masks on the canvas.
         image_sizes: per image ``(h, w)`` inside the canvas: clicks stay off the padding.
+        distance: where in the error region the click goes (:func:`next_click`); the default is the convolutional
+            approximation SEEM trained with, so training sees the clicks the original code gives.
 
     Returns new ``(positive, negative)`` lists (the inputs are not modified) and the click given to every prompt
     (``None``: none needed, or an empty target, whose prompt the losses skip anyway).
@@ -210,7 +200,12 @@ def add_corrective_clicks(
             click = None
             if bool(gt_cpu[k].any()):
                 click = next_click(
-                    pred[b, k], gt_cpu[k], clicked=clicked[k], valid=valid, iou_threshold=iou_threshold
+                    pred[b, k],
+                    gt_cpu[k],
+                    clicked=clicked[k],
+                    valid=valid,
+                    iou_threshold=iou_threshold,
+                    distance=distance,
                 )
             if click is not None:
                 _stamp_click(pos[k] if click.positive else neg[k], click, click_size, limit)

@@ -230,10 +230,14 @@ class SEEM(nn.Module):
         """Classifier text embeddings ``[K+1, D]`` of ``class_names + ["background"]`` (cached by the encoder)."""
         return self.language_encoder.class_embeddings(class_names, mode=mode, rng=rng)
 
-    def encode_grounding(self, texts: Sequence[Sequence[str] | None]) -> GroundingPrompts:
+    def encode_grounding(
+        self,
+        texts: Sequence[Sequence[str] | None],
+        hashes: Sequence[Sequence[int] | None] | None = None,
+    ) -> GroundingPrompts:
         """Encode each image's grounding texts for the decoder and the criterion (see
-        :func:`seemadapt.model.grounding.encode_grounding`; hashes by :func:`text_hash`)."""
-        return encode_grounding(self.language_encoder, texts)
+        :func:`seemadapt.model.grounding.encode_grounding`; default hashes by :func:`text_hash`)."""
+        return encode_grounding(self.language_encoder, texts, hashes)
 
     # ------------------------------------------------------------------ training
 
@@ -244,6 +248,7 @@ class SEEM(nn.Module):
         grounding: Sequence[Sequence[str] | None] | None = None,
         rng: Rng = None,
         spatial: dict[str, Any] | None = None,
+        grounding_hash: Sequence[Sequence[int] | None] | None = None,
     ) -> dict[str, Any]:
         """Training forward: decoder outputs plus what the criterion needs.
 
@@ -252,6 +257,8 @@ class SEEM(nn.Module):
             class_names: the dataset's classes; one random template per class is drawn from ``rng``.
             grounding: per image the grounding texts (one per grounding mask) or ``None``.
             spatial: interactive prompts, passed to :class:`SEEMDecoder` unchanged.
+            grounding_hash: per image the mapper's hash of each grounding text (class mode: the class name's), see
+                :meth:`encode_grounding`; default: the texts' own hashes.
 
         Returns:
             the decoder's outputs (``pred_logits``, ``pred_masks``, ``aux_outputs``, grounding keys...) plus
@@ -266,7 +273,7 @@ class SEEM(nn.Module):
         batch = self.preprocess(images)
         mask_features, multi_scale, _ = self.encode_image(batch)
         class_embs = self.class_embeddings(class_names, mode="train", rng=rng)
-        prompts = self.encode_grounding(grounding) if grounding is not None else None
+        prompts = self.encode_grounding(grounding, grounding_hash) if grounding is not None else None
         outputs = self.sem_seg_head.predictor(
             multi_scale,
             mask_features,

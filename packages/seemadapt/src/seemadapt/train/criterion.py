@@ -221,10 +221,11 @@ class SEEMCriterion(nn.Module):
     ) -> dict[str, Tensor]:
         """Unweighted losses of one prediction layer, by name without suffix."""
         losses = self.mask_losses(outputs, targets, num_masks, generator)
-        if "pred_gmasks" in outputs:
-            losses.update(self.grounding_losses(outputs, targets, logit_scale, generator))
+        # spatial before grounding, as SEEM: the random points are then the original's under the same seed
         if "pred_smasks" in outputs:
             losses.update(self.spatial_losses(outputs, targets, generator))
+        if "pred_gmasks" in outputs:
+            losses.update(self.grounding_losses(outputs, targets, logit_scale, generator))
         return losses
 
     def mask_losses(

@@ -98,7 +98,8 @@ def compute_losses(
             max_iter=config.spatial_max_iter,
             generator=torch.Generator().manual_seed(seed_of(config.seed, step, micro, rank, 3)),
         )
-    outputs = prepared(images, classes, grounding, rng=rng, spatial=spatial)
+    hashes = [record["groundings"]["hash"] for record in batch] if config.grounding else None
+    outputs = prepared(images, classes, grounding, rng=rng, spatial=spatial, grounding_hash=hashes)
     bad = non_finite_outputs(outputs)
     if bad:  # the matcher cannot run on NaN; let the (collective) guard stop every process with the names
         return {f"output {name}": torch.tensor(math.nan, device=device) for name in bad}
