@@ -9,6 +9,7 @@ seed and a batch equals the same samples run one by one.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import weakref
@@ -345,6 +346,8 @@ def run_pipeline(
             )
         runner = img2img(pipe)
         kwargs.update(image=prepare_images(init_images, height, width), strength=strength)
+        if "height" in inspect.signature(runner.__call__).parameters:
+            kwargs.update(height=height, width=width)  # FLUX img2img draws its own default size otherwise
     else:
         runner = text2img(pipe)
         kwargs.update(height=height, width=width)

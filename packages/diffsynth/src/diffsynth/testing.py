@@ -31,7 +31,7 @@ from diffsynth.tiny_tokenizers import clip_tokenizer
 from segcontract import CLIP_VOCAB_SIZE
 
 Kind = Literal["sd1", "sd2", "sdxl", "sd3", "flux"]
-KINDS: tuple[str, ...] = ("sd1", "sd2", "sdxl", *DIT_KINDS)
+KINDS: tuple[str, ...] = ("sd1", "sd2", "sdxl")  # UNet kinds; DIT_KINDS are the transformers
 
 
 def _text_encoder(seed: int, *, with_projection: bool = False, hidden_act: str = "quick_gelu"):
@@ -145,8 +145,8 @@ def tiny_pipeline(kind: Kind = "sd1", img2img: bool = False, seed: int = 0):
     The txt2img and img2img pipelines share the same components (weights are identical for a given seed).
     Default image size: 128x128 (latent 16x16, VAE factor 8 as in the real models).
     """
-    if kind not in KINDS:
-        raise ValueError(f"tiny_pipeline: kind must be one of {KINDS}, got {kind!r}.")
+    if kind not in KINDS + DIT_KINDS:
+        raise ValueError(f"tiny_pipeline: kind must be one of {KINDS + DIT_KINDS}, got {kind!r}.")
     if kind in DIT_KINDS:
         return tiny_dit_pipeline(kind, img2img=img2img, seed=seed)  # type: ignore[arg-type]
 
