@@ -139,29 +139,34 @@ def accumulate_joint(
     """Add ``mean_h softmax(scale q k^T)`` of image queries ``[B, H, N, d]`` against all keys ``[B, H, T+N, d]``,
     split and pooled, into ``sums = (I2T [B, Np, T], I2I [B, Np, Np])`` (fp32).
 
-    Rows are processed in bands of ``pool`` token rows, as many as ``chunk_bytes`` allows for the fp32 logits.
+    Exact per head (each head's softmax runs over all its keys), done in groups of heads and bands of ``pool``
+    token rows so that the fp32 keys of a group and the fp32 logits of a band each fit half of ``chunk_bytes``.
     """
-    b, heads, n, _ = query.shape
+    b, heads, n, d = query.shape
     w = grid[1]
     columns = key.shape[2]
     band = pool * w
-    per_band = b * heads * band * columns * 4
-    rows_per_chunk = band * max(1, chunk_bytes // max(1, per_band))
-    q = query.float() * scale
-    k_t = key.float().transpose(-1, -2)
+    half = max(1, chunk_bytes // 2)
+    group = max(1, min(heads, half // max(1, b * columns * d * 4)))
     i2t, i2i = sums
     pooled_w = w // pool
-    for r0 in range(0, n, rows_per_chunk):
-        r1 = min(n, r0 + rows_per_chunk)
-        logits = torch.matmul(q[:, :, r0:r1], k_t)
-        if attention_mask is not None:
-            logits = logits + attention_mask.float()
-        probs = torch.softmax(logits, dim=-1).mean(dim=1)  # [B, rows, T + N]
-        del logits
-        text, image = split_joint(probs, text_len, text_first)
-        p0, p1 = (r0 // band) * pooled_w, (r1 // band) * pooled_w
-        i2t[:, p0:p1].add_(pool_rows(text, w, pool))
-        i2i[:, p0:p1].add_(pool_columns(pool_rows(image, w, pool), grid, pool))
+    for h0 in range(0, heads, group):
+        h1 = min(heads, h0 + group)
+        k_t = key[:, h0:h1].float().transpose(-1, -2)
+        rows_per_chunk = band * max(1, half // max(1, b * (h1 - h0) * band * columns * 4))
+        for r0 in range(0, n, rows_per_chunk):
+            r1 = min(n, r0 + rows_per_chunk)
+            logits = torch.matmul(query[:, h0:h1, r0:r1].float() * scale, k_t)
+            if attention_mask is not None:
+                logits.add_(attention_mask.float())
+            logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+            logits.div_(logits.sum(dim=-1, keepdim=True))
+            probs = logits.sum(dim=1).div_(heads)  # this group's share of the head mean: [B, rows, T + N]
+            del logits
+            text, image = split_joint(probs, text_len, text_first)
+            p0, p1 = (r0 // band) * pooled_w, (r1 // band) * pooled_w
+            i2t[:, p0:p1].add_(pool_rows(text, w, pool))
+            i2i[:, p0:p1].add_(pool_columns(pool_rows(image, w, pool), grid, pool))
 
 
 class DiTStore:

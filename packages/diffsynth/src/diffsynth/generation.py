@@ -28,6 +28,7 @@ from diffsynth.balance import GenerationPlan, plan_samples
 from diffsynth.categories import Category, resolve_categories
 from diffsynth.dataset import Sample, to_dataset
 from diffsynth.distributed import process_device, process_info
+from diffsynth.dit_pipelines import is_dit
 from diffsynth.masker import AttentionMasker, MaskerConfig
 from diffsynth.pipelines import load_pipeline
 from diffsynth.plan import SamplePlan, make_plans, sample_seed
@@ -268,7 +269,9 @@ class Generator:
             if key in checked:
                 continue
             checked.add(key)
-            if not self.masker.config.class_prompt:
+            if is_dit(self.masker.pipe):
+                self.masker.token_spans(plan.prompt, list(plan.classes))  # checks every text encoder's limit
+            elif not self.masker.config.class_prompt:
                 full = prompt_token_ids(tokenizers[0], plan.prompt, truncate=False)
                 if len(full) > 77:
                     raise ValueError(

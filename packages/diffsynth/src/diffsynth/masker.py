@@ -334,7 +334,7 @@ class AttentionMasker:
             key_prompts=key_prompts,
             seeds=seeds,
             classes=classes,
-            spans=[self._spans(tokenizers, p, c) for p, c in zip(key_prompts, classes)],
+            spans=[self.token_spans(p, c, tokenizers) for p, c in zip(key_prompts, classes)],
             label_ids=label_ids,
             strength=strength if init_images is not None else None,
         )
@@ -381,10 +381,14 @@ class AttentionMasker:
         ]
         return key_prompts, image_prompts
 
-    def _spans(self, tokenizers: list[Any], prompt: str, classes: list[str]) -> list[TokenSpan]:
+    def token_spans(
+        self, prompt: str, classes: list[str], tokenizers: list[Any] | None = None
+    ) -> list[TokenSpan]:
+        """Where each class sits in the text keys of the pipeline's cross (UNet) or joint (DiT) attention;
+        raises naming the prompt when a class is missing or the prompt is over a text encoder's limit."""
         if is_dit(self.pipe):
             return joint_token_spans(self.pipe, prompt, classes, self.sequence)
-        return class_token_spans(tokenizers, prompt, classes)
+        return class_token_spans(tokenizers or pipeline_tokenizers(self.pipe), prompt, classes)
 
     def _store(self, batch: _Batch, tokenizer: Any) -> AttentionStore | DiTStore:
         cfg = self.config
