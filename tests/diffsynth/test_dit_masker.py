@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffsynth import AttentionMasker, MaskerConfig, generate
+from diffsynth import AttentionMasker, MaskerConfig, generate, settings_of
 from diffsynth.dit_masks import dit_pool
 from diffsynth.pipelines import load_pipeline, run_pipeline
 from diffsynth.testing import tiny_pipeline
@@ -119,5 +119,8 @@ def test_generate_accepts_a_dit_model():
     options = dict(num_inference_steps=2, height=128, width=128, guidance_scale=3.5, progress=False)
     dataset = generate(["mold", "stain"], 1, "tiny-flux", **options)
     assert len(dataset) == 1
+    settings = settings_of(dataset)
+    assert settings["pipeline"] == "FluxPipeline"
+    assert settings["dit"]["max_sequence_length"] == 512 and settings["dit"]["renormalize"] is True
     with pytest.raises(ValueError, match=r"prompt '.*' is .* T5 tokens, over the text encoder's limit of 4"):
         generate(["mold"], 1, "tiny-flux", max_sequence_length=4, **options)

@@ -196,6 +196,14 @@ def _settings(config: GenerationConfig, masker: AttentionMasker, model_name: str
             "torch": torch.__version__,
         },
     }
+    if is_dit(masker.pipe):  # which joint / single blocks, pooled grid and renormalisation made the maps
+        settings["dit"] = {
+            "joint_blocks": cfg.dit_joint_blocks,
+            "single_blocks": cfg.dit_single_blocks,
+            "grid": cfg.dit_grid,
+            "renormalize": cfg.dit_renormalize,
+            "max_sequence_length": masker.sequence,
+        }
     if config.plan is not None:
         settings["plan"] = config.plan
     return settings
