@@ -234,8 +234,8 @@ class MaskResult:
 class AttentionMasker:
     """Generate images with a Stable Diffusion pipeline and extract per-class masks from its attention.
 
-    ``pipeline`` is a loaded SD 1.x/2.x/SDXL pipeline (text-to-image or image-to-image) or anything
-    :func:`diffsynth.pipelines.load_pipeline` accepts (a Hub id, a local folder, ``"tiny"``).
+    ``pipeline`` is a loaded SD 1.x/2.x/SDXL, SD3/SD3.5 or FLUX.1 pipeline (text-to-image or image-to-image) or
+    anything :func:`diffsynth.pipelines.load_pipeline` accepts (a Hub id, a local folder, ``"tiny"``, ``"tiny-flux"``).
     """
 
     def __init__(self, pipeline: Any, config: MaskerConfig | None = None, **load_kwargs: Any) -> None:

@@ -190,9 +190,9 @@ def load_pipeline(
     progress: bool = True,
     **from_pretrained_kwargs: Any,
 ) -> Any:
-    """A text-to-image SD 1.x/2.x/SDXL pipeline from a Hub id, a local folder or an existing pipeline.
+    """A text-to-image SD 1.x/2.x/SDXL, SD3/SD3.5 or FLUX.1 pipeline from a Hub id, a local folder or a pipeline.
 
-    ``model="tiny"`` / ``"tiny-sd2"`` / ``"tiny-sdxl"`` builds an offline random-weight pipeline
+    ``model="tiny"`` / ``"tiny-sd2"`` / ``"tiny-sdxl"`` / ``"tiny-sd3"`` / ``"tiny-flux"`` builds an offline random-weight pipeline
     (:mod:`diffsynth.testing`). An image-to-image pipeline given here is turned into its text-to-image
     sibling (same components). The safety checker is off unless ``safety_checker=True``: it replaces
     flagged images with black ones silently, which would leave masks paired with blank images.
