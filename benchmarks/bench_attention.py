@@ -1,7 +1,14 @@
-"""Attention capture cost against the plain diffusers pipeline, SD 1.5 geometry, side by side in one run.
+"""Attention capture cost against the plain diffusers pipeline, side by side in one run.
 
-Models: UNet2DConditionModel, AutoencoderKL and CLIPTextModel built from SD 1.5's configs (written out
-below; random weights, nothing downloaded) and the real CLIP tokenizer from the open-clip wheel.
+Models (random weights, nothing downloaded): ``--model sd15`` (default): UNet2DConditionModel, AutoencoderKL and
+CLIPTextModel built from SD 1.5's configs and the real CLIP tokenizer from the open-clip wheel. ``--model sd3`` /
+``--model flux``: the tiny offline SD3 / FLUX pipeline (:mod:`diffsynth.testing_dit`) with its transformer
+replaced by one of the real model's depth and head layout - SD3-medium: 24 joint blocks; FLUX.1: 19 joint + 38
+single-stream blocks, rotary axes (16, 56, 56) - but only ``--heads`` heads (default 4 instead of 24), so a CPU
+can run it. The real text length enters the joint attention (SD3 77 + 256, FLUX 512 T5 positions). Narrow blocks
+make the capture's share *larger* than in the real models (attention and capture scale with the width, the
+projections and MLPs with its square), so the time ratio is a conservative bound. The captured blocks are the
+MaskerConfig defaults (the second half of the joint blocks, no single-stream block).
 
 Time: plain and masked runs alternate in one process (same seeds, same steps); we report the median wall
 and CPU time of each and their ratio. Target: masked <= 1.10 x plain.
@@ -16,7 +23,8 @@ temporaries. Target: <= 64 MB extra per image.
 
 Post-processing: refinement + upsampling + labelling time over the masked run's time. Target: <= 5%.
 
-Usage: ``uv run python benchmarks/bench_attention.py [--size 256] [--steps 3] [--reps 2] [--threads 1]``
+Usage: ``uv run python benchmarks/bench_attention.py [--model sd15|sd3|flux] [--size 256] [--steps 3] [--reps 2]
+[--threads 1]``
 """
 
 from __future__ import annotations
@@ -127,71 +135,62 @@ def build_sd15(tokenizer_only: bool = False):
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (multiple of 64)")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--reps", type=int, default=2, help="alternating plain/masked repetitions")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared box)"
-    )
-    parser.add_argument("--batch", type=int, default=1, help="images per pipeline call")
-    args = parser.parse_args()
-
-    if os.environ.get(MMAP_ENV) is None:  # fix glibc's mmap threshold so freed tensors leave the RSS
-        os.environ[MMAP_ENV] = "65536"
-        os.execv(sys.executable, [sys.executable, *sys.argv])
-
-    import numpy as np
+def build_dit(kind: str, heads: int):
+    """The tiny DiT pipeline with a transformer of the real depth and head size (``heads`` heads)."""
     import torch
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
-    from diffsynth.masker import AttentionMasker, MaskerConfig
-    from diffsynth.pipelines import run_pipeline
+    from diffsynth.testing_dit import tiny_dit_pipeline
 
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    pipe = build_sd15()
-    print(
-        f"built SD 1.5 geometry (random weights) in {time.perf_counter() - started:.1f} s; "
-        f"{args.size}x{args.size}, {args.steps} steps, batch {args.batch}, {args.threads} thread(s), "
-        f"guidance 7.5 (CFG batch {2 * args.batch})"
-    )
+    pipe = tiny_dit_pipeline(kind)
+    torch.manual_seed(0)
+    if kind == "sd3":
+        transformer = SD3Transformer2DModel(
+            sample_size=128,
+            patch_size=2,
+            in_channels=4,
+            out_channels=4,
+            num_layers=24,
+            attention_head_dim=64,
+            num_attention_heads=heads,
+            joint_attention_dim=32,
+            caption_projection_dim=64 * heads,
+            pooled_projection_dim=32,
+            pos_embed_max_size=96,
+        )
+    else:
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=128,
+            num_attention_heads=heads,
+            joint_attention_dim=32,
+            pooled_projection_dim=16,
+            guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
+        )
+    pipe.register_modules(transformer=transformer.eval())
+    return pipe
 
-    prompts = ["light mold on a wall next to a broken pipe", "a stain on a ceiling", "a rusty pipe"] * 4
-    classes = [["light mold", "wall", "broken pipe"], ["stain", "ceiling"], ["pipe"]] * 4
-    prompts, classes = prompts[: args.batch], classes[: args.batch]
-    seeds = list(range(args.batch))
-    config = MaskerConfig(num_inference_steps=args.steps, height=args.size, width=args.size, progress=False)
-    masker = AttentionMasker(pipe, config)
+
+def _store_bytes(masker, batch: int) -> int:
     res = masker.resolutions()
     n_self = res["self"][0] * res["self"][1]
+    if "tokens" in res:  # DiT: pooled I2I plus I2T over the joint text sequence
+        text = masker.sequence + (77 if "tokenizer_3" in masker.pipe.components else 0)
+        return batch * 4 * (n_self * n_self + n_self * text)
     n_cross = sum(h * w for h, w in res["cross"])
-    store_bytes = args.batch * 4 * (n_self * n_self + n_cross * 77)
-    print(f"captured grids: self {res['self']}, cross {res['cross']} (latent {res['latent']})")
+    return batch * 4 * (n_self * n_self + n_cross * 77)
 
-    def plain():
-        return run_pipeline(
-            pipe,
-            prompts,
-            seeds,
-            num_inference_steps=args.steps,
-            height=args.size,
-            width=args.size,
-            progress=False,
-        )
 
-    def masked():
-        return masker(prompts, classes, seeds)
-
-    with torch.no_grad():
-        run_pipeline(
-            pipe, prompts[:1], [0], num_inference_steps=1, height=args.size, width=args.size, progress=False
-        )  # warm-up: lazy inits, allocator, kernels
-
+def _alternate(plain, masked, reps: int):
+    """Run plain and masked ``reps`` times each, alternating which goes first; per run: wall, CPU, extra peak."""
     can_reset = _reset_peak()
     rows: dict[str, list[tuple[float, float, float]]] = {"plain": [], "masked": []}
     post_fraction = []
-    for rep in range(args.reps):
+    for rep in range(reps):
         order = [("plain", plain), ("masked", masked)]
         if rep % 2:
             order.reverse()
@@ -210,6 +209,80 @@ def main() -> None:
                 f"  rep {rep} {name:6s}: wall {wall:7.2f} s  cpu {cpu:7.2f} s  extra peak RSS {peak_mb:8.1f} MB"
             )
             del out
+    return rows, post_fraction, can_reset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (multiple of 64)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=2, help="alternating plain/masked repetitions")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared box)"
+    )
+    parser.add_argument("--batch", type=int, default=1, help="images per pipeline call")
+    parser.add_argument("--model", choices=("sd15", "sd3", "flux"), default="sd15")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads of the sd3/flux geometry")
+    args = parser.parse_args()
+
+    if os.environ.get(MMAP_ENV) is None:  # fix glibc's mmap threshold so freed tensors leave the RSS
+        os.environ[MMAP_ENV] = "65536"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
+    import numpy as np
+    import torch
+
+    from diffsynth.masker import AttentionMasker, MaskerConfig
+    from diffsynth.pipelines import run_pipeline
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    pipe = build_sd15() if args.model == "sd15" else build_dit(args.model, args.heads)
+    guidance = 3.5 if args.model == "flux" else 7.5
+    cfg_batch = args.batch if args.model == "flux" else 2 * args.batch
+    print(
+        f"built {args.model} geometry (random weights) in {time.perf_counter() - started:.1f} s; "
+        f"{args.size}x{args.size}, {args.steps} steps, batch {args.batch}, {args.threads} thread(s), "
+        f"guidance {guidance} (transformer/UNet batch {cfg_batch})"
+    )
+
+    prompts = ["light mold on a wall next to a broken pipe", "a stain on a ceiling", "a rusty pipe"] * 4
+    classes = [["light mold", "wall", "broken pipe"], ["stain", "ceiling"], ["pipe"]] * 4
+    prompts, classes = prompts[: args.batch], classes[: args.batch]
+    seeds = list(range(args.batch))
+    config = MaskerConfig(
+        num_inference_steps=args.steps,
+        height=args.size,
+        width=args.size,
+        guidance_scale=guidance,
+        progress=False,
+    )
+    masker = AttentionMasker(pipe, config)
+    res = masker.resolutions()
+    store_bytes = _store_bytes(masker, args.batch)
+    print(f"captured grids: {res}")
+
+    def plain():
+        return run_pipeline(
+            pipe,
+            prompts,
+            seeds,
+            num_inference_steps=args.steps,
+            height=args.size,
+            width=args.size,
+            guidance_scale=guidance,
+            progress=False,
+        )
+
+    def masked():
+        return masker(prompts, classes, seeds)
+
+    with torch.no_grad():
+        run_pipeline(
+            pipe, prompts[:1], [0], num_inference_steps=1, height=args.size, width=args.size, progress=False
+        )  # warm-up: lazy inits, allocator, kernels
+
+    rows, post_fraction, can_reset = _alternate(plain, masked, args.reps)
 
     def med(name: str, i: int) -> float:
         return statistics.median(r[i] for r in rows[name])

@@ -62,4 +62,4 @@ def test_img2img_shares_components(kind):
 
 def test_unknown_kind_is_a_clear_error():
     with pytest.raises(ValueError, match="kind"):
-        tiny_pipeline("sd3")  # type: ignore[arg-type]
+        tiny_pipeline("sd4")  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ from diffsynth.balance import GenerationPlan, plan_samples
 from diffsynth.categories import Category, resolve_categories
 from diffsynth.dataset import Sample, to_dataset
 from diffsynth.distributed import process_device, process_info
+from diffsynth.dit_pipelines import is_dit
 from diffsynth.masker import AttentionMasker, MaskerConfig
 from diffsynth.pipelines import load_pipeline
 from diffsynth.plan import SamplePlan, make_plans, sample_seed
@@ -195,6 +196,14 @@ def _settings(config: GenerationConfig, masker: AttentionMasker, model_name: str
             "torch": torch.__version__,
         },
     }
+    if is_dit(masker.pipe):  # which joint / single blocks, pooled grid and renormalisation made the maps
+        settings["dit"] = {
+            "joint_blocks": cfg.dit_joint_blocks,
+            "single_blocks": cfg.dit_single_blocks,
+            "grid": cfg.dit_grid,
+            "renormalize": cfg.dit_renormalize,
+            "max_sequence_length": masker.sequence,
+        }
     if config.plan is not None:
         settings["plan"] = config.plan
     return settings
@@ -268,7 +277,9 @@ class Generator:
             if key in checked:
                 continue
             checked.add(key)
-            if not self.masker.config.class_prompt:
+            if is_dit(self.masker.pipe):
+                self.masker.token_spans(plan.prompt, list(plan.classes))  # checks every text encoder's limit
+            elif not self.masker.config.class_prompt:
                 full = prompt_token_ids(tokenizers[0], plan.prompt, truncate=False)
                 if len(full) > 77:
                     raise ValueError(

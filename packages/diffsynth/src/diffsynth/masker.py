@@ -27,6 +27,10 @@ from PIL import Image
 
 from diffsynth import dataset_diffusion as dd
 from diffsynth.attention import AttentionStore, available_resolutions, grid_size
+from diffsynth.dit_attention import DiTStore
+from diffsynth.dit_masks import check_dit_settings, dit_pool, dit_soft_maps
+from diffsynth.dit_pipelines import is_dit, max_sequence_length, token_grid
+from diffsynth.dit_tokens import joint_token_spans
 from diffsynth.masks import (
     check_thresholds,
     class_columns,
@@ -90,6 +94,14 @@ class MaskerConfig:
     keys from a class-only prompt (the names joined by ``class_separator``: "mold, stain" by default, "mold stain"
     in Dataset Diffusion) encoded by the pipeline's text encoder, while the image is drawn from the caption (plus
     "; " and the class names when ``append_class_names``). Class names then need not appear in the caption.
+
+    Diffusion transformers (SD3 / SD3.5, FLUX.1; the resolution fields above are UNet-only): the image->text
+    block of the joint softmax is the cross-attention, the image->image block the self-attention.
+    ``dit_joint_blocks`` / ``dit_single_blocks`` are fractional windows over the joint (double-stream) blocks and
+    FLUX's single-stream blocks (None: none); ``dit_grid`` is the short side of the pooled token grid the maps are
+    summed on (e.g. 32: 1024 px FLUX/SD3 tokens 64x64 pooled 2x2); ``dit_renormalize`` rescales each image->image
+    row to sum to 1 before ``(A_S)^tau`` (the rest of its mass went to text keys). ``max_sequence_length``: T5
+    positions (pipeline default: SD3 256, FLUX 512).
     """
 
     num_inference_steps: int = 50
@@ -113,6 +125,11 @@ class MaskerConfig:
     ignore_index: int = 255
     progress: bool = True
     chunk_mb: float = 16.0
+    dit_joint_blocks: tuple[float, float] | None = (0.5, 1.0)
+    dit_single_blocks: tuple[float, float] | None = None
+    dit_grid: int = 32
+    dit_renormalize: bool = True
+    max_sequence_length: int | None = None
 
     @classmethod
     def dataset_diffusion(cls, **overrides: Any) -> MaskerConfig:
@@ -138,6 +155,7 @@ class MaskerConfig:
         return cls(**{**recipe, **overrides})
 
     def __post_init__(self) -> None:
+        check_dit_settings(self)
         self._check_sampling()
         self._check_resolutions()
         self._check_masks()
@@ -248,8 +266,8 @@ class MaskResult:
 class AttentionMasker:
     """Generate images with a Stable Diffusion pipeline and extract per-class masks from its attention.
 
-    ``pipeline`` is a loaded SD 1.x/2.x/SDXL pipeline (text-to-image or image-to-image) or anything
-    :func:`diffsynth.pipelines.load_pipeline` accepts (a Hub id, a local folder, ``"tiny"``).
+    ``pipeline`` is a loaded SD 1.x/2.x/SDXL, SD3/SD3.5 or FLUX.1 pipeline (text-to-image or image-to-image) or
+    anything :func:`diffsynth.pipelines.load_pipeline` accepts (a Hub id, a local folder, ``"tiny"``, ``"tiny-flux"``).
     """
 
     def __init__(self, pipeline: Any, config: MaskerConfig | None = None, **load_kwargs: Any) -> None:
@@ -257,6 +275,9 @@ class AttentionMasker:
         if isinstance(pipeline, str | os.PathLike) or load_kwargs:
             pipeline = load_pipeline(pipeline, progress=self.config.progress, **load_kwargs)
         self.pipe = pipeline
+        if is_dit(pipeline):
+            self._init_dit()
+            return
         self.size = (
             self.config.height or default_size(pipeline)[0],
             self.config.width or default_size(pipeline)[1],
@@ -268,6 +289,23 @@ class AttentionMasker:
         )
         self.self_factor = self._factor(self.config.self_resolution, "self")
         self.cross_factors = tuple(sorted({self._factor(r, "cross") for r in self.config.cross_resolution}))
+
+    def _init_dit(self) -> None:
+        """Sizes and the pooled token grid of a diffusion transformer; UNet-only settings are refused."""
+        cfg = self.config
+        if cfg.class_prompt or cfg.softmax != "full":
+            raise ValueError(
+                f"{type(self.pipe).__name__}: class_prompt and softmax='classes' are UNet-only settings; the joint "
+                "softmax of a diffusion transformer is captured as it is (leave class_prompt=False, softmax='full')."
+            )
+        self.size = (
+            cfg.height or default_size(self.pipe)[0],
+            cfg.width or default_size(self.pipe)[1],
+        )
+        validate_size(self.pipe, *self.size)
+        self.latent_size = token_grid(self.pipe, *self.size)
+        self.pool = dit_pool(self.latent_size, cfg.dit_grid)
+        self.sequence = max_sequence_length(self.pipe, cfg.max_sequence_length)
 
     # -- resolutions ---------------------------------------------------------------------------------
     def _factor(self, resolution: Resolution, kind: str) -> int:
@@ -290,6 +328,9 @@ class AttentionMasker:
 
     def resolutions(self) -> dict[str, Any]:
         """Grid sizes (h, w) of the captured self and cross layers for the configured image size."""
+        if is_dit(self.pipe):
+            pooled = [self.latent_size[0] // self.pool, self.latent_size[1] // self.pool]
+            return {"tokens": list(self.latent_size), "self": pooled, "cross": [pooled]}
         return {
             "latent": list(self.latent_size),
             "self": list(grid_size(self.latent_size, self.self_factor)),
@@ -325,7 +366,7 @@ class AttentionMasker:
             key_prompts=key_prompts,
             seeds=seeds,
             classes=classes,
-            spans=[class_token_spans(tokenizers, p, c) for p, c in zip(key_prompts, classes)],
+            spans=[self.token_spans(p, c, tokenizers) for p, c in zip(key_prompts, classes)],
             label_ids=label_ids,
             strength=strength if init_images is not None else None,
         )
@@ -372,8 +413,29 @@ class AttentionMasker:
         ]
         return key_prompts, image_prompts
 
-    def _store(self, batch: _Batch, tokenizer: Any) -> AttentionStore:
+    def token_spans(
+        self, prompt: str, classes: list[str], tokenizers: list[Any] | None = None
+    ) -> list[TokenSpan]:
+        """Where each class sits in the text keys of the pipeline's cross (UNet) or joint (DiT) attention;
+        raises naming the prompt when a class is missing or the prompt is over a text encoder's limit."""
+        if is_dit(self.pipe):
+            return joint_token_spans(self.pipe, prompt, classes, self.sequence)
+        return class_token_spans(tokenizers or pipeline_tokenizers(self.pipe), prompt, classes)
+
+    def _store(self, batch: _Batch, tokenizer: Any) -> AttentionStore | DiTStore:
         cfg = self.config
+        if is_dit(self.pipe):
+            return DiTStore(
+                len(batch.captions),
+                self.latent_size,
+                self.pool,
+                step_window=cfg.step_window,
+                step_indices=cfg.step_indices,
+                joint_blocks=cfg.dit_joint_blocks,
+                single_blocks=cfg.dit_single_blocks,
+                max_sequence_length=self.sequence,
+                chunk_bytes=int(cfg.chunk_mb * 2**20),
+            )
         return AttentionStore(
             len(batch.captions),
             self.latent_size,
@@ -387,7 +449,13 @@ class AttentionMasker:
         )
 
     def _result(
-        self, batch: _Batch, i: int, run: Any, store: AttentionStore, soft: torch.Tensor, cross: torch.Tensor
+        self,
+        batch: _Batch,
+        i: int,
+        run: Any,
+        store: AttentionStore | DiTStore,
+        soft: torch.Tensor,
+        cross: torch.Tensor,
     ) -> MaskResult:
         """Image ``i`` of a drawn batch: its label map, soft maps and metadata."""
         cfg = self.config
@@ -421,8 +489,12 @@ class AttentionMasker:
         )
 
     # -- pieces --------------------------------------------------------------------------------------
-    def soft_maps(self, store: AttentionStore, spans: Sequence[Sequence[TokenSpan]]) -> tuple[list, list]:
+    def soft_maps(
+        self, store: AttentionStore | DiTStore, spans: Sequence[Sequence[TokenSpan]]
+    ) -> tuple[list, list]:
         """Refined and raw cross soft maps ``[K, H, W]`` (fp32 CPU tensors) for every image of a store."""
+        if isinstance(store, DiTStore):
+            return dit_soft_maps(store, spans, self.size, self.config.tau, self.config.dit_renormalize)
         self_grid = grid_size(self.latent_size, self.self_factor)
         self_attn = store.mean("self", self.self_factor)
         refined_all, cross_all = [], []

@@ -1,4 +1,5 @@
-"""Loading and running Stable Diffusion 1.x / 2.x / SDXL pipelines, text-to-image and image-to-image.
+"""Loading and running Stable Diffusion 1.x / 2.x / SDXL, SD3 / SD3.5 and FLUX.1 pipelines, text-to-image and
+image-to-image (the diffusion transformers' specifics live in :mod:`diffsynth.dit_pipelines`).
 
 One loaded pipeline serves both modes: the image-to-image pipeline is built from the same components
 (``AutoPipelineForImage2Image.from_pipe``), so weights and attention processors are shared. Every sample
@@ -8,6 +9,7 @@ seed and a batch equals the same samples run one by one.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import weakref
@@ -22,11 +24,20 @@ from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, Dif
 from PIL import Image
 
 from diffsynth.attention import AttentionStore, capture_attention, unet_downsampling
+from diffsynth.dit_attention import DiTStore, capture_dit_attention
+from diffsynth.dit_pipelines import (
+    DIT_PIPELINES,
+    TINY_DIT_MODELS,
+    dit_call_kwargs,
+    dit_default_size,
+    is_dit,
+    patch_factor,
+)
 from diffsynth.testing import tiny_pipeline
 
 logger = logging.getLogger(__name__)
 
-TINY_MODELS = {"tiny": "sd1", "tiny-sd1": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
+TINY_MODELS = {"tiny": "sd1", "tiny-sd1": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl", **TINY_DIT_MODELS}
 
 # name -> (diffusers scheduler class, extra config)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -70,6 +81,7 @@ _SUPPORTED = (
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionXLPipeline",
     "StableDiffusionXLImg2ImgPipeline",
+    *DIT_PIPELINES,
 )
 
 
@@ -107,12 +119,16 @@ def set_scheduler(pipe: Any, name: str) -> Any:
 
 def size_multiple(pipe: Any) -> int:
     """Image sizes must be multiples of this: the VAE factor times the UNet's own downsampling, so every
-    attention grid is exact (64 for SD 1.x/2.x, 32 for SDXL)."""
+    attention grid is exact (64 for SD 1.x/2.x, 32 for SDXL, 16 for SD3 and FLUX)."""
+    if is_dit(pipe):
+        return patch_factor(pipe)
     return int(pipe.vae_scale_factor) * unet_downsampling(pipe.unet)
 
 
 def default_size(pipe: Any) -> tuple[int, int]:
     """The (height, width) a pipeline was trained at: ``unet.config.sample_size * vae_scale_factor``."""
+    if is_dit(pipe):
+        return dit_default_size(pipe)
     sample = pipe.unet.config.sample_size
     h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)
     return int(h) * pipe.vae_scale_factor, int(w) * pipe.vae_scale_factor
@@ -127,9 +143,15 @@ def validate_size(pipe: Any, height: int, width: int) -> None:
 
         raise ValueError(
             f"height={height} and width={width} must be positive multiples of {multiple} (VAE factor "
-            f"{pipe.vae_scale_factor} x UNet downsampling {unet_downsampling(pipe.unet)}) for this model; "
+            f"{pipe.vae_scale_factor} x {_downsampling(pipe)}) for this model; "
             f"e.g. height={near(height)}, width={near(width)}."
         )
+
+
+def _downsampling(pipe: Any) -> str:
+    if is_dit(pipe):
+        return f"transformer patch {patch_factor(pipe) // int(pipe.vae_scale_factor)}"
+    return f"UNet downsampling {unet_downsampling(pipe.unet)}"
 
 
 def generators(seeds: Sequence[int]) -> list[torch.Generator]:
@@ -147,7 +169,7 @@ def _from_pretrained(model: str, dtype: torch.dtype | None, safety_checker: bool
     class_name = config.get("_class_name", "")
     if class_name not in _SUPPORTED:
         raise ValueError(
-            f"model={model!r} is a {class_name or 'unknown'} pipeline; diffsynth supports SD 1.x/2.x and SDXL "
+            f"model={model!r} is a {class_name or 'unknown'} pipeline; diffsynth supports SD 1.x/2.x, SDXL, SD3 and FLUX "
             f"({', '.join(_SUPPORTED)})."
         )
     if "safety_checker" in config and not safety_checker:
@@ -168,9 +190,9 @@ def load_pipeline(
     progress: bool = True,
     **from_pretrained_kwargs: Any,
 ) -> Any:
-    """A text-to-image SD 1.x/2.x/SDXL pipeline from a Hub id, a local folder or an existing pipeline.
+    """A text-to-image SD 1.x/2.x/SDXL, SD3/SD3.5 or FLUX.1 pipeline from a Hub id, a local folder or a pipeline.
 
-    ``model="tiny"`` / ``"tiny-sd2"`` / ``"tiny-sdxl"`` builds an offline random-weight pipeline
+    ``model="tiny"`` / ``"tiny-sd2"`` / ``"tiny-sdxl"`` / ``"tiny-sd3"`` / ``"tiny-flux"`` builds an offline random-weight pipeline
     (:mod:`diffsynth.testing`). An image-to-image pipeline given here is turned into its text-to-image
     sibling (same components). The safety checker is off unless ``safety_checker=True``: it replaces
     flagged images with black ones silently, which would leave masks paired with blank images.
@@ -182,9 +204,11 @@ def load_pipeline(
         pipe = _tiny(TINY_MODELS[str(model)])
     elif isinstance(model, str | os.PathLike):
         pipe = _from_pretrained(str(model), resolved, safety_checker, **from_pretrained_kwargs)
-    elif hasattr(model, "unet") and hasattr(model, "components"):
+    elif hasattr(model, "components"):
         if not any(cls.__name__ in _SUPPORTED for cls in type(model).__mro__):
-            raise ValueError(f"pipeline of type {type(model).__name__} is not an SD 1.x/2.x/SDXL pipeline.")
+            raise ValueError(
+                f"pipeline of type {type(model).__name__} cannot be captured; diffsynth supports {', '.join(_SUPPORTED)}."
+            )
         pipe = text2img(model)
     else:
         raise TypeError(
@@ -281,12 +305,13 @@ def run_pipeline(
     height: int | None = None,
     width: int | None = None,
     negative_prompt: str | None = None,
-    store: AttentionStore | None = None,
+    store: AttentionStore | DiTStore | None = None,
     progress: bool | None = None,
 ) -> PipelineRun:
     """Draw one image per prompt, each from its own seed; image-to-image when ``init_images`` are given
     (the pipeline then runs ``int(num_inference_steps * strength)`` steps). With a ``store``, attention
-    is captured during the call and the user's processors are restored afterwards."""
+    is captured during the call and the user's processors are restored afterwards. SD3 / FLUX get the
+    store's ``max_sequence_length`` T5 positions (their pipeline default without one)."""
     if len(prompts) != len(seeds) or not prompts:
         raise ValueError(
             f"prompts ({len(prompts)}) and seeds ({len(seeds)}) must be non-empty and equally long."
@@ -301,7 +326,11 @@ def run_pipeline(
         generator=generators(seeds),
         output_type="pil",
     )
-    if negative_prompt is not None:
+    if is_dit(pipe):
+        kwargs.update(
+            dit_call_kwargs(pipe, negative_prompt, len(prompts), getattr(store, "max_sequence_length", None))
+        )
+    elif negative_prompt is not None:
         kwargs["negative_prompt"] = [negative_prompt] * len(prompts)
     if init_images is not None:
         if len(init_images) != len(prompts):
@@ -317,6 +346,8 @@ def run_pipeline(
             )
         runner = img2img(pipe)
         kwargs.update(image=prepare_images(init_images, height, width), strength=strength)
+        if "height" in inspect.signature(runner.__call__).parameters:
+            kwargs.update(height=height, width=width)  # FLUX img2img draws its own default size otherwise
     else:
         runner = text2img(pipe)
         kwargs.update(height=height, width=width)
@@ -326,8 +357,19 @@ def run_pipeline(
         output = runner(**kwargs)
         steps = int(getattr(runner, "_num_timesteps", 0) or 0)
     else:
-        with capture_attention(runner.unet, store, lambda: getattr(runner, "_num_timesteps", None)):
+        with _capture(runner, store):
             output = runner(**kwargs)
         steps = store.executed_steps
     nsfw = getattr(output, "nsfw_content_detected", None)
     return PipelineRun(list(output.images), list(nsfw) if nsfw is not None else None, steps)
+
+
+def _capture(runner: Any, store: AttentionStore | DiTStore) -> Any:
+    """The capture context for a store: UNet layers or DiT blocks (wrapping the blocks' own processors)."""
+
+    def steps() -> int | None:
+        return getattr(runner, "_num_timesteps", None)
+
+    if isinstance(store, DiTStore):
+        return capture_dit_attention(runner.transformer, store, steps)
+    return capture_attention(runner.unet, store, steps)

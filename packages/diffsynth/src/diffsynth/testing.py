@@ -1,7 +1,7 @@
 """Tiny, offline, random-weight Stable Diffusion pipelines for tests, demos and CI.
 
 ``tiny_pipeline(kind)`` builds an SD 1.x, SD 2.x-style or SDXL pipeline from configs, never touching the
-Hub. Its tokenizer is the *real* CLIP BPE tokenizer (the vocabulary ships inside the ``open-clip-torch``
+Hub (``"sd3"`` and ``"flux"``: diffusion transformers, built by :mod:`diffsynth.testing_dit`). Its tokenizer is the *real* CLIP BPE tokenizer (the vocabulary ships inside the ``open-clip-torch``
 wheel), so prompts tokenize exactly as with ``openai/clip-vit-large-patch14`` and class-token spans are
 realistic. Weights come from fixed seeds: the same call always builds the same pipeline. Images come out
 as noise: these models show the mechanics, not quality.
@@ -24,22 +24,14 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from segcontract import CLIP_VOCAB_SIZE, load_clip_bpe
+from diffsynth.testing_dit import DIT_KINDS, tiny_dit_pipeline
+from diffsynth.tiny_tokenizers import clip_tokenizer
+from segcontract import CLIP_VOCAB_SIZE
 
-Kind = Literal["sd1", "sd2", "sdxl"]
-KINDS: tuple[str, ...] = ("sd1", "sd2", "sdxl")
-
-
-def clip_tokenizer(pad_token: str = "<|endoftext|>"):
-    """A transformers ``CLIPTokenizer`` with the real CLIP vocabulary, built offline.
-
-    ``pad_token="!"`` mirrors SDXL's second tokenizer (OpenCLIP bigG), which pads with "!" (id 0).
-    """
-
-    vocab, merges = load_clip_bpe()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77, pad_token=pad_token)
+Kind = Literal["sd1", "sd2", "sdxl", "sd3", "flux"]
+KINDS: tuple[str, ...] = ("sd1", "sd2", "sdxl")  # UNet kinds; DIT_KINDS are the transformers
 
 
 def _text_encoder(seed: int, *, with_projection: bool = False, hidden_act: str = "quick_gelu"):
@@ -147,13 +139,16 @@ def _scheduler(kind: Kind):
 
 
 def tiny_pipeline(kind: Kind = "sd1", img2img: bool = False, seed: int = 0):
-    """Build a tiny random-weight pipeline: ``"sd1"``, ``"sd2"`` (linear projection, v-prediction) or ``"sdxl"``.
+    """Build a tiny random-weight pipeline: ``"sd1"``, ``"sd2"`` (linear projection, v-prediction), ``"sdxl"``,
+    ``"sd3"`` (MM-DiT, CLIP + T5) or ``"flux"`` (double + single stream, guidance embedding, T5).
 
     The txt2img and img2img pipelines share the same components (weights are identical for a given seed).
     Default image size: 128x128 (latent 16x16, VAE factor 8 as in the real models).
     """
-    if kind not in KINDS:
-        raise ValueError(f"tiny_pipeline: kind must be one of {KINDS}, got {kind!r}.")
+    if kind not in KINDS + DIT_KINDS:
+        raise ValueError(f"tiny_pipeline: kind must be one of {KINDS + DIT_KINDS}, got {kind!r}.")
+    if kind in DIT_KINDS:
+        return tiny_dit_pipeline(kind, img2img=img2img, seed=seed)  # type: ignore[arg-type]
 
     with torch.random.fork_rng(devices=[]):
         unet = _unet(kind, seed)

@@ -1,0 +1,439 @@
+"""Attention capture for diffusion transformers (SD3 / SD3.5 MM-DiT, FLUX.1 double- and single-stream blocks).
+
+In MM-DiT joint attention every image query attends to image and text keys in *one* softmax. For each captured
+block the image-query rows of that softmax are split into the image->text block (I2T, the analogue of UNet
+cross-attention: one column per text position) and the image->image block (I2I, the analogue of self-attention).
+Both come from the same probabilities, conditional rows only (the second half of SD3's CFG batch; FLUX.1-dev
+and schnell have no unconditional batch).
+
+The model is not changed: a :class:`JointCaptureProcessor` wraps the block's own processor (whatever it is:
+``JointAttnProcessor2_0``, ``FluxAttnProcessor``, a fused one) and calls it untouched for the output, so a
+captured run draws exactly the pixels of a plain one. Inside the step window it recomputes the image queries and
+all keys (two projections) and the softmax, row-chunked, averaged over heads at once and pooled to a coarse token
+grid before it is added to fp32 running sums. Never stored: per-head maps, per-layer maps, any ``[N, N]`` map at
+the full token grid. The store holds ``[B, Np, Np]`` (I2I) and ``[B, Np, T]`` (I2T) with ``Np`` pooled tokens.
+
+Pooling: query rows are averaged over each ``pool x pool`` cell, key columns of the I2I block are summed, so a
+pooled row keeps the mass of the original rows (it stays a distribution over image cells plus text positions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from diffusers.models.embeddings import apply_rotary_emb
+
+Stream = Literal["joint", "single"]
+
+
+@dataclass(frozen=True)
+class DiTLayer:
+    """One attention module of a diffusion transformer.
+
+    ``text_first``: the order of the joint sequence (FLUX: ``[text, image]``; SD3: ``[image, text]``).
+    """
+
+    name: str
+    stream: Stream
+    index: int
+    text_first: bool
+
+
+def is_flux_transformer(transformer: torch.nn.Module) -> bool:
+    return hasattr(transformer, "single_transformer_blocks")
+
+
+def dit_layers(transformer: torch.nn.Module) -> list[DiTLayer]:
+    """Joint blocks' ``attn`` (SD3.5's extra image-only ``attn2`` is not a joint softmax and is skipped), then
+    FLUX's single-stream blocks."""
+    flux = is_flux_transformer(transformer)
+    layers = [
+        DiTLayer(f"transformer_blocks.{i}.attn", "joint", i, flux)
+        for i in range(len(transformer.transformer_blocks))
+    ]
+    singles = getattr(transformer, "single_transformer_blocks", None) or []
+    layers += [
+        DiTLayer(f"single_transformer_blocks.{i}.attn", "single", i, True) for i in range(len(singles))
+    ]
+    return layers
+
+
+def window_indices(count: int, window: tuple[float, float] | None) -> list[int]:
+    """Block indices ``floor(start*count) <= i < ceil(end*count)`` of a fractional window (None: none)."""
+    if window is None or count == 0:
+        return []
+    start, end = window
+    first, stop = int(start * count), -int(-end * count // 1)
+    return list(range(first, min(count, max(stop, first + 1))))
+
+
+def select_dit_layers(
+    transformer: torch.nn.Module, joint: tuple[float, float] | None, single: tuple[float, float] | None
+) -> list[DiTLayer]:
+    """The layers inside the joint-block window and the single-block window."""
+    layers = dit_layers(transformer)
+    joint_all = [layer for layer in layers if layer.stream == "joint"]
+    single_all = [layer for layer in layers if layer.stream == "single"]
+    chosen = [joint_all[i] for i in window_indices(len(joint_all), joint)]
+    chosen += [single_all[i] for i in window_indices(len(single_all), single)]
+    if not chosen:
+        raise ValueError(
+            f"no attention block selected (dit_joint_blocks={joint}, dit_single_blocks={single}); the model has "
+            f"{len(joint_all)} joint and {len(single_all)} single-stream blocks."
+        )
+    return chosen
+
+
+# -- pure tensor pieces (tested on hand-made tensors) --------------------------------------------------------
+def split_joint(probs: torch.Tensor, text_len: int, text_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(I2T, I2I)`` column blocks of image-query rows ``[..., rows, T + N]`` of a joint softmax."""
+    if text_first:
+        return probs[..., :text_len], probs[..., text_len:]
+    image_len = probs.shape[-1] - text_len
+    return probs[..., image_len:], probs[..., :image_len]
+
+
+def pool_rows(rows: torch.Tensor, width: int, pool: int) -> torch.Tensor:
+    """Average ``[B, R, S]`` query rows (``R`` = whole token rows of a ``width``-wide grid, a multiple of
+    ``pool`` of them) over ``pool x pool`` cells: ``[B, R / pool^2, S]``."""
+    if pool == 1:
+        return rows
+    b, r, s = rows.shape
+    bands = r // (pool * width)
+    cells = rows.reshape(b, bands, pool, width // pool, pool, s)
+    return cells.mean(dim=(2, 4)).reshape(b, bands * (width // pool), s)
+
+
+def pool_columns(block: torch.Tensor, grid: tuple[int, int], pool: int) -> torch.Tensor:
+    """Sum ``[B, R, h*w]`` image-key columns over ``pool x pool`` cells: ``[B, R, (h/pool)*(w/pool)]``."""
+    if pool == 1:
+        return block
+    b, r, _ = block.shape
+    h, w = grid
+    cells = block.reshape(b, r, h // pool, pool, w // pool, pool)
+    return cells.sum(dim=(3, 5)).reshape(b, r, (h // pool) * (w // pool))
+
+
+def renormalize_rows(block: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Rows of an I2I block scaled to sum to 1: the part of each row's mass that went to text keys is removed,
+    so the block is a random-walk matrix like UNet self-attention and ``A^tau`` does not shrink rows unevenly."""
+    return block / block.sum(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def accumulate_joint(
+    sums: tuple[torch.Tensor, torch.Tensor],
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scale: float,
+    text_len: int,
+    text_first: bool,
+    grid: tuple[int, int],
+    pool: int,
+    chunk_bytes: int,
+    attention_mask: torch.Tensor | None = None,
+) -> None:
+    """Add ``mean_h softmax(scale q k^T)`` of image queries ``[B, H, N, d]`` against all keys ``[B, H, T+N, d]``,
+    split and pooled, into ``sums = (I2T [B, Np, T], I2I [B, Np, Np])`` (fp32).
+
+    Exact per head (each head's softmax runs over all its keys), done in groups of heads and bands of ``pool``
+    token rows so that the fp32 keys of a group and the fp32 logits of a band each fit half of ``chunk_bytes``.
+    """
+    b, heads, n, d = query.shape
+    w = grid[1]
+    columns = key.shape[2]
+    band = pool * w
+    half = max(1, chunk_bytes // 2)
+    group = max(1, min(heads, half // max(1, b * columns * d * 4)))
+    i2t, i2i = sums
+    pooled_w = w // pool
+    for h0 in range(0, heads, group):
+        h1 = min(heads, h0 + group)
+        k_t = key[:, h0:h1].float().transpose(-1, -2)
+        rows_per_chunk = band * max(1, half // max(1, b * (h1 - h0) * band * columns * 4))
+        for r0 in range(0, n, rows_per_chunk):
+            r1 = min(n, r0 + rows_per_chunk)
+            logits = torch.matmul(query[:, h0:h1, r0:r1].float() * scale, k_t)
+            if attention_mask is not None:
+                logits.add_(attention_mask.float())
+            logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+            logits.div_(logits.sum(dim=-1, keepdim=True))
+            probs = logits.sum(dim=1).div_(heads)  # this group's share of the head mean: [B, rows, T + N]
+            del logits
+            text, image = split_joint(probs, text_len, text_first)
+            p0, p1 = (r0 // band) * pooled_w, (r1 // band) * pooled_w
+            i2t[:, p0:p1].add_(pool_rows(text, w, pool))
+            i2i[:, p0:p1].add_(pool_columns(pool_rows(image, w, pool), grid, pool))
+
+
+class DiTStore:
+    """fp32 running sums of the I2T and I2I blocks of the chosen layers, for one batch of ``batch_size`` images.
+
+    Args:
+        batch_size: images in the pipeline call.
+        grid: (h, w) image-token grid of the transformer (image side / 16 for SD3 and FLUX).
+        pool: the sums live on the ``(h/pool, w/pool)`` grid.
+        step_window / step_indices: as :class:`diffsynth.attention.AttentionStore`.
+        joint_blocks / single_blocks: fractional windows over the joint (double-stream) and FLUX single-stream
+            blocks to capture (None: none of that kind), see :func:`window_indices`.
+        max_sequence_length: T5 positions the pipeline is run with (None: its default).
+        chunk_bytes: budget for the fp32 logits temporaries.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        grid: tuple[int, int],
+        pool: int = 1,
+        *,
+        step_window: tuple[float, float] = (0.0, 1.0),
+        step_indices: tuple[int, int | None] | None = None,
+        joint_blocks: tuple[float, float] | None = (0.0, 1.0),
+        single_blocks: tuple[float, float] | None = None,
+        max_sequence_length: int | None = None,
+        chunk_bytes: int = 16 * 2**20,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"DiTStore: batch_size must be >= 1, got {batch_size}.")
+        if pool < 1 or grid[0] % pool or grid[1] % pool:
+            raise ValueError(f"DiTStore: pool={pool} must divide the token grid {grid}.")
+        self.batch_size = batch_size
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.pool = int(pool)
+        self.step_window = step_window
+        self.step_indices = step_indices
+        self.joint_blocks = joint_blocks
+        self.single_blocks = single_blocks
+        self.max_sequence_length = max_sequence_length
+        self.chunk_bytes = int(chunk_bytes)
+        self.step = -1
+        self.total_steps: int | None = None
+        self.timesteps: list[float] = []
+        self.captured_steps: list[int] = []
+        self.text_len: int | None = None
+        self.counts: dict[str, int] = {}
+        self._window: tuple[int, int] | None = None
+        self._sums: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def pooled_grid(self) -> tuple[int, int]:
+        return self.grid[0] // self.pool, self.grid[1] // self.pool
+
+    def begin_step(self, total_steps: int | None, timestep: Any, text_len: int) -> None:
+        """Advance to the next executed step (called before each transformer evaluation)."""
+        self.step += 1
+        self.text_len = int(text_len)
+        if self._window is None:
+            self.total_steps = total_steps
+            self._window = self._resolve_window(total_steps)
+        if timestep is not None:
+            self.timesteps.append(
+                float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
+            )
+        if self.active:
+            self.captured_steps.append(self.step)
+
+    def _resolve_window(self, total: int | None) -> tuple[int, int]:
+        if self.step_indices is not None:
+            first, stop = self.step_indices
+            return int(first), (int(stop) if stop is not None else 2**62)
+        if total is None:
+            if tuple(self.step_window) != (0.0, 1.0):
+                raise RuntimeError(
+                    "DiTStore: the pipeline did not report its steps; use step_indices instead."
+                )
+            return 0, 2**62
+        start, end = self.step_window
+        return int(start * total), -int(-end * total // 1)
+
+    @property
+    def executed_steps(self) -> int:
+        return self.step + 1
+
+    @property
+    def active(self) -> bool:
+        return self._window is not None and self.step >= 0 and self._window[0] <= self.step < self._window[1]
+
+    def open(self, layer: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (I2T, I2I) sums to add one layer call into (allocated on first use); counts the call."""
+        if self._sums is None:
+            n = self.pooled_grid[0] * self.pooled_grid[1]
+            assert self.text_len is not None
+            self._sums = (
+                torch.zeros(self.batch_size, n, self.text_len, dtype=torch.float32, device=device),
+                torch.zeros(self.batch_size, n, n, dtype=torch.float32, device=device),
+            )
+        self.counts[layer] = self.counts.get(layer, 0) + 1
+        return self._sums
+
+    def _mean(self, which: int) -> torch.Tensor:
+        total = sum(self.counts.values())
+        if self._sums is None or total == 0:
+            raise RuntimeError(
+                f"no joint attention was captured; executed steps: {self.executed_steps}, "
+                f"captured: {self.captured_steps}."
+            )
+        return self._sums[which] / total
+
+    def cross_mean(self) -> torch.Tensor:
+        """I2T averaged over every captured (layer, step): ``[B, Np, T]``."""
+        return self._mean(0)
+
+    def self_mean(self, renormalize: bool = True) -> torch.Tensor:
+        """I2I averaged over every captured (layer, step): ``[B, Np, Np]``, rows renormalised when asked."""
+        mean = self._mean(1)
+        return renormalize_rows(mean) if renormalize else mean
+
+    def layers_used(self) -> dict[str, list[str]]:
+        names = sorted(self.counts)
+        return {"self": names, "cross": names}
+
+    def nbytes(self) -> int:
+        """Bytes held by the running sums."""
+        return 0 if self._sums is None else sum(t.numel() * t.element_size() for t in self._sums)
+
+
+def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """``[B, S, H*d]`` -> ``[B, S, H, d]``."""
+    return x.unflatten(-1, (-1, head_dim))
+
+
+def _image_qk(attn: Any, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and key projections of the image stream (of the whole sequence in a single-stream block)."""
+    if getattr(attn, "fused_projections", False):
+        q, k, _ = attn.to_qkv(states).chunk(3, dim=-1)
+        return q, k
+    return attn.to_q(states), attn.to_k(states)
+
+
+def _text_keys(attn: Any, states: torch.Tensor) -> torch.Tensor:
+    """Key projection of the text stream of a joint block (text queries are not needed)."""
+    if getattr(attn, "fused_projections", False):
+        return attn.to_added_qkv(states).chunk(3, dim=-1)[1]
+    return attn.add_k_proj(states)
+
+
+def _norm(module: Any, x: torch.Tensor) -> torch.Tensor:
+    """The block's q/k norm (RMS or layer norm over the head dimension), when it has one."""
+    return x if module is None else module(x)
+
+
+def _head_dim(attn: Any) -> int:
+    head_dim = getattr(attn, "head_dim", None)
+    return int(head_dim) if head_dim else attn.inner_dim // attn.heads
+
+
+class JointCaptureProcessor:
+    """Wraps a DiT block's processor: the output is the wrapped processor's, untouched; inside the step window
+    the conditional image queries' joint softmax is added into the store."""
+
+    def __init__(self, inner: Any, store: DiTStore, layer: DiTLayer) -> None:
+        self.inner = inner
+        self.store = store
+        self.layer = layer
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if self.store.active:
+            with torch.no_grad():
+                self._capture(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if image_rotary_emb is not None:
+            kwargs["image_rotary_emb"] = image_rotary_emb
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+    def _cond(self, total: int) -> slice:
+        b = self.store.batch_size
+        if total == 2 * b:
+            return slice(b, 2 * b)  # SD3 CFG batch: [uncond..., cond...]
+        if total == b:
+            return slice(0, b)  # FLUX (guidance embedding / schnell) or guidance off
+        raise RuntimeError(f"{self.layer.name}: attention batch {total} is neither {b} nor {2 * b} images.")
+
+    def _qk(
+        self, attn: Any, hidden: torch.Tensor, encoder: torch.Tensor | None, text_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image queries ``[B, N, H, d]`` and all keys ``[B, T+N, H, d]`` in the layer's joint order, normalised."""
+        d = _head_dim(attn)
+        q, k = (_heads(x, d) for x in _image_qk(attn, hidden))
+        q, k = _norm(attn.norm_q, q), _norm(attn.norm_k, k)
+        if self.layer.stream == "single":
+            return q[:, text_len:], k  # one sequence [text, image]: keep the image queries
+        ek = _norm(getattr(attn, "norm_added_k", None), _heads(_text_keys(attn, encoder), d))
+        keys = torch.cat([ek, k] if self.layer.text_first else [k, ek], dim=1)
+        return q, keys
+
+    def _capture(
+        self,
+        attn: Any,
+        hidden: torch.Tensor,
+        encoder: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        rotary: Any,
+    ) -> None:
+        store, layer = self.store, self.layer
+        cond = self._cond(hidden.shape[0])
+        text_len = int(store.text_len or 0)
+        query, key = self._qk(attn, hidden[cond], encoder[cond] if encoder is not None else None, text_len)
+        n = query.shape[1]
+        if n != store.grid[0] * store.grid[1]:
+            raise RuntimeError(f"{layer.name}: {n} image tokens, but the store expects a {store.grid} grid.")
+        if rotary is not None:  # FLUX: rotary embedding over [text, image] positions
+            cos, sin = rotary
+            query = apply_rotary_emb(query, (cos[text_len:], sin[text_len:]), sequence_dim=1)
+            key = apply_rotary_emb(key, (cos, sin), sequence_dim=1)
+        mask = attention_mask[cond][..., -n:, :] if attention_mask is not None else None
+        scale = float(getattr(attn, "scale", _head_dim(attn) ** -0.5))
+        sums = store.open(layer.name, query.device)
+        accumulate_joint(
+            sums,
+            query.transpose(1, 2),
+            key.transpose(1, 2),
+            scale,
+            text_len,
+            layer.text_first,
+            store.grid,
+            store.pool,
+            store.chunk_bytes,
+            mask,
+        )
+
+
+@contextmanager
+def capture_dit_attention(
+    transformer: torch.nn.Module,
+    store: DiTStore,
+    total_steps: Callable[[], int | None] | None = None,
+) -> Iterator[list[DiTLayer]]:
+    """Wrap the processors of the store's blocks for the duration of the block; a forward pre-hook on the
+    transformer advances the store's step and records the text length. Previous processors are put back on exit."""
+    layers = select_dit_layers(transformer, store.joint_blocks, store.single_blocks)
+    originals: dict[str, Any] = {}
+    handle = None
+    try:
+        for layer in layers:
+            module = transformer.get_submodule(layer.name)
+            originals[layer.name] = module.processor
+            module.set_processor(JointCaptureProcessor(module.processor, store, layer))
+
+        def before(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            encoder = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+            timestep = kwargs.get("timestep")
+            store.begin_step(total_steps() if total_steps is not None else None, timestep, encoder.shape[1])
+
+        handle = transformer.register_forward_pre_hook(before, with_kwargs=True)
+        yield list(layers)
+    finally:
+        if handle is not None:
+            handle.remove()
+        for name, processor in originals.items():
+            transformer.get_submodule(name).set_processor(processor)

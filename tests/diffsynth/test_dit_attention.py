@@ -1,0 +1,174 @@
+"""Joint-attention capture for SD3 / FLUX: block split, pooling and renormalisation on hand-made tensors; the
+captured probabilities are the model's own softmax; a captured run draws the plain run's pixels."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from diffsynth.dit_attention import (
+    DiTStore,
+    JointCaptureProcessor,
+    accumulate_joint,
+    capture_dit_attention,
+    dit_layers,
+    pool_columns,
+    pool_rows,
+    renormalize_rows,
+    split_joint,
+    window_indices,
+)
+from diffsynth.pipelines import run_pipeline
+from diffsynth.testing import tiny_pipeline
+
+
+@pytest.fixture(scope="module", params=["sd3", "flux"])
+def pipe(request):
+    return tiny_pipeline(request.param)
+
+
+def test_split_joint_follows_the_sequence_order():
+    probs = torch.arange(10.0).reshape(1, 1, 10)  # 3 text + 7 image columns
+    text, image = split_joint(probs, 3, text_first=True)  # FLUX: [text, image]
+    assert text.flatten().tolist() == [0, 1, 2] and image.flatten().tolist() == [3, 4, 5, 6, 7, 8, 9]
+    text, image = split_joint(probs, 3, text_first=False)  # SD3: [image, text]
+    assert text.flatten().tolist() == [7, 8, 9] and image.flatten().tolist() == list(range(7))
+
+
+def test_pooling_keeps_row_mass_and_averages_cells():
+    # 4x4 token grid pooled 2x2: rows averaged over each cell, image columns summed over each cell.
+    rows = torch.arange(16.0).reshape(1, 16, 1)
+    pooled = pool_rows(rows, width=4, pool=2).flatten().tolist()
+    assert pooled == [
+        (0 + 1 + 4 + 5) / 4,
+        (2 + 3 + 6 + 7) / 4,
+        (8 + 9 + 12 + 13) / 4,
+        (10 + 11 + 14 + 15) / 4,
+    ]
+    block = torch.softmax(torch.randn(2, 16, 16), dim=-1)
+    summed = pool_columns(pool_rows(block, 4, 2), (4, 4), 2)
+    assert summed.shape == (2, 4, 4)
+    torch.testing.assert_close(summed.sum(-1), torch.ones(2, 4))
+    assert torch.equal(pool_rows(block, 4, 1), block) and torch.equal(pool_columns(block, (4, 4), 1), block)
+
+
+def test_renormalize_rows_removes_the_text_share():
+    block = torch.tensor([[0.2, 0.2], [0.45, 0.45]])  # rows keep 40% / 90% of their mass on image keys
+    torch.testing.assert_close(renormalize_rows(block), torch.full((2, 2), 0.5))
+    assert torch.equal(renormalize_rows(torch.zeros(1, 3)), torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize("text_first", [True, False])
+@pytest.mark.parametrize("chunk_bytes", [1, 2**20])
+def test_accumulate_joint_equals_the_dense_softmax(text_first, chunk_bytes):
+    torch.manual_seed(0)
+    b, heads, d, text, grid, pool = 2, 3, 4, 5, (4, 6), 2
+    n = grid[0] * grid[1]
+    query, key = torch.randn(b, heads, n, d), torch.randn(b, heads, text + n, d)
+    probs = torch.softmax(query @ key.transpose(-1, -2) * 0.5, dim=-1).mean(1)
+    i2t_ref, i2i_ref = split_joint(probs, text, text_first)
+    np_ = (grid[0] // pool) * (grid[1] // pool)
+    sums = (torch.zeros(b, np_, text), torch.zeros(b, np_, np_))
+    accumulate_joint(sums, query, key, 0.5, text, text_first, grid, pool, chunk_bytes)
+    torch.testing.assert_close(sums[0], pool_rows(i2t_ref, grid[1], pool))
+    torch.testing.assert_close(sums[1], pool_columns(pool_rows(i2i_ref, grid[1], pool), grid, pool))
+    torch.testing.assert_close(sums[0].sum(-1) + sums[1].sum(-1), torch.ones(b, np_))
+
+
+def test_window_indices():
+    assert window_indices(19, (0.5, 1.0)) == list(range(9, 19))
+    assert window_indices(2, (0.5, 1.0)) == [1]
+    assert window_indices(4, (0.0, 0.1)) == [0]
+    assert window_indices(3, None) == [] and window_indices(0, (0.0, 1.0)) == []
+
+
+def test_layers_of_both_families(pipe):
+    layers = dit_layers(pipe.transformer)
+    assert [layer.stream for layer in layers].count("joint") == 2
+    flux = "Flux" in type(pipe).__name__
+    assert [layer.stream for layer in layers].count("single") == (2 if flux else 0)
+    assert all(layer.text_first == flux for layer in layers)
+
+
+class _Spy:
+    """Wraps a processor and records the (query, key) its SDPA call gets."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __call__(self, attn, *args, **kwargs):
+        original = torch.nn.functional.scaled_dot_product_attention
+
+        def spy(query, key, value, *a, **k):
+            self.calls.append((query.detach().clone(), key.detach().clone()))
+            return original(query, key, value, *a, **k)
+
+        with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", spy):
+            return self.inner(attn, *args, **kwargs)
+
+
+def _reference_probs(query, key, text_len, text_first):
+    """Head-averaged joint softmax of the image-query rows, as the block computed it."""
+    probs = torch.softmax(
+        query.float() @ key.float().transpose(-1, -2) / query.shape[-1] ** 0.5, dim=-1
+    ).mean(1)
+    n = probs.shape[-1] - text_len
+    rows = probs[:, text_len:] if text_first else probs[:, :n]
+    return split_joint(rows, text_len, text_first)
+
+
+@pytest.mark.parametrize("block", ["joint", "single"])
+def test_captured_probabilities_are_the_models_softmax(pipe, block):
+    flux = "Flux" in type(pipe).__name__
+    if block == "single" and not flux:
+        pytest.skip("SD3 has no single-stream blocks")
+    name = "transformer_blocks.1.attn" if block == "joint" else "single_transformer_blocks.0.attn"
+    module = pipe.transformer.get_submodule(name)
+    original = module.processor
+    spy = _Spy(original)
+    module.set_processor(spy)
+    windows = {"joint_blocks": (0.5, 1.0), "single_blocks": None} if block == "joint" else {
+        "joint_blocks": None, "single_blocks": (0.0, 0.5)}  # fmt: skip
+    store = DiTStore(1, (8, 8), 1, step_indices=(0, 1), **windows)
+    try:
+        run_pipeline(
+            pipe, ["a photo of mold"], [0], num_inference_steps=2, height=128, width=128, store=store
+        )
+    finally:
+        module.set_processor(original)
+    query, key = spy.calls[0]
+    cond = slice(query.shape[0] - 1, None)  # SD3: [uncond, cond]; FLUX: [cond]
+    i2t, i2i = _reference_probs(query[cond], key[cond], store.text_len, flux)
+    assert list(store.counts) == [name] and store.counts[name] == 1
+    torch.testing.assert_close(store.cross_mean(), i2t, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(store.self_mean(renormalize=False), i2i, atol=1e-5, rtol=1e-4)
+
+
+def test_captured_run_draws_the_plain_image_and_restores_processors(pipe):
+    kwargs = dict(num_inference_steps=2, height=128, width=128)
+    before = {name: type(p) for name, p in pipe.transformer.attn_processors.items()}
+    plain = run_pipeline(pipe, ["a photo of mold on a wall"], [3], **kwargs)
+    store = DiTStore(1, (8, 8), 2, single_blocks=(0.0, 1.0))
+    captured = run_pipeline(pipe, ["a photo of mold on a wall"], [3], store=store, **kwargs)
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(captured.images[0]))
+    assert store.captured_steps == [0, 1] and store.nbytes() > 0
+    assert {name: type(p) for name, p in pipe.transformer.attn_processors.items()} == before
+    assert not any(isinstance(p, JointCaptureProcessor) for p in pipe.transformer.attn_processors.values())
+
+
+def test_processors_are_restored_after_an_error(pipe):
+    store = DiTStore(1, (8, 8), 1)
+    before = dict(pipe.transformer.attn_processors)
+    with pytest.raises(RuntimeError, match="boom"), capture_dit_attention(pipe.transformer, store):
+        raise RuntimeError("boom")
+    assert dict(pipe.transformer.attn_processors) == before
+
+
+def test_store_checks_its_grid():
+    with pytest.raises(ValueError, match="pool=3"):
+        DiTStore(1, (8, 8), 3)
+    with pytest.raises(RuntimeError, match="no joint attention"):
+        DiTStore(1, (8, 8), 1).cross_mean()
