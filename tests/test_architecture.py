@@ -13,9 +13,10 @@ MAX_FUNCTION_LINES = 80
 
 #: package -> the workspace packages it must never import
 FORBIDDEN = {
-    "segcontract": {"diffsynth", "seemadapt", "segloop"},
-    "diffsynth": {"seemadapt", "segloop"},
-    "seemadapt": {"diffsynth", "segloop"},
+    "segcontract": {"diffsynth", "seemadapt", "segloop", "segreview"},
+    "diffsynth": {"seemadapt", "segloop", "segreview"},
+    "seemadapt": {"diffsynth", "segloop", "segreview"},
+    "segloop": {"segreview"},
 }
 
 

@@ -1,0 +1,3 @@
+from segreview.cli import main
+
+main()
