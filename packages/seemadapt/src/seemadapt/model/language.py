@@ -206,7 +206,17 @@ class LanguageEncoder(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.lang_proj, std=0.02)
         with torch.no_grad():
-            self.logit_scale.fill_(1.0)
+            self.logit_scale.fill_(self.config.logit_scale_init)
+            if self.config.class_word_init:
+                self._silence_template_words()
+
+    def _silence_template_words(self) -> None:
+        """Zero the positions and the embeddings of every token the prompt templates share (start and end tokens
+        included): the pooled state then comes from the class words alone (see ``LanguageConfig``)."""
+        ids = self.tokenize([template.format("") for template in PROMPT_TEMPLATES]).input_ids
+        encoder = self.lang_encoder
+        encoder.positional_embedding.zero_()
+        encoder.token_embedding.weight[torch.unique(ids)] = 0.0
 
     # ------------------------------------------------------------------ tokenizer and caches
 

@@ -367,6 +367,7 @@ class Trainer:
     def _prepare_data(self, accelerator: Any) -> None:
         from seemadapt._detectron2 import DatasetCatalog, MetadataCatalog
         from seemadapt.data import EpochDataset, SEEMTrainMapper, register
+        from seemadapt.data.register import registered_thing_classes
 
         config = self.config
         source = self._train_source
@@ -390,6 +391,7 @@ class Trainer:
                 "data itself (not a registered name) to have it aligned to the classes."
             )
         self.classes = names
+        self.thing_classes = registered_thing_classes(name)
         if self._eval_source is not None:
             self.eval_data = self._aligned(self._eval_source, self.eval_split, names)
         else:
@@ -733,6 +735,7 @@ class Trainer:
             placement=self.report.placement,
             base_model=self.base_model,
             classes=self.classes,
+            thing_classes=self.thing_classes,
             metrics=metrics,
             config=self.config.to_dict(),
             datasets=self._dataset_names(),
@@ -762,6 +765,7 @@ class Trainer:
             model=self.model,
             placement=self.report.placement,
             classes=list(self.classes),
+            thing_classes=list(self.thing_classes),
             metrics=dict(self.last_metrics),
             history=list(self.state.history),
             eval_history=list(self.state.eval_history),
