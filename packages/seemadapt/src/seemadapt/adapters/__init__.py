@@ -19,7 +19,13 @@ from seemadapt.adapters.placement import (
     load_adapter_state_dict,
     set_train_mode,
 )
-from seemadapt.adapters.strategies import DEFAULT_STRATEGY, STRATEGIES, get_strategy, resolve_placement
+from seemadapt.adapters.strategies import (
+    DEFAULT_STRATEGY,
+    STRATEGIES,
+    default_lr,
+    get_strategy,
+    resolve_placement,
+)
 
 __all__ = [
     "DEFAULT_STRATEGY",
@@ -37,6 +43,7 @@ __all__ = [
     "adapter_state_dict",
     "apply_adapters",
     "frozen_forward_context",
+    "default_lr",
     "get_strategy",
     "inject_lora",
     "load_adapter_state_dict",

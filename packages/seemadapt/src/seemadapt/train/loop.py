@@ -313,6 +313,7 @@ class Trainer:
         self.config = config if config is not None else TrainConfig()
         self.model = model
         self.report: AdapterReport = adapter_report(model)
+        self.config = self.config.with_default_lr(self.report.placement)
         text = [n for n in self.report.trainable if self.report.group_of.get(n) == "language encoder"]
         if text or any(p.requires_grad for p in model.language_encoder.parameters()):
             raise ValueError(
