@@ -50,6 +50,7 @@ LOOKS: dict[str, Look] = {
     "stain": Look("ellipse", (150, 110, 60), "solid"),
     "pipe": Look("bar", (150, 150, 160), "stripes"),
     "wall": Look("rectangle", (205, 195, 175), "mottled"),
+    "background": Look("rectangle", (205, 195, 175), "mottled"),  # diffsynth's stuff class: the wall here
     # a generic shapes domain (what the pretrained tiny model first learns)
     "disc": Look("ellipse", (200, 60, 50), "solid"),
     "box": Look("rectangle", (50, 90, 200), "solid"),

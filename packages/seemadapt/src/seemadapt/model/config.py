@@ -7,7 +7,6 @@ reproduce the official checkpoints' geometry exactly so their state dicts load w
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
@@ -15,10 +14,10 @@ BlockVariant = Literal["focal", "focal_dw"]
 
 #: ``tiny``'s initial log classifier scale: CLIP/UniCL's ``log(1 / 0.07)`` (a scale of 14.3), where contrastive text
 #: encoders start; the official code's 1.0 (scale 2.7) caps class probabilities near 0.4 with a frozen scale.
-TINY_LOGIT_SCALE = float(os.environ.get("SEEMADAPT_TINY_LS", math.log(1 / 0.07)))
+TINY_LOGIT_SCALE = math.log(1 / 0.07)
 #: ``tiny``'s backbone layer scale: trained FocalNets keep theirs far above the 1e-4 they start from, and adapters,
 #: which act before the layer scale, get no gradient through 1e-4.
-TINY_LAYERSCALE = float(os.environ.get("SEEMADAPT_TINY_GAMMA", 0.1))
+TINY_LAYERSCALE = 0.1
 
 
 def _check_positive(owner: str, **values: int | float) -> None:
