@@ -213,8 +213,10 @@ class LanguageEncoder(nn.Module):
     def _silence_template_words(self) -> None:
         """Zero the positions and the embeddings of every token the prompt templates share (start and end tokens
         included): the pooled state then comes from the class words alone (see ``LanguageConfig``)."""
-        ids = self.tokenize([template.format("") for template in PROMPT_TEMPLATES]).input_ids
         encoder = self.lang_encoder
+        if encoder.token_embedding.weight.is_meta:  # shapes only: nothing to initialise
+            return
+        ids = self.tokenize([template.format("") for template in PROMPT_TEMPLATES]).input_ids
         encoder.positional_embedding.zero_()
         encoder.token_embedding.weight[torch.unique(ids)] = 0.0
 
