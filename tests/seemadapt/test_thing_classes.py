@@ -36,7 +36,16 @@ def test_saved_adapters_know_their_things_and_predict_uses_them(tmp_path):
 
     data[0]["image"].convert("RGB").save(tmp_path / "img.png")
     out = tmp_path / "pred"
-    argv = ["predict", "--adapters", str(folder), "--task", "panoptic", str(tmp_path / "img.png"), "--out", str(out)]
+    argv = [
+        "predict",
+        "--adapters",
+        str(folder),
+        "--task",
+        "panoptic",
+        str(tmp_path / "img.png"),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     assert yaml.safe_load((out / "predict_config.yaml").read_text())["thing_classes"] == ["square", "disc"]
     segments = json.loads((out / "img_panoptic.json").read_text())
