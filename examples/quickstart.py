@@ -1,4 +1,4 @@
-"""The main job, offline, on the built-in tiny models (about 3 minutes on 2 CPU cores; see the README).
+"""The main job, offline, on the built-in tiny models (a few minutes on 2 CPU cores).
 
     uv run python examples/quickstart.py [--output outputs/quickstart] [--fast]
 
