@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -15,6 +16,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Tests run tiny models: one intra-op thread per process is fastest and keeps multi-process tests from
 # oversubscribing the 2 CI cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The pretrained tiny model (seemadapt.pretrained_tiny) is built once per machine and code version, not per session:
+# its cache key hashes the code, so a stale one is never used.
+os.environ.setdefault(
+    "SEEMADAPT_PRETRAINED_TINY", os.path.join(tempfile.gettempdir(), "seemadapt-pretrained-tiny")
+)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from seemadapt._detectron2 import BitMasks, Instances
-from seemadapt.adapters import AdapterPlacement, adapter_report, adapter_state_dict, apply_adapters
+from seemadapt.adapters import (
+    AdapterPlacement,
+    adapter_report,
+    adapter_state_dict,
+    apply_adapters,
+    get_strategy,
+)
 from seemadapt.metrics import SemanticMetrics
 from seemadapt.model import SEEM
 from seemadapt.model.templates import with_background
@@ -85,7 +91,13 @@ def tiny_with(placement) -> SEEM:
 
 def test_config_defaults_follow_the_recipe_without_the_fork_lr_multiplier():
     c = TrainConfig()
-    assert (c.lr, c.weight_decay, c.clip, c.image_size) == (1e-4, 0.05, 5.0, 256)
+    assert (c.lr, c.weight_decay, c.clip, c.image_size) == (None, 0.05, 5.0, 256)
+    # lr None = the placement's default: the SEEM recipe's 1e-4 when base weights train, 1e-3 for adapters only.
+    assert c.with_default_lr(get_strategy("frozen-backbone/full-head")).lr == 1e-4
+    assert c.with_default_lr(get_strategy("adapter-backbone/full-head")).lr == 1e-4
+    assert c.with_default_lr(get_strategy("frozen-backbone/adapter-head")).lr == 1e-3
+    assert c.with_default_lr(get_strategy("adapter-backbone/adapter-head")).lr == 1e-3
+    assert TrainConfig(lr=5e-4).with_default_lr(get_strategy("frozen-backbone/adapter-head")).lr == 5e-4
     assert c.lr_multipliers == {} and c.tracker == "tensorboard" and c.mixed_precision == "auto"
     assert c.criterion == CriterionConfig()
     assert c.milestones == (0.88889, 0.96296)

@@ -12,7 +12,13 @@ from seemadapt.adapters.modules import AdapterModule, AdaptFormer, ChannelSpatia
 from seemadapt.adapters.placement import AdapterPlacement
 from seemadapt.adapters.report import GROUPS, AdapterReport, GroupCount, adapter_report
 from seemadapt.adapters.state import adapter_state_dict, load_adapter_state_dict
-from seemadapt.adapters.strategies import DEFAULT_STRATEGY, STRATEGIES, get_strategy, resolve_placement
+from seemadapt.adapters.strategies import (
+    DEFAULT_STRATEGY,
+    STRATEGIES,
+    default_lr,
+    get_strategy,
+    resolve_placement,
+)
 
 __all__ = [
     "DEFAULT_STRATEGY",
@@ -29,6 +35,7 @@ __all__ = [
     "adapter_report",
     "adapter_state_dict",
     "apply_adapters",
+    "default_lr",
     "frozen_forward_context",
     "get_strategy",
     "inject_lora",

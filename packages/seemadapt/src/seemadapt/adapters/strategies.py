@@ -39,6 +39,20 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 }
 
 
+#: Default learning rate of a placement that trains base weights (any ``train_full``): the SEEM v1 recipe's.
+FULL_LR = 1e-4
+#: Default learning rate of a placement that trains only adapters (and norms): freshly initialised, zero-output
+#: adapters need a larger step; at 1e-4 the adapter-head strategies barely leave their start on the toy scenes
+#: (``benchmarks/bench_lr.py``, numbers in ``docs/adapters.md``).
+ADAPTER_LR = 1e-3
+
+
+def default_lr(placement: AdapterPlacement) -> float:
+    """The learning rate a run uses when ``TrainConfig.lr`` is ``None``: :data:`FULL_LR` if the placement trains
+    base weights, else :data:`ADAPTER_LR`."""
+    return FULL_LR if placement.train_full else ADAPTER_LR
+
+
 def get_strategy(name: str = DEFAULT_STRATEGY, **overrides: Any) -> AdapterPlacement:
     """The placement of a named strategy, with optional field overrides (e.g. ``backbone_spatial_reduction=4``)."""
     if name not in STRATEGIES:

@@ -70,6 +70,7 @@ __all__ = [
     "ensure_registered",
     "load_records",
     "register",
+    "registered_thing_classes",
     "spec_of",
     "unregister",
 ]
@@ -302,6 +303,15 @@ def load_records(root: str) -> list[dict]:
         for key in ("file_name", "pan_seg_file_name", "sem_seg_file_name"):
             r[key] = str(base / r[key])
     return records
+
+
+def registered_thing_classes(name: str) -> list[str]:
+    """The thing class names of registered dataset ``name``, in contiguous order (its metadata's
+    ``thing_dataset_id_to_contiguous_id``; every registered class is listed in ``thing_classes``)."""
+    metadata = MetadataCatalog.get(name)
+    names = list(metadata.stuff_classes)
+    contiguous = set(getattr(metadata, "thing_dataset_id_to_contiguous_id", {}).values())
+    return [n for k, n in enumerate(names) if k in contiguous]
 
 
 def _metadata(root: Path, categories: list[Category], key: str) -> dict[str, Any]:

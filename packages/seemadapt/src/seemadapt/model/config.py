@@ -7,10 +7,18 @@ reproduce the official checkpoints' geometry exactly so their state dicts load w
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 BlockVariant = Literal["focal", "focal_dw"]
+
+#: ``tiny``'s initial log classifier scale: CLIP/UniCL's ``log(1 / 0.07)`` (a scale of 14.3), where contrastive text
+#: encoders start; the official code's 1.0 (scale 2.7) caps class probabilities near 0.4 with a frozen scale.
+TINY_LOGIT_SCALE = math.log(1 / 0.07)
+#: ``tiny``'s backbone layer scale: trained FocalNets keep theirs far above the 1e-4 they start from, and adapters,
+#: which act before the layer scale, get no gradient through 1e-4.
+TINY_LAYERSCALE = 0.1
 
 
 def _check_positive(owner: str, **values: int | float) -> None:
@@ -92,7 +100,14 @@ class PixelDecoderConfig:
 
 @dataclass
 class LanguageConfig:
-    """UniCL/CLIP-style causal text transformer (``sem_seg_head.predictor.lang_encoder.*``)."""
+    """UniCL/CLIP-style causal text transformer (``sem_seg_head.predictor.lang_encoder.*``).
+
+    ``logit_scale_init`` is the initial *log* classifier scale (logits are ``exp(logit_scale) * cosine``); the
+    official code starts from 1.0 and checkpoints bring their trained value. ``class_word_init`` starts the prompt
+    templates' own words, the start/end tokens and the positions at zero, so that the pooled text state is a random
+    function of the class words alone: distinct words get distinct embeddings, as in a trained text encoder.
+    Both only set the random initialisation; loaded weights replace them.
+    """
 
     vocab_size: int = 49408
     context_length: int = 77
@@ -101,6 +116,8 @@ class LanguageConfig:
     layers: int = 12
     dim_proj: int = 512
     layernorm_eps: float = 1e-12
+    logit_scale_init: float = 1.0
+    class_word_init: bool = False
 
     def __post_init__(self) -> None:
         _check_positive(
@@ -240,12 +257,20 @@ def tiny_config(num_classes: int = 133, variant: BlockVariant = "focal_dw") -> S
             focal_levels=(2, 2, 2, 2),
             focal_windows=(3, 3, 3, 3),
             drop_path_rate=0.1,
+            layerscale_init=TINY_LAYERSCALE,
         ),
         pixel_decoder=PixelDecoderConfig(
             conv_dim=64, mask_dim=64, num_encoder_layers=1, num_heads=4, dim_feedforward=128
         ),
         language=LanguageConfig(
-            vocab_size=49408, context_length=77, width=64, heads=4, layers=2, dim_proj=64
+            vocab_size=49408,
+            context_length=77,
+            width=64,
+            heads=4,
+            layers=2,
+            dim_proj=64,
+            logit_scale_init=TINY_LOGIT_SCALE,
+            class_word_init=True,
         ),
         decoder=DecoderConfig(
             hidden_dim=64,

@@ -206,7 +206,19 @@ class LanguageEncoder(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.lang_proj, std=0.02)
         with torch.no_grad():
-            self.logit_scale.fill_(1.0)
+            self.logit_scale.fill_(self.config.logit_scale_init)
+            if self.config.class_word_init:
+                self._silence_template_words()
+
+    def _silence_template_words(self) -> None:
+        """Zero the positions and the embeddings of every token the prompt templates share (start and end tokens
+        included): the pooled state then comes from the class words alone (see ``LanguageConfig``)."""
+        encoder = self.lang_encoder
+        if encoder.token_embedding.weight.is_meta:  # shapes only: nothing to initialise
+            return
+        ids = self.tokenize([template.format("") for template in PROMPT_TEMPLATES]).input_ids
+        encoder.positional_embedding.zero_()
+        encoder.token_embedding.weight[torch.unique(ids)] = 0.0
 
     # ------------------------------------------------------------------ tokenizer and caches
 

@@ -1,6 +1,6 @@
 """``TrainConfig``: every knob of a fine-tuning run, validated up front.
 
-Defaults follow the SEEM v1 recipe as the thesis ran it: AdamW, lr 1e-4,
+Defaults follow the SEEM v1 recipe as the thesis ran it: AdamW, lr 1e-4 (1e-3 for adapter-only placements),
 weight decay 0.05 (none on norms, embeddings and biases), gradient-norm clip 5.0, 256 px LSJ crops, batch 4,
 30 epochs. Two deliberate departures: every parameter group gets the same learning rate unless
 ``lr_multipliers`` says otherwise (the fork's 0.1 on the backbone would have starved the backbone adapters), and the
@@ -41,7 +41,10 @@ class TrainConfig:
     """Settings of one fine-tuning run.
 
     Optimisation:
-        lr, weight_decay, betas, eps: AdamW. Weight decay is 0 for norm layers, embeddings, biases and other
+        lr: AdamW's learning rate; ``None`` (default) = the placement's
+            :func:`~seemadapt.adapters.strategies.default_lr`: 1e-4 (the SEEM recipe) when base weights train, 1e-3
+            when only adapters do (they need the larger step; see ``docs/adapters.md``).
+        weight_decay, betas, eps: AdamW. Weight decay is 0 for norm layers, embeddings, biases and other
             1-d parameters (see :func:`seemadapt.train.optim.param_groups`).
         lr_multipliers: per adapter-report group (``"backbone adapters"``, ``"decoder"``, ... see
             :data:`seemadapt.adapters.GROUPS`) a factor on ``lr``; unnamed groups get 1.0.
@@ -82,7 +85,7 @@ class TrainConfig:
         progress: tqdm bar on the main process.
     """
 
-    lr: float = 1e-4
+    lr: float | None = None
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -147,7 +150,8 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
 
     def _validate(self) -> None:
-        _positive("lr", self.lr)
+        if self.lr is not None:
+            _positive("lr", self.lr)
         _at_least("weight_decay", self.weight_decay, 0.0)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}.")
@@ -232,6 +236,14 @@ class TrainConfig:
             )
 
     # ------------------------------------------------------------------ derived values
+
+    def with_default_lr(self, placement: Any) -> TrainConfig:
+        """This config, with ``lr`` set to the placement's default if it is ``None``."""
+        if self.lr is not None:
+            return self
+        from seemadapt.adapters.strategies import default_lr
+
+        return self.replace(lr=default_lr(placement))
 
     def resolved_mixed_precision(self) -> str:
         """``"auto"`` made concrete: bf16 where the device computes it natively (a CUDA device that supports it,

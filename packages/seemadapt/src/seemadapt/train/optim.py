@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from seemadapt.adapters import adapter_report
+from seemadapt.adapters.strategies import default_lr
 from seemadapt.train.config import TrainConfig
 
 __all__ = ["LRSchedule", "build_optimizer", "build_scheduler", "no_decay_names", "param_groups"]
@@ -48,7 +50,8 @@ def param_groups(
     """AdamW parameter groups over the trainable parameters of ``model``.
 
     One group per (adapter-report group, decay or not) so that each can carry its own learning rate
-    (``config.lr * config.lr_multipliers.get(group, 1.0)``). ``group_of`` maps parameter names to report groups
+    (``config.lr * config.lr_multipliers.get(group, 1.0)``; ``lr=None``: the placement's
+    :func:`~seemadapt.adapters.strategies.default_lr`). ``group_of`` maps parameter names to report groups
     (:attr:`seemadapt.adapters.AdapterReport.group_of`); without it every parameter is in group ``"all"``.
     Each group has a ``"name"`` (``"<group>/decay"`` or ``"<group>/no_decay"``) for logging.
     """
@@ -65,6 +68,7 @@ def param_groups(
             "No trainable parameters: apply an adapter placement (seemadapt.adapters.apply_adapters) before "
             "building the optimizer."
         )
+    lr = config.lr if config.lr is not None else default_lr(adapter_report(model).placement)
     groups = []
     for (group, decay), params in buckets.items():
         factor = config.lr_multipliers.get(group, 1.0)
@@ -72,7 +76,7 @@ def param_groups(
             {
                 "params": params,
                 "name": f"{group}/{'decay' if decay else 'no_decay'}",
-                "lr": config.lr * factor,
+                "lr": lr * factor,
                 "weight_decay": config.weight_decay if decay else 0.0,
             }
         )
@@ -96,7 +100,7 @@ def build_optimizer(
         fused = all(
             p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"]
         )
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused)
+    return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=config.betas, eps=config.eps, fused=fused)
 
 
 class LRSchedule:

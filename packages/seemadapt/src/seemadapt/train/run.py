@@ -31,6 +31,7 @@ def save_adapter_folder(
     metrics: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
     datasets: list[Any] | tuple[Any, ...] = (),
+    thing_classes: list[str] | None = None,
 ) -> Path:
     """Write the adapter weights and what is needed to rebuild the model into ``folder`` with
     :func:`seemadapt.hub.save_adapters` (weights, placement, model card)."""
@@ -41,6 +42,7 @@ def save_adapter_folder(
         placement=placement,
         base_model=base_model,
         classes=classes,
+        thing_classes=thing_classes,
         metrics=metrics,
         config=config,
         datasets=list(datasets),
@@ -66,6 +68,7 @@ class Run:
         model: the fine-tuned SEEM (final weights, eval mode).
         placement: the adapter placement it was trained with.
         classes: the class list (contiguous order) it was trained and evaluated with.
+        thing_classes: those of ``classes`` that are things (panoptic inference: the others are stuff).
         metrics: the last evaluation's metrics, flattened (``{"semantic/miou": 0.71, ...}``); empty without eval
             data.
         history: training log records (``step``, ``loss``, per-term losses, ``lr``, ``grad_norm``, ``time`` =
@@ -94,6 +97,7 @@ class Run:
     eval_result: Any = None
     report: AdapterReport | None = None
     datasets: list[Any] = field(default_factory=list)
+    thing_classes: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ saving
 
@@ -105,6 +109,7 @@ class Run:
             placement=self.placement,
             base_model=self.base_model,
             classes=self.classes,
+            thing_classes=self.thing_classes,
             metrics=self.metrics or None,
             config=self.config.to_dict(),
             datasets=self.datasets,

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from seemadapt._detectron2 import DatasetCatalog, MetadataCatalog
 from seemadapt.adapters import AdapterReport, adapter_report, adapter_state_dict, set_train_mode
 from seemadapt.data import EpochDataset, SEEMTrainMapper, class_names_of, load_source, mix, register
+from seemadapt.data.register import registered_thing_classes
 from seemadapt.model.seem import SEEM
 from seemadapt.train.checkpoints import (
     BEST_DIR,
@@ -110,6 +111,7 @@ class Trainer:
         self.config = config if config is not None else TrainConfig()
         self.model = model
         self.report: AdapterReport = adapter_report(model)
+        self.config = self.config.with_default_lr(self.report.placement)
         text = [n for n in self.report.trainable if self.report.group_of.get(n) == "language encoder"]
         if text or any(p.requires_grad for p in model.language_encoder.parameters()):
             raise ValueError(
@@ -182,6 +184,7 @@ class Trainer:
                 "data itself (not a registered name) to have it aligned to the classes."
             )
         self.classes = names
+        self.thing_classes = registered_thing_classes(name)
         if self._eval_source is not None:
             self.eval_data = self._aligned(self._eval_source, self.eval_split, names)
         else:
@@ -398,6 +401,7 @@ class Trainer:
             placement=self.report.placement,
             base_model=self.base_model,
             classes=self.classes,
+            thing_classes=self.thing_classes,
             metrics=metrics,
             config=self.config.to_dict(),
             datasets=self._dataset_names(),
@@ -413,6 +417,7 @@ class Trainer:
             model=self.model,
             placement=self.report.placement,
             classes=list(self.classes),
+            thing_classes=list(self.thing_classes),
             metrics=dict(self.last_metrics),
             history=list(self.state.history),
             eval_history=list(self.state.eval_history),
