@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from panopticapi.utils import rgb2id
@@ -248,8 +246,8 @@ def test_tokenize_refcoco_style():
     assert tokenize("The mold, on the LEFT!") == ["the", "mold", "on", "the", "left"]
 
 
-def test_annotate_is_fast_on_512():
-    """The 5% budget: a 512x512 map with ~10 segments annotates in a few ms (loose bound: shared CI machines)."""
+def test_annotate_512_map_with_about_ten_segments():
+    """A 512x512 map with ~10 rectangles annotates into about that many segments (no timing in tests)."""
     cats = resolve_categories(["mold", "stain", "pipe", Category("wall", isthing=False)])
     rng = np.random.default_rng(1)
     lm = np.full((512, 512), 4, np.uint8)
@@ -260,9 +258,3 @@ def test_annotate_is_fast_on_512():
     lm[0:10] = IGNORE_INDEX
     ann = annotate(lm, cats, image_id=0)
     assert 8 <= len(ann.segments_info) <= 12
-    times = []
-    for i in range(15):
-        t0 = time.perf_counter()
-        annotate(lm, cats, image_id=i)
-        times.append(time.perf_counter() - t0)
-    assert float(np.median(times)) < 0.05
