@@ -1,0 +1,25 @@
+"""diffsynth's own exception types: each message names the argument or path, the value and the fix.
+
+They subclass the built-in types the same failures raised before (``ValueError``, ``TypeError``, ``OSError``), so
+existing ``except`` clauses keep catching them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ArgumentError", "HubAccessError", "ModelNotFoundError", "OutputPathError"]
+
+
+class ArgumentError(ValueError, TypeError):
+    """An argument of the wrong type or value, caught before any work starts."""
+
+
+class OutputPathError(OSError):
+    """An output path that cannot be written (a file where a folder is needed, read-only, disk full)."""
+
+
+class ModelNotFoundError(OSError):
+    """A model id that is neither a local folder nor reachable on the Hub (offline, typo, private)."""
+
+
+class HubAccessError(OSError):
+    """The Hub cannot be used as asked: no token, no network, or no write access to the repo."""
