@@ -205,9 +205,7 @@ def test_missing_and_unexpected_keys_in_strict_mode(tmp_path, source_state):
         SEEM.from_pretrained(tmp_path / "missing.pt", config="tiny", strict=True)
     with pytest.warns(UserWarning, match="strict=False"):
         lenient = SEEM.from_pretrained(tmp_path / "missing.pt", config="tiny", strict=False)
-    assert lenient.load_report.missing == [
-        "backbone.norm3.bias"
-    ]
+    assert lenient.load_report.missing == ["backbone.norm3.bias"]
     extra = dict(source_state, **{"something.else": torch.zeros(2)})
     torch.save(extra, tmp_path / "extra.pt")
     with pytest.raises(CheckpointError, match=r"unexpected checkpoint keys: something\.else"):

@@ -6,6 +6,8 @@ existing ``except`` clauses keep catching them.
 
 from __future__ import annotations
 
+from segcontract.errors import HubAccessError  # one type for both SDKs: the Hub check lives in segcontract
+
 __all__ = ["ArgumentError", "HubAccessError", "ModelNotFoundError", "OutputPathError"]
 
 
@@ -19,7 +21,3 @@ class OutputPathError(OSError):
 
 class ModelNotFoundError(OSError):
     """A model id that is neither a local folder nor reachable on the Hub (offline, typo, private)."""
-
-
-class HubAccessError(OSError):
-    """The Hub cannot be used as asked: no token, no network, or no write access to the repo."""

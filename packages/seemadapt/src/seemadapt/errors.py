@@ -1,10 +1,12 @@
 """seemadapt's own exception types: each message names the argument or path, the value and the fix.
 
 They subclass the built-in types the same failures raised before (``ValueError``, ``TypeError``, ``OSError``), so
-existing ``except`` clauses keep catching them. ``import seemadapt.errors`` is cheap (no torch).
+existing ``except`` clauses keep catching them.
 """
 
 from __future__ import annotations
+
+from segcontract.errors import HubAccessError  # one type for both SDKs: the Hub check lives in segcontract
 
 __all__ = [
     "ArgumentError",
@@ -34,7 +36,3 @@ class ResumeError(CheckpointError):
 
 class OutputPathError(OSError):
     """An output path that cannot be written (a file where a folder is needed, read-only, disk full)."""
-
-
-class HubAccessError(OSError):
-    """The Hub cannot be used as asked: no token, no network, or no write access to the repo."""

@@ -32,8 +32,9 @@ from segcontract.columns import (
     SOURCES,
     VOID,
 )
-from segcontract.errors import ContractError
+from segcontract.errors import ContractError, HubAccessError
 from segcontract.features import contract_features, segment_feature
+from segcontract.hub_access import HUB_REPO_ID, check_hub_write
 from segcontract.overlay import blend_regions, outline
 from segcontract.panoptic import id2rgb, rgb2id, segment_geometry
 from segcontract.row_check import DecodedRow, check_fields, decode_image, decode_row, row_label
@@ -49,6 +50,7 @@ __all__ = [
     "COLUMNS",
     "CONNECTIVITY",
     "GROUNDING_KEYS",
+    "HUB_REPO_ID",
     "IGNORE_LABEL",
     "IMAGE_COLUMNS",
     "MAX_SEGMENT_ID",
@@ -59,6 +61,7 @@ __all__ = [
     "Category",
     "ContractError",
     "DecodedRow",
+    "HubAccessError",
     "Region",
     "UniqueRows",
     "attach_categories",
@@ -68,6 +71,7 @@ __all__ = [
     "check_color",
     "check_features",
     "check_fields",
+    "check_hub_write",
     "class_names_of",
     "contract_features",
     "decode_image",

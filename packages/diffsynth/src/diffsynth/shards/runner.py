@@ -28,6 +28,8 @@ from diffsynth.distributed import (
     assigned_shards,
     process_info,
 )
+from diffsynth.errors import HubAccessError
+from diffsynth.hub import check_push_access
 from diffsynth.schema import features as contract_features
 from diffsynth.schema import scrub_settings
 from diffsynth.shards.files import remove_temps, write_json_atomic
@@ -398,6 +400,8 @@ def run_sharded(
     if len(generator.plans) != layout.num_images:
         raise ValueError(f"generator has {len(generator.plans)} plans for num_images={layout.num_images}.")
     repo = repo_kwargs(push_to_hub)
+    if repo is not None and info.is_main:  # before any image is drawn
+        check_push_access(repo["repo_id"], repo.get("token"))
     if not isinstance(timeout, datetime.timedelta):
         timeout = datetime.timedelta(seconds=float(timeout))
     fingerprint, fields = run_fingerprint(generator)
@@ -411,5 +415,12 @@ def run_sharded(
     result = load_shards(run.out, streaming=streaming, cache_dir=cache_dir)
     if repo is not None:
         merged = result if isinstance(result, Dataset) else load_shards(run.out, cache_dir=cache_dir)
-        push_shards_to_hub(run.out, dataset=merged, **repo)
+        try:
+            push_shards_to_hub(run.out, dataset=merged, **repo)
+        except Exception as error:  # network, rights, quota: the finished folder stays as it is
+            raise HubAccessError(
+                f"push_to_hub={repo['repo_id']!r} failed ({type(error).__name__}: {str(error)[:200]}); the dataset "
+                f"is complete in {str(run.out)!r}: push it later with "
+                f"diffsynth.shards.push_shards_to_hub({str(run.out)!r}, {repo['repo_id']!r})."
+            ) from error
     return result

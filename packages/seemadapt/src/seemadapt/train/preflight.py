@@ -44,7 +44,8 @@ def preflight(config: TrainConfig) -> None:
     """Every check of a run that needs no data and no model: output folder, resume checkpoint, precision."""
     check_output_dir(config.output_dir)
     if config.resume_from not in (None, "latest"):
-        find_checkpoint(config.output_dir, config.resume_from)  # FileNotFoundError naming the field and the fix
+        # FileNotFoundError naming the field and the fix
+        find_checkpoint(config.output_dir, config.resume_from)
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ArgumentError(
             "TrainConfig.mixed_precision='fp16' needs a CUDA GPU (fp16 autocast with a gradient scaler); on this "
