@@ -6,17 +6,14 @@ existing ``except`` clauses keep catching them.
 
 from __future__ import annotations
 
-from segcontract.errors import HubAccessError  # one type for both SDKs: the Hub check lives in segcontract
+# One type each for both SDKs: the Hub and output-folder checks live in segcontract.
+from segcontract.errors import HubAccessError, OutputPathError
 
 __all__ = ["ArgumentError", "HubAccessError", "ModelNotFoundError", "OutputPathError"]
 
 
 class ArgumentError(ValueError, TypeError):
     """An argument of the wrong type or value, caught before any work starts."""
-
-
-class OutputPathError(OSError):
-    """An output path that cannot be written (a file where a folder is needed, read-only, disk full)."""
 
 
 class ModelNotFoundError(OSError):

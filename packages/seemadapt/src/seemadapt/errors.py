@@ -6,7 +6,8 @@ existing ``except`` clauses keep catching them.
 
 from __future__ import annotations
 
-from segcontract.errors import HubAccessError  # one type for both SDKs: the Hub check lives in segcontract
+# One type each for both SDKs: the Hub and output-folder checks live in segcontract.
+from segcontract.errors import HubAccessError, OutputPathError
 
 __all__ = [
     "ArgumentError",
@@ -32,7 +33,3 @@ class UntrustedCheckpointError(CheckpointError):
 
 class ResumeError(CheckpointError):
     """A training checkpoint to resume from is incomplete, changed since it was written, or unsafe to load."""
-
-
-class OutputPathError(OSError):
-    """An output path that cannot be written (a file where a folder is needed, read-only, disk full)."""

@@ -32,9 +32,10 @@ from segcontract.columns import (
     SOURCES,
     VOID,
 )
-from segcontract.errors import ContractError, HubAccessError
+from segcontract.errors import ContractError, HubAccessError, OutputPathError
 from segcontract.features import contract_features, segment_feature
 from segcontract.hub_access import HUB_REPO_ID, check_hub_write
+from segcontract.output_paths import check_output_dir, output_write_error
 from segcontract.overlay import blend_regions, outline
 from segcontract.panoptic import id2rgb, rgb2id, segment_geometry
 from segcontract.row_check import DecodedRow, check_fields, decode_image, decode_row, row_label
@@ -62,6 +63,7 @@ __all__ = [
     "ContractError",
     "DecodedRow",
     "HubAccessError",
+    "OutputPathError",
     "Region",
     "UniqueRows",
     "attach_categories",
@@ -72,6 +74,7 @@ __all__ = [
     "check_features",
     "check_fields",
     "check_hub_write",
+    "check_output_dir",
     "class_names_of",
     "contract_features",
     "decode_image",
@@ -85,6 +88,7 @@ __all__ = [
     "load_clip_bpe",
     "make_row",
     "outline",
+    "output_write_error",
     "parse_categories",
     "png_bytes",
     "read_categories",

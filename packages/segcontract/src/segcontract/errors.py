@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ContractError", "HubAccessError"]
+__all__ = ["ContractError", "HubAccessError", "OutputPathError"]
 
 
 class ContractError(ValueError):
@@ -14,3 +14,7 @@ class HubAccessError(OSError, ValueError):
 
     An ``OSError`` (the Hub is an outside resource) and a ``ValueError`` (most causes are an argument), so handlers
     of either keep catching it."""
+
+
+class OutputPathError(OSError):
+    """An output path that cannot be written: a file where a folder is needed, read-only, or the disk is full."""
