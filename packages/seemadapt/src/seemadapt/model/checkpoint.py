@@ -229,6 +229,13 @@ def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
             raise CheckpointError(
                 f"checkpoint file {str(path)!r} is not a readable safetensors file ({error}); download it again."
             ) from None
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):  # torch's zip, or a legacy pickle
+        raise CheckpointError(
+            f"checkpoint file {str(path)!r} is not a PyTorch checkpoint (it starts with {magic!r}); pass an official "
+            "SEEM .pt, a .safetensors file or a folder written by save_pretrained."
+        )
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
