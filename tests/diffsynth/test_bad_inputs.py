@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from _shard_worker import FakeGenerator  # loaded by tests/diffsynth/conftest.py
+from PIL import Image as PILImage
 
 import diffsynth
 from diffsynth import hub
@@ -245,3 +247,21 @@ def test_cli_health_into_a_closed_pipe_prints_no_traceback(tmp_path):
     reader.stdin.close()
     reader.wait()
     assert b"Traceback" not in writer.stderr and b"BrokenPipe" not in writer.stderr, writer.stderr.decode()
+
+
+def test_readme_diffsynth_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's example with only what needs the network or a GPU made small: the tiny model, 2 images."""
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    code = re.search(r"## diffsynth\n\n```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.S).group(
+        1
+    )
+    code = code.replace('"stable-diffusion-v1-5/stable-diffusion-v1-5"', '"tiny"').replace(
+        "num_images=500", "num_images=2"
+    )
+    (tmp_path / "photos").mkdir()
+    PILImage.new("RGB", (64, 64), (120, 90, 60)).save(tmp_path / "photos" / "wall.png")
+    pushed = []
+    monkeypatch.setattr(hub, "stage_and_upload", lambda *args, **kwargs: pushed.append(args) or "commit")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, str(readme), "exec"), {})
+    assert (tmp_path / "coco" / "panoptic_train.json").is_file() and pushed
