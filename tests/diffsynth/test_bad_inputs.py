@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from _shard_worker import FakeGenerator  # loaded by tests/diffsynth/conftest.py
@@ -73,6 +74,16 @@ def _foreign_repo(tmp_path, monkeypatch):
 def _read_only_token(tmp_path, monkeypatch):
     online_hub(monkeypatch, role="read")
     run_sharded(FakeGenerator(2), tmp_path / "out", push_to_hub="me/data")
+
+
+def _push_without_network(tmp_path, monkeypatch):
+    online_hub(monkeypatch)
+
+    def no_network(*args, **kwargs):
+        raise httpx.ConnectError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(FakeApi, "create_repo", no_network, raising=False)
+    diffsynth.push_to_hub(make_contract_dataset(1), "me/data")
 
 
 # (case id, call(tmp_path, monkeypatch), exception type, text the message must hold)
@@ -152,6 +163,7 @@ CASES = [
         "push_to_hub",
     ),
     ("push-no-token", _no_token, HubAccessError, "no Hub token"),
+    ("push-without-network", _push_without_network, HubAccessError, "push_to_hub='me/data'"),
     ("push-repo-of-another-owner", _foreign_repo, HubAccessError, "someone-else"),
     ("push-read-only-token", _read_only_token, HubAccessError, "read-only"),
 ]

@@ -12,11 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from accelerate import Accelerator
 
 import seemadapt
+from seemadapt import hub
 from seemadapt.cli import main
 from seemadapt.errors import (
     ArgumentError,
@@ -86,6 +88,23 @@ def _save_fails(tmp_path):
     save_checkpoint(DiskFull(), tmp_path / "out", TrainState(step=1), 2)
 
 
+def _push_without_network(tmp_path):
+    model = SEEM.from_config("tiny")
+    seemadapt.apply_adapters(model, "frozen-backbone/adapter-head")
+    folder = seemadapt.save_adapters(model, tmp_path / "adapters", base_model="tiny", classes=["cat", "dog"])
+
+    class NoNetwork:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, *args, **kwargs):
+            raise httpx.ConnectError("[Errno -3] Temporary failure in name resolution")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hub, "HfApi", NoNetwork)
+        seemadapt.push_adapters(folder, "me/adapters")
+
+
 # (case id, call(tmp_path), exception type, text the message must hold)
 CASES = [
     ("checkpoint-no-key-matches", _foreign_checkpoint, CheckpointError, "missing from the checkpoint"),
@@ -141,6 +160,7 @@ CASES = [
         HubAccessError,
         "push_to_hub='me/adapters'",
     ),
+    ("push-without-network", _push_without_network, HubAccessError, "push_to_hub='me/adapters'"),
     (
         "push-bad-repo-id",
         lambda t: check_push_access("me/adapters/extra"),

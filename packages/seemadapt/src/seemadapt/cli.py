@@ -588,9 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ValueError,
         TypeError,
         KeyError,
-        FileNotFoundError,
-        NotADirectoryError,
-        FileExistsError,
+        OSError,  # FileNotFoundError, OutputPathError (a file, read-only, disk full), HubAccessError...
         ImportError,
     ) as error:
         if args.traceback:

@@ -67,7 +67,7 @@ from seemadapt.errors import ArgumentError
 from seemadapt.model.config import PRESETS
 from seemadapt.model.seem import SEEM
 from seemadapt.model_card import PRESET_TITLES, render_model_card
-from segcontract import check_hub_write
+from segcontract import check_hub_write, hub_errors
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -374,16 +374,17 @@ def push_adapters(
     if update_card:
         (folder / CARD_NAME).write_text(render_model_card(config, repo_id=repo_id))
     api = HfApi(token=token)
-    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    logger.info("uploading %s to %s", folder, getattr(url, "repo_id", repo_id))
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        repo_type="model",
-        folder_path=str(folder),
-        commit_message=commit_message,
-        revision=revision,
-        ignore_patterns=[".seemadapt-staging-*", ".seemadapt-staging-*/**", ".cache/**", "**/.cache/**"],
-    )
+    with hub_errors(repo_id):  # no network, no rights: HubAccessError naming the repo
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        logger.info("uploading %s to %s", folder, getattr(url, "repo_id", repo_id))
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="model",
+            folder_path=str(folder),
+            commit_message=commit_message,
+            revision=revision,
+            ignore_patterns=[".seemadapt-staging-*", ".seemadapt-staging-*/**", ".cache/**", "**/.cache/**"],
+        )
     return str(getattr(commit, "commit_url", commit))
 
 

@@ -34,7 +34,7 @@ from segcontract.columns import (
 )
 from segcontract.errors import ContractError, HubAccessError, OutputPathError
 from segcontract.features import contract_features, segment_feature
-from segcontract.hub_access import HUB_REPO_ID, check_hub_write
+from segcontract.hub_access import HUB_REPO_ID, check_hub_write, hub_errors
 from segcontract.output_paths import check_output_dir, output_write_error
 from segcontract.overlay import blend_regions, outline
 from segcontract.panoptic import id2rgb, rgb2id, segment_geometry
@@ -82,6 +82,7 @@ __all__ = [
     "default_bpe_path",
     "default_color",
     "find_categories_in_json",
+    "hub_errors",
     "id2rgb",
     "iter_raw_rows",
     "label_map_regions",

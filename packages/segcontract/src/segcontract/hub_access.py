@@ -8,12 +8,14 @@ depend on the Hub client, and tests can pass a fake) and only reads (``whoami``)
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from segcontract.errors import HubAccessError
 
-__all__ = ["HUB_REPO_ID", "check_hub_write"]
+__all__ = ["HUB_REPO_ID", "check_hub_write", "hub_errors"]
 
 #: ``owner/name`` as the Hub accepts it.
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -67,3 +69,32 @@ def check_hub_write(api: Any, repo_id: Any, *, offline: bool, field: str = "push
             f"{field}={repo_id!r}: the token is read-only; create a token with write access "
             "(https://huggingface.co/settings/tokens) and log in with it."
         )
+
+
+#: Packages whose exceptions mean "the Hub or the network failed" (the Hub client raises several kinds).
+_NETWORK_PACKAGES = frozenset({"httpx", "httpcore", "requests", "urllib3", "huggingface_hub"})
+
+
+def _is_network_failure(error: BaseException) -> bool:
+    if isinstance(error, ConnectionError | TimeoutError):
+        return True
+    return any(cls.__module__.split(".")[0] in _NETWORK_PACKAGES for cls in type(error).__mro__)
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, field: str = "push_to_hub") -> Iterator[None]:
+    """Re-raise a network or Hub failure inside the block (raw ``httpx.ConnectError``, HTTP errors) as
+    :class:`HubAccessError` naming ``field`` and the repo; other errors pass unchanged."""
+    try:
+        yield
+    except HubAccessError:
+        raise
+    except Exception as error:
+        if not _is_network_failure(error):
+            raise
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        reason = f"HTTP {status}" if status is not None else type(error).__name__
+        raise HubAccessError(
+            f"{field}={repo_id!r}: the upload failed ({reason}: {' '.join(str(error).split())[:200]}); check the "
+            "network and that the token can write to the repo, then push again."
+        ) from error
