@@ -86,6 +86,13 @@ def _push_without_network(tmp_path, monkeypatch):
     diffsynth.push_to_hub(make_contract_dataset(1), "me/data")
 
 
+def _read_only(tmp_path, monkeypatch):
+    """A read-only folder as a non-root user sees it (the tests may run as root, who may write anywhere)."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and not str(p).startswith(str(tmp_path)))
+    run_sharded(FakeGenerator(2), tmp_path / "out")
+
+
 # (case id, call(tmp_path, monkeypatch), exception type, text the message must hold)
 CASES = [
     (
@@ -138,6 +145,7 @@ CASES = [
         "is a file",
     ),
     ("disk-full-while-generating", _disk_full, OutputPathError, "disk is full"),
+    ("read-only-output-dir", _read_only, OutputPathError, "is not writable"),
     (
         "export-coco-into-a-file",
         lambda t, m: diffsynth.export_coco(make_contract_dataset(1), _file(t)),

@@ -105,6 +105,14 @@ def _push_without_network(tmp_path):
         seemadapt.push_adapters(folder, "me/adapters")
 
 
+def _read_only(tmp_path):
+    """A read-only folder as a non-root user sees it (the tests may run as root, who may write anywhere)."""
+    real = os.access
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "access", lambda p, mode: real(p, mode) and not str(p).startswith(str(tmp_path)))
+        _finetune(tmp_path)
+
+
 # (case id, call(tmp_path), exception type, text the message must hold)
 CASES = [
     ("checkpoint-no-key-matches", _foreign_checkpoint, CheckpointError, "missing from the checkpoint"),
@@ -141,6 +149,7 @@ CASES = [
         OutputPathError,
         "TrainConfig.output_dir",
     ),
+    ("read-only-output-dir", _read_only, OutputPathError, "is not writable"),
     (
         "resume-from-missing-checkpoint",
         lambda t: _finetune(t, resume_from=str(t / "no-such-checkpoint")),
