@@ -301,6 +301,9 @@ class FakeApi:
     def __init__(self, token=None):
         self.token = token
 
+    def whoami(self):
+        return {"name": "me", "orgs": [], "auth": {"accessToken": {"role": "write"}}}
+
     def create_repo(self, repo_id, **kwargs):
         FakeApi.calls.append(("create_repo", repo_id, kwargs))
 
@@ -317,6 +320,7 @@ def test_push_to_hub_straight_from_the_shards(tmp_path, monkeypatch):
 
     FakeApi.calls, FakeApi.target = [], tmp_path / "uploaded"
     monkeypatch.setattr(hub, "HfApi", FakeApi)
+    monkeypatch.setattr(hub.hub_constants, "HF_HUB_OFFLINE", False)  # the push check asks the (fake) Hub
     token = "hf_abcdefghijklmnopqrstuvwxyz0123456789"
     generator = FakeGenerator(7)
     ds = run_sharded(

@@ -218,6 +218,9 @@ def test_finetune_two_steps_then_push(data_dir, tmp_path, monkeypatch, capsys):
         def __init__(self, token=None):
             pass
 
+        def whoami(self):
+            return {"name": "me", "orgs": [], "auth": {"accessToken": {"role": "write"}}}
+
         def create_repo(self, repo_id, **kwargs):
             pushed.append(("create", repo_id, kwargs))
 
@@ -227,6 +230,7 @@ def test_finetune_two_steps_then_push(data_dir, tmp_path, monkeypatch, capsys):
             return "https://huggingface.co/me/shapes/commit/1"
 
     monkeypatch.setattr(hub, "HfApi", FakeApi)
+    monkeypatch.setattr(hub.hub_constants, "HF_HUB_OFFLINE", False)  # the push check asks the (fake) Hub
     out = tmp_path / "run"
     argv = [
         "finetune",

@@ -42,7 +42,15 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
 def _load_config(args: argparse.Namespace) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if args.config:
-        config = yaml.safe_load(Path(args.config).read_text()) or {}
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {args.config}: no such file; give the path of a YAML file.")
+        try:
+            config = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(
+                f"--config {args.config}: not valid YAML ({' '.join(str(error).split())})."
+            ) from None
         if not isinstance(config, dict):
             raise SystemExit(
                 f"--config {args.config}: the YAML must be a mapping of GenerationConfig fields."
@@ -65,6 +73,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise SystemExit(f"config: {error}") from None
     output = Path(args.output) if args.output else None
     sharding = {"shard_size": args.shard_size, "overwrite": args.overwrite} if output is not None else {}
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.push_to_hub:  # token, repo and write access are checked before any image is drawn
+        from diffsynth.hub import check_push_access  # start-up speed, as above
+
+        check_push_access(args.push_to_hub, token, field="--push-to-hub")
     ds = generate_from_config(
         config, progress=not args.quiet, output_dir=str(output) if output else None, **sharding
     )
@@ -75,19 +88,32 @@ def cmd_generate(args: argparse.Namespace) -> int:
         (output / "generation_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         print(f"diffsynth: {len(ds)} samples in {output} (parquet shards; open with diffsynth.io.load_any)")
     if args.push_to_hub:
-        # Imported here for start-up speed, as above.
-        from diffsynth.hub import push_to_hub
-        from diffsynth.shards import push_shards_to_hub
-
-        token = os.environ.get(args.token_env) if args.token_env else None
-        if output is not None:
-            url = push_shards_to_hub(output, args.push_to_hub, dataset=ds, private=args.private, token=token)
-        else:
-            url = push_to_hub(ds, args.push_to_hub, private=args.private, token=token)
-        print(f"diffsynth: pushed to {url}")
+        print(f"diffsynth: pushed to {_push(args, ds, output, token)}")
     if output is None and not args.push_to_hub:
         print("diffsynth: nothing kept (no --output and no --push-to-hub); generated", len(ds), "samples")
     return 0
+
+
+def _push(args: argparse.Namespace, ds: Any, output: Path | None, token: str | None) -> Any:
+    """Push the finished dataset; if the push fails, the dataset stays on disk and the error says where."""
+    # Imported here for start-up speed, as above.
+    from diffsynth.hub import push_to_hub
+    from diffsynth.shards import push_shards_to_hub
+
+    try:
+        if output is not None:
+            return push_shards_to_hub(output, args.push_to_hub, dataset=ds, private=args.private, token=token)
+        return push_to_hub(ds, args.push_to_hub, private=args.private, token=token)
+    except Exception as error:  # network, rights, quota: keep the work
+        kept = output
+        if kept is None:
+            kept = Path(f"diffsynth-unpushed-{args.push_to_hub.replace('/', '--')}")
+            ds.save_to_disk(str(kept))
+        raise OSError(
+            f"--push-to-hub {args.push_to_hub}: the push failed ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:200]}); the dataset is kept in {kept}: push it later with "
+            f"diffsynth.push_to_hub(diffsynth.load_any({str(kept)!r}), {args.push_to_hub!r})."
+        ) from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -183,9 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as error:
-        print(f"diffsynth {args.command}: error: {error}", file=sys.stderr)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe (`| head`) shows here, inside the handler below
+        return status
+    except BrokenPipeError:
+        # The reader went away (`diffsynth health --json | head`): no traceback, and none at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (ValueError, TypeError, OSError) as error:  # SDK errors subclass these; each names its field
+        print(f"diffsynth {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
 
 

@@ -40,8 +40,9 @@ from pycocotools import mask as mask_utils
 from diffsynth.annotate import tokenize
 from diffsynth.categories import Category
 from diffsynth.dataset import ContractError, categories_of, settings_of
+from diffsynth.errors import ArgumentError
 from diffsynth.schema import COLUMNS, METADATA_KEY, encode_png, image_format
-from segcontract import rgb2id, write_category_files
+from segcontract import check_output_dir, output_write_error, rgb2id, write_category_files
 
 __all__ = ["export_coco"]
 
@@ -133,6 +134,12 @@ def _place(tmp: Path, folder: Path, split: str, overwrite: bool) -> None:
 
 
 def _check_export(ds: Dataset, folder: Path, split: str, overwrite: bool) -> None:
+    if not (hasattr(ds, "column_names") and hasattr(ds, "select_columns")):  # a Dataset or a look-alike
+        raise ArgumentError(
+            f"export_coco(ds=...): give a datasets.Dataset of the contract (e.g. from diffsynth.generate or "
+            f"diffsynth.io.load_any), got {type(ds).__name__}."
+        )
+    check_output_dir(folder, "export_coco(folder)")
     missing = [c for c in COLUMNS if c not in ds.column_names]
     if missing:
         raise ContractError(f"export_coco: the dataset lacks contract columns {missing}.")
@@ -271,6 +278,11 @@ def export_coco(
             export.add(row)
         export.write_json(split, categories, settings)
         _place(tmp, folder, split, overwrite)
+    except OSError as error:  # disk full, read-only: name the folder argument (the partial copy is removed)
+        translated = output_write_error(error, folder, "export_coco(folder)")
+        if translated is None:
+            raise
+        raise translated from error
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

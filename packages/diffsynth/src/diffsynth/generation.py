@@ -29,9 +29,11 @@ from diffsynth.categories import Category, resolve_categories
 from diffsynth.dataset import Sample, to_dataset
 from diffsynth.distributed import process_device, process_info
 from diffsynth.dit_pipelines import is_dit
+from diffsynth.errors import ArgumentError, ModelNotFoundError
 from diffsynth.masker import AttentionMasker, MaskerConfig
 from diffsynth.pipelines import load_pipeline
 from diffsynth.plan import SamplePlan, make_plans, sample_seed
+from diffsynth.preflight import check_device, model_load_error
 from diffsynth.prompts import class_token_spans, pipeline_tokenizers, prompt_token_ids
 from diffsynth.quality import CLIP_SCALE, DEFAULT_CROSS_THRESHOLD, resolve_clip, score_result
 from diffsynth.shards import run_sharded
@@ -83,7 +85,7 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.classes, str):
-            raise TypeError(
+            raise ArgumentError(
                 "GenerationConfig.classes must be a list of class names, not one string; wrap it in []."
             )
         if not isinstance(self.num_images, int) or self.num_images <= 0:
@@ -251,9 +253,17 @@ class Generator:
             for k, v in (("dtype", config.dtype), ("device", device), ("scheduler", config.scheduler))
             if v
         }
+        check_device(device)
         if pipeline is not None and load:
             model, load = load_pipeline(pipeline, progress=False, **load), {}
-        self.masker = AttentionMasker(model, masker_config, **load)
+        try:
+            self.masker = AttentionMasker(model, masker_config, **load)
+        except (
+            OSError
+        ) as error:  # diffusers / the Hub client: unknown id, offline, a folder without a pipeline
+            if isinstance(error, ModelNotFoundError) or pipeline is not None:
+                raise
+            raise model_load_error(model, error) from error
         self.model_name = (
             config.model
             if pipeline is None
@@ -460,6 +470,12 @@ def generate(
     :class:`~diffsynth.balance.GenerationPlan`, e.g. from :func:`diffsynth.plan_from_metrics`) splits the images over
     classes. See :class:`GenerationConfig`.
     """
+    if isinstance(classes, str) or not isinstance(classes, Sequence):
+        raise ArgumentError(
+            f"generate(classes={classes!r}): give a list of class names, e.g. [{classes!r}]"
+            if isinstance(classes, str)
+            else f"generate(classes=...): give a list of class names, got {type(classes).__name__}."
+        )
     output_dir = options.pop("output_dir", None)
     sharding = {
         k: options.pop(k) for k in ("shard_size", "overwrite", "streaming", "push_to_hub") if k in options

@@ -33,15 +33,17 @@ from datasets.splits import SplitDict
 from datasets.table import embed_table_storage
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
+from huggingface_hub import constants as hub_constants
 
 from diffsynth.categories import Category
 from diffsynth.dataset import categories_of, settings_of
 from diffsynth.health import format_health, health_report
 from diffsynth.preview import preview_grid
-from segcontract import write_category_files
+from segcontract import check_hub_write, hub_errors, write_category_files
 
 __all__ = [
     "MAX_SHARD_BYTES",
+    "check_push_access",
     "dataset_card",
     "is_repo_id",
     "license_for",
@@ -374,12 +376,20 @@ def stage_and_upload(
     with tempfile.TemporaryDirectory(prefix="diffsynth-hub-") as tmp:
         stage(tmp)
         api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        return api.upload_folder(
-            repo_id=repo_id,
-            repo_type="dataset",
-            folder_path=str(tmp),
-            commit_message=commit_message,
-            revision=revision,
-            delete_patterns=[f"data/{name}-*" for name in splits],
-        )
+        with hub_errors(repo_id):  # no network, no rights: HubAccessError naming the repo
+            api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+            return api.upload_folder(
+                repo_id=repo_id,
+                repo_type="dataset",
+                folder_path=str(tmp),
+                commit_message=commit_message,
+                revision=revision,
+                delete_patterns=[f"data/{name}-*" for name in splits],
+            )
+
+
+def check_push_access(repo_id: Any, token: str | bool | None = None, field: str = "push_to_hub") -> None:
+    """Fail now (:class:`~segcontract.errors.HubAccessError` naming ``field``) unless ``token`` (default: the saved
+    login / ``HF_TOKEN``) can write to ``repo_id``: called before the work whose result is pushed."""
+    token = token if isinstance(token, str) else None
+    check_hub_write(HfApi(token=token), repo_id, offline=hub_constants.HF_HUB_OFFLINE, field=field)

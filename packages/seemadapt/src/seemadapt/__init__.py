@@ -16,7 +16,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from seemadapt import detectron2_compat
+
 __version__ = "0.1.0"
+
+detectron2_compat.apply()  # so that detectron2's own tools import after `import seemadapt`
 
 #: public name -> (module, attribute in that module)
 _LAZY: dict[str, tuple[str, str]] = {

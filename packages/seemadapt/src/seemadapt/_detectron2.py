@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 import types
 
 import numpy as _np
-from PIL import Image as _Image
+
+from seemadapt import detectron2_compat
 
 _LEGACY_ALIASES = {"int": int, "float": float, "bool": bool, "str": str, "object": object}
 
@@ -48,19 +48,7 @@ class _LegacyNumpy(types.ModuleType):
         return getattr(_np, name)
 
 
-def _prepare() -> None:
-    if not hasattr(_Image, "LINEAR"):
-        _Image.LINEAR = _Image.BILINEAR  # type: ignore[attr-defined]
-    if "detectron2._C" not in sys.modules:
-        try:
-            has_c = importlib.util.find_spec("detectron2._C") is not None
-        except (ImportError, ValueError):
-            has_c = False
-        if not has_c:
-            sys.modules["detectron2._C"] = types.ModuleType("detectron2._C")
-
-
-_prepare()
+detectron2_compat.apply()
 
 import detectron2  # noqa: E402
 import detectron2.data  # noqa: E402

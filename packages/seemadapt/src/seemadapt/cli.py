@@ -232,6 +232,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(yaml.safe_dump(_plain(resolved), sort_keys=False), end="")
         return 0
+    _check_before_work(train_config, config.get("push_to_hub"))
     path = write_yaml(output_dir / RESOLVED_FINETUNE, resolved)
     print(f"resolved config: {path}")
     from seemadapt.finetuning import finetune  # start-up speed: torch loads only when a command runs
@@ -250,9 +251,27 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(table())
     repo = config.get("push_to_hub")
     if repo:
-        url = run.push_to_hub(repo, private=bool(config.get("private", False)))
+        try:
+            url = run.push_to_hub(repo, private=bool(config.get("private", False)))
+        except Exception as error:  # network, rights, quota: the trained adapters are kept in output_dir
+            kept = run.save(output_dir / "adapters")
+            raise CLIError(
+                f"push_to_hub={repo!r} failed ({type(error).__name__}: {_one_line(error)}); the adapters are kept "
+                f"in {kept}: push them later with seemadapt.push_adapters({str(kept)!r}, {repo!r})."
+            ) from None
         print(f"pushed to {url}")
     return 0
+
+
+def _check_before_work(train_config: Any, repo: Any) -> None:
+    """Fail before the model loads or anything is written: output folder, resume checkpoint, precision, Hub."""
+    from seemadapt.train.preflight import preflight  # start-up speed: torch loads only when a command runs
+
+    preflight(train_config)
+    if repo:
+        from seemadapt.hub import check_push_access  # start-up speed, as above
+
+        check_push_access(repo, field="push_to_hub")
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
@@ -569,9 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ValueError,
         TypeError,
         KeyError,
-        FileNotFoundError,
-        NotADirectoryError,
-        FileExistsError,
+        OSError,  # FileNotFoundError, OutputPathError (a file, read-only, disk full), HubAccessError...
         ImportError,
     ) as error:
         if args.traceback:

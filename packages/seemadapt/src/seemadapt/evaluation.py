@@ -49,6 +49,7 @@ from seemadapt.metrics import (
 )
 from seemadapt.metrics.distributed import sum_across_processes
 from seemadapt.plots import plot_per_class
+from seemadapt.tasks import TASKS
 from seemadapt.visualize import draw_panoptic, draw_semantic
 from segcontract import COLUMNS, class_names_of, decode_row, iter_raw_rows, read_categories
 
@@ -56,7 +57,6 @@ __all__ = ["TASKS", "EvalExample", "EvalResult", "evaluate", "image_size_kwargs"
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("semantic", "panoptic")
 IGNORE = 255
 #: SEEM's evaluation resize keeps the longest edge at most this multiple of the shortest (800 / 1333).
 MAX_SIZE_RATIO = 1333 / 800

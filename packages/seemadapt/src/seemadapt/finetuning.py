@@ -23,6 +23,7 @@ from seemadapt.evaluation import evaluate
 from seemadapt.model.config import PRESETS
 from seemadapt.model.seem import SEEM
 from seemadapt.train.config import TrainConfig
+from seemadapt.train.preflight import preflight
 from seemadapt.train.run import Run
 from seemadapt.train.trainer import Trainer
 
@@ -111,6 +112,7 @@ def finetune(
     eval data, ``per_class.png``.
     """
     cfg = TrainConfig.resolve(config, **overrides)
+    preflight(cfg)  # output folder, resume checkpoint, precision: fail before the model loads
     # Seeded so that random presets and the adapters' random initialisation repeat from run to run.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import constants as hub_constants
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -62,9 +63,11 @@ from seemadapt.adapters import (
     resolve_placement,
     save_lora,
 )
+from seemadapt.errors import ArgumentError
 from seemadapt.model.config import PRESETS
 from seemadapt.model.seem import SEEM
 from seemadapt.model_card import PRESET_TITLES, render_model_card
+from segcontract import check_hub_write, hub_errors
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -72,6 +75,7 @@ __all__ = [
     "ADAPTER_WEIGHTS_NAME",
     "AdapterConfig",
     "AdapterMismatchError",
+    "check_push_access",
     "load_adapters",
     "load_model",
     "push_adapters",
@@ -352,6 +356,12 @@ def push_adapters(
     existing repo's visibility), then one ``upload_folder``. With ``update_card`` the card's usage snippet is
     rewritten for ``repo_id`` before the upload. Staging folders and caches are not uploaded.
     """
+    if not isinstance(folder, str | os.PathLike):
+        raise ArgumentError(
+            f"push_adapters: folder must be an adapter folder path, got a {type(folder).__name__}; for a model "
+            "write the folder first with save_adapters(model, folder) (or push a finetune Run with "
+            "run.push_to_hub(repo_id))."
+        )
     folder = Path(folder)
     for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME):
         if not (folder / name).is_file():
@@ -364,14 +374,22 @@ def push_adapters(
     if update_card:
         (folder / CARD_NAME).write_text(render_model_card(config, repo_id=repo_id))
     api = HfApi(token=token)
-    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    logger.info("uploading %s to %s", folder, getattr(url, "repo_id", repo_id))
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        repo_type="model",
-        folder_path=str(folder),
-        commit_message=commit_message,
-        revision=revision,
-        ignore_patterns=[".seemadapt-staging-*", ".seemadapt-staging-*/**", ".cache/**", "**/.cache/**"],
-    )
+    with hub_errors(repo_id):  # no network, no rights: HubAccessError naming the repo
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        logger.info("uploading %s to %s", folder, getattr(url, "repo_id", repo_id))
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="model",
+            folder_path=str(folder),
+            commit_message=commit_message,
+            revision=revision,
+            ignore_patterns=[".seemadapt-staging-*", ".seemadapt-staging-*/**", ".cache/**", "**/.cache/**"],
+        )
     return str(getattr(commit, "commit_url", commit))
+
+
+def check_push_access(repo_id: Any, token: str | bool | None = None, field: str = "push_to_hub") -> None:
+    """Fail now (:class:`~segcontract.errors.HubAccessError` naming ``field``) unless ``token`` (default: the saved
+    login / ``HF_TOKEN``) can write to ``repo_id``: called before the work whose result is pushed."""
+    token = token if isinstance(token, str) else None
+    check_hub_write(HfApi(token=token), repo_id, offline=hub_constants.HF_HUB_OFFLINE, field=field)

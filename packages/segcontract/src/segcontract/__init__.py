@@ -32,8 +32,10 @@ from segcontract.columns import (
     SOURCES,
     VOID,
 )
-from segcontract.errors import ContractError
+from segcontract.errors import ContractError, HubAccessError, OutputPathError
 from segcontract.features import contract_features, segment_feature
+from segcontract.hub_access import HUB_REPO_ID, check_hub_write, hub_errors
+from segcontract.output_paths import check_output_dir, output_write_error
 from segcontract.overlay import blend_regions, outline
 from segcontract.panoptic import id2rgb, rgb2id, segment_geometry
 from segcontract.row_check import DecodedRow, check_fields, decode_image, decode_row, row_label
@@ -49,6 +51,7 @@ __all__ = [
     "COLUMNS",
     "CONNECTIVITY",
     "GROUNDING_KEYS",
+    "HUB_REPO_ID",
     "IGNORE_LABEL",
     "IMAGE_COLUMNS",
     "MAX_SEGMENT_ID",
@@ -59,6 +62,8 @@ __all__ = [
     "Category",
     "ContractError",
     "DecodedRow",
+    "HubAccessError",
+    "OutputPathError",
     "Region",
     "UniqueRows",
     "attach_categories",
@@ -68,6 +73,8 @@ __all__ = [
     "check_color",
     "check_features",
     "check_fields",
+    "check_hub_write",
+    "check_output_dir",
     "class_names_of",
     "contract_features",
     "decode_image",
@@ -75,12 +82,14 @@ __all__ = [
     "default_bpe_path",
     "default_color",
     "find_categories_in_json",
+    "hub_errors",
     "id2rgb",
     "iter_raw_rows",
     "label_map_regions",
     "load_clip_bpe",
     "make_row",
     "outline",
+    "output_write_error",
     "parse_categories",
     "png_bytes",
     "read_categories",

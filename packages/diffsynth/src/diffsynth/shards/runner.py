@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from diffsynth.distributed import (
     assigned_shards,
     process_info,
 )
+from diffsynth.errors import HubAccessError
+from diffsynth.hub import check_push_access
 from diffsynth.schema import features as contract_features
 from diffsynth.schema import scrub_settings
 from diffsynth.shards.files import remove_temps, write_json_atomic
@@ -42,11 +44,11 @@ from diffsynth.shards.layout import (
     ShardLayout,
     ShardMismatchError,
 )
-from diffsynth.shards.manifest import check_shard, read_manifest
+from diffsynth.shards.manifest import check_shard, manifest_checksums, read_manifest
 from diffsynth.shards.reader import load_shards
 from diffsynth.shards.upload import push_shards_to_hub, repo_kwargs
 from diffsynth.shards.writer import ShardWriter
-from segcontract import write_category_files
+from segcontract import check_output_dir, output_write_error, write_category_files
 
 __all__ = ["run_sharded"]
 
@@ -65,6 +67,8 @@ class _Run:
     fields: dict[str, Any]
     settings: dict[str, Any]
     info: ProcessInfo
+    #: shard index -> SHA-256 from the folder's manifest, checked when a finished shard is first looked at.
+    checksums: dict[int, str] = field(default_factory=dict)
 
     @property
     def data(self) -> Path:
@@ -120,7 +124,14 @@ class _Run:
         for entry in os.scandir(self.data):
             k = names.get(entry.name)
             if k is not None and k not in known:
-                record = check_shard(Path(entry.path), self.layout, k, self.fingerprint, repair=repair)
+                record = check_shard(
+                    Path(entry.path),
+                    self.layout,
+                    k,
+                    self.fingerprint,
+                    repair=repair,
+                    expected_sha256=self.checksums.get(k),
+                )
                 if record is not None:
                     known[k] = record
         return known
@@ -167,7 +178,9 @@ def _prepare(run: _Run, *, overwrite: bool, clean: bool) -> dict[int, dict[str, 
     if overwrite:
         _wipe(out)
     else:
-        _check_folder(run, read_manifest(out))
+        manifest = read_manifest(out)
+        _check_folder(run, manifest)
+        run.checksums = manifest_checksums(manifest)
     run.data.mkdir(exist_ok=True)
     if clean:  # no other process writes yet: leftovers of killed runs can go
         remove_temps(run.data)
@@ -193,6 +206,7 @@ def _wipe(out: Path) -> None:
 def _check_as_worker(run: _Run) -> None:
     """A non-main process without a group: refuse a folder of another run (the main process does the rest)."""
     manifest = read_manifest(run.out)
+    run.checksums = manifest_checksums(manifest)
     if manifest is not None:
         diffs = differences(manifest, run.fields, run.layout)
         if diffs:
@@ -209,11 +223,14 @@ def _missing_shards(run: _Run, finished: dict[int, dict[str, Any]]) -> list[int]
     for k in assigned_shards(run.layout.num_shards, run.info):
         path = run.shard_path(k)
         remove_temps(run.data, path.name)  # leftovers of a killed writer of this shard (we own it)
-        record = finished.get(k) or check_shard(path, run.layout, k, run.fingerprint, repair=True)
+        record = finished.get(k) or check_shard(
+            path, run.layout, k, run.fingerprint, repair=True, expected_sha256=run.checksums.get(k)
+        )
         if record is None:
             todo.append(k)
         else:
             finished[k] = record
+    run.checksums = {}  # checked once: shards made from here on are new files
     return todo
 
 
@@ -398,18 +415,36 @@ def run_sharded(
     if len(generator.plans) != layout.num_images:
         raise ValueError(f"generator has {len(generator.plans)} plans for num_images={layout.num_images}.")
     repo = repo_kwargs(push_to_hub)
+    if repo is not None and info.is_main:  # before any image is drawn
+        check_push_access(repo["repo_id"], repo.get("token"))
     if not isinstance(timeout, datetime.timedelta):
         timeout = datetime.timedelta(seconds=float(timeout))
     fingerprint, fields = run_fingerprint(generator)
+    check_output_dir(output_dir, "output_dir")
     run = _Run(generator, Path(output_dir), layout, fingerprint, fields, settings_for(generator), info)
-    finished, grouped = _make_all(run, overwrite=overwrite, timeout=timeout)
-    if not info.is_main:
-        return None
-    if info.is_distributed and not grouped:
-        _wait_for_shards(run, finished, timeout)
-    _finish(run, finished)
+    try:
+        finished, grouped = _make_all(run, overwrite=overwrite, timeout=timeout)
+        if not info.is_main:
+            return None
+        if info.is_distributed and not grouped:
+            _wait_for_shards(run, finished, timeout)
+        _finish(run, finished)
+    except (
+        OSError
+    ) as error:  # disk full, read-only: the finished shards stay, the one being written is removed
+        translated = output_write_error(error, output_dir, "output_dir")
+        if translated is None:
+            raise
+        raise translated from error
     result = load_shards(run.out, streaming=streaming, cache_dir=cache_dir)
     if repo is not None:
         merged = result if isinstance(result, Dataset) else load_shards(run.out, cache_dir=cache_dir)
-        push_shards_to_hub(run.out, dataset=merged, **repo)
+        try:
+            push_shards_to_hub(run.out, dataset=merged, **repo)
+        except Exception as error:  # network, rights, quota: the finished folder stays as it is
+            raise HubAccessError(
+                f"push_to_hub={repo['repo_id']!r} failed ({type(error).__name__}: {str(error)[:200]}); the dataset "
+                f"is complete in {str(run.out)!r}: push it later with "
+                f"diffsynth.shards.push_shards_to_hub({str(run.out)!r}, {repo['repo_id']!r})."
+            ) from error
     return result

@@ -30,10 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import hf_hub_download
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from seemadapt import __version__
+from seemadapt.errors import CheckpointError, UntrustedCheckpointError
 from seemadapt.model.config import PRESETS, SEEMConfig, get_config
 
 if TYPE_CHECKING:
@@ -49,14 +51,6 @@ WRAPPER_KEYS = ("model", "state_dict", "module")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 Shape = tuple[int, ...]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used as asked (wrong shapes or keys in strict mode, unreadable file...)."""
-
-
-class UntrustedCheckpointError(CheckpointError):
-    """The file holds pickled Python objects beyond tensors; loading it would run arbitrary code."""
 
 
 # ---------------------------------------------------------------------------------------------- load report
@@ -178,8 +172,14 @@ def load_state_dict_into(
             + "\nPass the right config=..., or strict=False to load the matching tensors only."
         )
     model.load_state_dict({key: renamed[key] for key in report.loaded}, strict=False)
-    log = logger.info if report.ok else logger.warning
-    log("%s", report)
+    if report.ok:
+        logger.info("%s", report)
+    else:  # strict=False was asked for: say how much of the model the file actually filled
+        warnings.warn(
+            f"strict=False: used {len(report.loaded)} of {len(model_state)} model keys from "
+            f"{source or 'the state dict'}; the others keep their initial (random) values.\n{report}",
+            stacklevel=3,
+        )
     model.load_report = report
     return report
 
@@ -223,7 +223,19 @@ def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
-        return unwrap_state_dict(load_file(str(path), device="cpu"))
+        try:
+            return unwrap_state_dict(load_file(str(path), device="cpu"))
+        except SafetensorError as error:
+            raise CheckpointError(
+                f"checkpoint file {str(path)!r} is not a readable safetensors file ({error}); download it again."
+            ) from None
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):  # torch's zip, or a legacy pickle
+        raise CheckpointError(
+            f"checkpoint file {str(path)!r} is not a PyTorch checkpoint (it starts with {magic!r}); pass an official "
+            "SEEM .pt, a .safetensors file or a folder written by save_pretrained."
+        )
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -231,6 +243,11 @@ def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
             if "mmap" not in str(error):
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (KeyError, EOFError, UnicodeDecodeError) as error:  # e.g. a text file: "KeyError: 101"
+        raise CheckpointError(
+            f"checkpoint file {str(path)!r} is not a PyTorch checkpoint ({type(error).__name__}: {error}); pass "
+            "an official SEEM .pt, a .safetensors file or a folder written by save_pretrained."
+        ) from None
     except pickle.UnpicklingError as error:
         if not trust_pickle:
             raise UntrustedCheckpointError(
@@ -429,11 +446,15 @@ def load_pretrained(
     revision: str | None = None,
     token: str | bool | None = None,
     trust_pickle: bool = False,
-    strict: bool = False,
+    strict: bool = True,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> SEEM:
     """Build a model and load a checkpoint into it (see :func:`resolve_checkpoint` for where files come from).
+
+    ``strict`` (the default) refuses a checkpoint with missing, unexpected or mis-shaped keys beyond the documented
+    ones (a model with random weights would be returned otherwise); ``strict=False`` loads the matching tensors and
+    warns how many of the model's keys they fill.
 
     The config is, in order: ``config``; the folder's ``seemadapt_config.json``; the file name (``focalt`` /
     ``focall``); the backbone shapes. The model is returned in eval mode with ``model.load_report`` set.

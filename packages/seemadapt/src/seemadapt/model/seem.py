@@ -125,7 +125,7 @@ class SEEM(nn.Module):
         revision: str | None = None,
         token: str | bool | None = None,
         trust_pickle: bool = False,
-        strict: bool = False,
+        strict: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> SEEM:

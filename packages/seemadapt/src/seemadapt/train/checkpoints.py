@@ -16,6 +16,9 @@ from typing import Any
 
 from safetensors import safe_open
 
+from seemadapt.errors import OutputPathError
+from seemadapt.train.checkpoint_files import checksums
+
 __all__ = [
     "BEST_DIR",
     "CHECKPOINTS",
@@ -88,9 +91,24 @@ def save_checkpoint(accelerator: Any, output_dir: Path, state: TrainState, save_
     if (folder / STATE_FILE).is_file():
         return
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(folder))
+    try:
+        accelerator.save_state(str(folder))
+        accelerator.wait_for_everyone()  # every process's random states are written before they are summed
+        if accelerator.is_main_process:
+            record = dict(state.to_dict(), files=checksums(folder, STATE_FILE))
+            (folder / STATE_FILE).write_text(json.dumps(record, indent=1))
+    except (OSError, RuntimeError) as error:
+        # Disk full: torch says "enforce fail at inline_container.cc" (a RuntimeError), others an OSError.
+        if not isinstance(error, OSError) and "inline_container" not in str(error):
+            raise
+        if accelerator.is_main_process:  # an incomplete checkpoint (no state file) is never resumed: free it
+            shutil.rmtree(folder, ignore_errors=True)
+        raise OutputPathError(
+            f"TrainConfig.output_dir={str(output_dir)!r}: writing checkpoint {folder.name} failed "
+            f"({str(error).splitlines()[0][:200]}); free disk space or choose another output_dir, then resume "
+            "with resume_from='latest'."
+        ) from error
     if accelerator.is_main_process:
-        (folder / STATE_FILE).write_text(json.dumps(state.to_dict(), indent=1))
         for old in checkpoint_dirs(output_dir)[:-save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from seemadapt.adapters import GROUPS
+from seemadapt.tasks import TASKS
 from seemadapt.train.criterion import CriterionConfig
 
 __all__ = ["SCHEDULES", "TRACKERS", "TrainConfig"]
@@ -224,6 +225,9 @@ class TrainConfig:
             _int_at_least("eval_image_size", self.eval_image_size, 32)
         if not self.eval_tasks:
             raise ValueError("TrainConfig.eval_tasks must name at least one task, e.g. ('semantic',).")
+        unknown = [task for task in self.eval_tasks if task not in TASKS]
+        if unknown:
+            raise ValueError(f"TrainConfig.eval_tasks: {unknown} are unknown; choose among {list(TASKS)}.")
         if self.tracker is not None and self.tracker not in TRACKERS:
             raise ValueError(
                 f"TrainConfig.tracker must be one of {TRACKERS} or None (no tracking), got {self.tracker!r}."

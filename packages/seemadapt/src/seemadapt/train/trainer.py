@@ -48,6 +48,8 @@ from seemadapt.adapters import AdapterReport, adapter_report, adapter_state_dict
 from seemadapt.data import EpochDataset, SEEMTrainMapper, class_names_of, load_source, mix, register
 from seemadapt.data.register import registered_thing_classes
 from seemadapt.model.seem import SEEM
+from seemadapt.train.accelerator_state import release_precision
+from seemadapt.train.checkpoint_files import verify_checkpoint
 from seemadapt.train.checkpoints import (
     BEST_DIR,
     CHECKPOINTS,
@@ -62,6 +64,7 @@ from seemadapt.train.criterion import SEEMCriterion
 from seemadapt.train.eval_hook import Evaluator, flatten_metrics, record_evaluation
 from seemadapt.train.loader import train_batches
 from seemadapt.train.optim import LRSchedule, build_optimizer, build_scheduler
+from seemadapt.train.preflight import preflight
 from seemadapt.train.run import Run, save_adapter_folder
 from seemadapt.train.step import (
     NonFiniteLossError,
@@ -149,8 +152,10 @@ class Trainer:
         project = ProjectConfiguration(
             project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
         )
+        precision = config.resolved_mixed_precision()
+        release_precision(precision)
         return Accelerator(
-            mixed_precision=config.resolved_mixed_precision(),
+            mixed_precision=precision,
             gradient_accumulation_steps=config.grad_accum,
             cpu=not torch.cuda.is_available(),
             log_with=config.tracker,
@@ -226,6 +231,7 @@ class Trainer:
     def train(self) -> Run:
         """Run the training; returns a :class:`~seemadapt.train.run.Run`."""
         config = self.config
+        preflight(config)
         accelerator = self._make_accelerator()
         self._accelerator = accelerator
         set_seed(config.seed)
@@ -267,8 +273,9 @@ class Trainer:
         if checkpoint is None:
             accelerator.print(f"No checkpoint in {self.output_dir / CHECKPOINTS}; starting from step 0.")
             return
+        saved = verify_checkpoint(checkpoint, STATE_FILE, accelerator.num_processes)
         accelerator.load_state(str(checkpoint), strict=False)
-        self.state = TrainState.from_dict(json.loads((checkpoint / STATE_FILE).read_text()))
+        self.state = TrainState.from_dict(saved)
         # The current config decides the run length (a resumed run may be extended).
         for schedule in scheduler.scheduler.lr_lambdas:
             if isinstance(schedule, LRSchedule):
