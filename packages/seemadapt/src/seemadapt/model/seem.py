@@ -115,38 +115,10 @@ class SEEM(nn.Module):
             model.to(device=device, dtype=dtype)
         return model
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        repo_or_path: str | os.PathLike,
-        filename: str | None = None,
-        config: str | SEEMConfig | None = None,
-        num_classes: int | None = None,
-        revision: str | None = None,
-        token: str | bool | None = None,
-        trust_pickle: bool = False,
-        strict: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> SEEM:
-        """Load an official SEEM ``.pt`` or a folder written by :meth:`save_pretrained`, locally or from the Hub.
-
-        See :func:`seemadapt.model.checkpoint.load_pretrained` for the resolution rules; the returned model is in
-        eval mode and carries the :class:`~seemadapt.model.checkpoint.LoadReport` as ``model.load_report``.
-        """
-        return load_pretrained(
-            cls,
-            repo_or_path,
-            filename=filename,
-            config=config,
-            num_classes=num_classes,
-            revision=revision,
-            token=token,
-            trust_pickle=trust_pickle,
-            strict=strict,
-            device=device,
-            dtype=dtype,
-        )
+    # Load an official SEEM ``.pt`` or a folder written by :meth:`save_pretrained`, locally or from the Hub:
+    # ``SEEM.from_pretrained(repo_or_path, filename=None, ..., strict=True)``; one implementation, documented in
+    # :func:`seemadapt.model.checkpoint.load_pretrained` (the class is its first argument).
+    from_pretrained = classmethod(load_pretrained)
 
     def save_pretrained(self, folder: str | os.PathLike) -> str:
         """Write ``model.safetensors`` and ``seemadapt_config.json`` into ``folder``; returns the folder."""
