@@ -20,8 +20,8 @@ import datasets
 from PIL import Image
 
 from seemadapt.data import SEEMTrainMapper, build_train_loader, register, unregister
-from seemadapt.data.contract import iter_raw_rows
 from seemadapt.testing import make_contract_dataset
+from segcontract import iter_raw_rows
 
 
 def _jpeg_dataset(num_images: int) -> datasets.Dataset:

@@ -7,7 +7,7 @@ import json
 import yaml
 
 from seemadapt.cli import main
-from seemadapt.finetune import finetune
+from seemadapt.finetuning import finetune
 from seemadapt.testing import make_contract_dataset
 
 

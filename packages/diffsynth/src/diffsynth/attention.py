@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
+from diffsynth.steps import StepWindow
+
 logger = logging.getLogger(__name__)
 
 Kind = Literal["self", "cross"]
@@ -111,7 +113,7 @@ class _Sum:
     layers: set[str] = field(default_factory=set)
 
 
-class AttentionStore:
+class AttentionStore(StepWindow):
     """fp32 running sums of head-averaged attention probabilities, for one batch of ``batch_size`` images.
 
     Args:
@@ -145,11 +147,6 @@ class AttentionStore:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"AttentionStore: batch_size must be >= 1, got {batch_size}.")
-        start, end = step_window
-        if not 0.0 <= start < end <= 1.0:
-            raise ValueError(
-                f"AttentionStore: step_window must satisfy 0 <= start < end <= 1, got {step_window}."
-            )
         if class_embeddings is not None and class_embeddings.shape[0] != batch_size:
             raise ValueError(
                 f"AttentionStore: class_embeddings has {class_embeddings.shape[0]} rows for {batch_size} images."
@@ -162,55 +159,16 @@ class AttentionStore:
         self.latent_size = (int(latent_size[0]), int(latent_size[1]))
         self.self_factor = self_factor
         self.cross_factors = tuple(sorted(set(cross_factors)))
-        self.step_window = (float(start), float(end))
-        self.step_indices = step_indices
+        super().__init__(step_window, step_indices, owner="AttentionStore")
         self.class_embeddings = class_embeddings
         self.class_columns = class_columns
         self.chunk_bytes = int(chunk_bytes)
-        self.step = -1
-        self.total_steps: int | None = None
-        self.timesteps: list[float] = []
-        self.captured_steps: list[int] = []
-        self._window: tuple[int, int] | None = None
         self._sums: dict[tuple[Kind, int], _Sum] = {}
 
     # -- steps ---------------------------------------------------------------------------------------
     def begin_step(self, total_steps: int | None = None, timestep: Any = None) -> None:
         """Advance to the next executed step (called before each UNet evaluation)."""
-        self.step += 1
-        if self.step == 0 or self._window is None:
-            self.total_steps = int(total_steps) if total_steps is not None else None
-            self._window = self._resolve_window(self.total_steps)
-        if timestep is not None:
-            self.timesteps.append(
-                float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
-            )
-        if self.active:
-            self.captured_steps.append(self.step)
-
-    def _resolve_window(self, total: int | None) -> tuple[int, int]:
-        if self.step_indices is not None:
-            first, stop = self.step_indices
-            return int(first), (int(stop) if stop is not None else 2**62)
-        if total is None:
-            if self.step_window != (0.0, 1.0):
-                raise RuntimeError(
-                    "AttentionStore: the pipeline did not report its number of steps, so a fractional "
-                    "step_window cannot be resolved; use step_indices instead."
-                )
-            return 0, 2**62
-        return math.floor(self.step_window[0] * total), math.ceil(self.step_window[1] * total)
-
-    @property
-    def executed_steps(self) -> int:
-        return self.step + 1
-
-    @property
-    def active(self) -> bool:
-        """Whether the current step is inside the window (processors skip all extra work otherwise)."""
-        if self._window is None or self.step < 0:
-            return False
-        return self._window[0] <= self.step < self._window[1]
+        self.advance(total_steps, timestep)
 
     # -- sums ----------------------------------------------------------------------------------------
     def grid(self, factor: int) -> tuple[int, int]:

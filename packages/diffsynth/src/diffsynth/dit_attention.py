@@ -27,6 +27,8 @@ from typing import Any, Literal
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
+from diffsynth.steps import StepWindow
+
 Stream = Literal["joint", "single"]
 
 
@@ -169,7 +171,7 @@ def accumulate_joint(
             i2i[:, p0:p1].add_(pool_columns(pool_rows(image, w, pool), grid, pool))
 
 
-class DiTStore:
+class DiTStore(StepWindow):
     """fp32 running sums of the I2T and I2I blocks of the chosen layers, for one batch of ``batch_size`` images.
 
     Args:
@@ -203,19 +205,13 @@ class DiTStore:
         self.batch_size = batch_size
         self.grid = (int(grid[0]), int(grid[1]))
         self.pool = int(pool)
-        self.step_window = step_window
-        self.step_indices = step_indices
+        super().__init__(tuple(step_window), step_indices, owner="DiTStore")
         self.joint_blocks = joint_blocks
         self.single_blocks = single_blocks
         self.max_sequence_length = max_sequence_length
         self.chunk_bytes = int(chunk_bytes)
-        self.step = -1
-        self.total_steps: int | None = None
-        self.timesteps: list[float] = []
-        self.captured_steps: list[int] = []
         self.text_len: int | None = None
         self.counts: dict[str, int] = {}
-        self._window: tuple[int, int] | None = None
         self._sums: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -224,38 +220,8 @@ class DiTStore:
 
     def begin_step(self, total_steps: int | None, timestep: Any, text_len: int) -> None:
         """Advance to the next executed step (called before each transformer evaluation)."""
-        self.step += 1
         self.text_len = int(text_len)
-        if self._window is None:
-            self.total_steps = total_steps
-            self._window = self._resolve_window(total_steps)
-        if timestep is not None:
-            self.timesteps.append(
-                float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
-            )
-        if self.active:
-            self.captured_steps.append(self.step)
-
-    def _resolve_window(self, total: int | None) -> tuple[int, int]:
-        if self.step_indices is not None:
-            first, stop = self.step_indices
-            return int(first), (int(stop) if stop is not None else 2**62)
-        if total is None:
-            if tuple(self.step_window) != (0.0, 1.0):
-                raise RuntimeError(
-                    "DiTStore: the pipeline did not report its steps; use step_indices instead."
-                )
-            return 0, 2**62
-        start, end = self.step_window
-        return int(start * total), -int(-end * total // 1)
-
-    @property
-    def executed_steps(self) -> int:
-        return self.step + 1
-
-    @property
-    def active(self) -> bool:
-        return self._window is not None and self.step >= 0 and self._window[0] <= self.step < self._window[1]
+        self.advance(total_steps, timestep)
 
     def open(self, layer: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The (I2T, I2I) sums to add one layer call into (allocated on first use); counts the call."""
