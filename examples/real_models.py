@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
+    import torch
     from accelerate import PartialState
 
     import diffsynth
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # One process per GPU under `accelerate launch` / torchrun (a single process otherwise). Every process draws
     # its share of the shards on its own GPU (cuda:<local rank>, chosen by diffsynth) and then trains with DDP.
-    state = PartialState()
+    # cpu=True on a machine without GPUs (as seemadapt's trainer does), so CPU processes form a gloo group too.
+    state = PartialState(cpu=not torch.cuda.is_available())
     size = {} if args.size is None else {"height": args.size, "width": args.size}
     synthetic_dir = f"{args.output}/synthetic"
     synthetic = diffsynth.generate(
