@@ -116,7 +116,7 @@ def _ray_worker(args: argparse.Namespace) -> None:
     from diffsynth.generation import generate_from_config
     from diffsynth.ray import RayEngine
 
-    ray.init(num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
     config = GenerationConfig(
         classes=["cat", "dog"],
         num_images=args.images,

@@ -44,7 +44,8 @@ def local_ray():
     """A local Ray instance of 2 CPUs whose workers can import this folder's ``_shard_worker``."""
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), saved) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new instance even when this machine also runs (or ran) a `ray start` cluster.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
