@@ -91,6 +91,35 @@ class FakeGenerator:
         return samples
 
 
+class RayTestGenerator:
+    """``make_generator`` for Ray actors in tests (importable by name in the workers): the tiny-pipeline
+    generator (or :class:`FakeGenerator` with ``fake``), whose draws sleep ``sleep`` s per batch and raise for
+    the sample indices in ``fail``."""
+
+    def __init__(self, *, fake: bool = False, sleep: float = 0.0, fail: tuple[int, ...] = ()) -> None:
+        self.fake, self.sleep, self.fail = fake, sleep, tuple(fail)
+
+    def __call__(self, config: GenerationConfig):
+        import torch
+
+        torch.set_num_threads(1)
+        if self.fake:
+            generator = FakeGenerator(config.num_images, size=32, batch_size=config.batch_size)
+        else:
+            generator = Generator(config, progress=False)
+        draw = generator.make_samples
+
+        def make_samples(plans):
+            bad = [p.index for p in plans if p.index in self.fail]
+            if bad:
+                raise ValueError(f"sample {bad[0]} is cursed")
+            time.sleep(self.sleep)
+            return draw(plans)
+
+        generator.make_samples = make_samples
+        return generator
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +40,44 @@ def test_quickstart_main_job_runs_offline(tmp_path, capsys):
         and "segments in the first held-out image: none" not in printed
     )
     assert list((out / "report").glob("overlays/*.png"))
+
+
+@pytest.mark.slow
+def test_real_models_recipe_generates_and_finetunes_on_every_process(tmp_path):
+    """examples/real_models.py under a 2-process launcher (CPU, gloo) on the tiny models: both processes draw
+    shards, both reach fine-tuning (DDP), the main process saves the adapters."""
+    from seemadapt.testing import make_contract_dataset
+
+    for name in ("real_train", "real_eval"):
+        make_contract_dataset(4, size=(64, 64)).save_to_disk(tmp_path / name)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += [str(ROOT / "examples" / "real_models.py"), "--classes", "square", "disc"]
+    command += ["--real-train", str(tmp_path / "real_train"), "--real-eval", str(tmp_path / "real_eval")]
+    command += ["--num-images", "4", "--output", str(out), "--sd-model", "tiny", "--seem-model", "tiny"]
+    command += [
+        "--dtype",
+        "float32",
+        "--steps",
+        "2",
+        "--size",
+        "64",
+        "--max-steps",
+        "2",
+        "--image-size",
+        "64",
+    ]
+    command += ["--num-workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=580, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "process 0 of 2: fine-tuned" in output and "process 1 of 2: fine-tuned" in output, output[-4000:]
+    manifest = json.loads((out / "synthetic" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["world_size"] == 2
+    assert (out / "adapters" / "adapter_model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("path", sorted(THESIS.glob("wet_damage_*.yaml")), ids=lambda p: p.name)

@@ -228,6 +228,13 @@ def _plans(config: GenerationConfig, categories: list[Category], num_init_images
     )
 
 
+def run_plans(config: GenerationConfig) -> list[SamplePlan]:
+    """Every sample's plan of ``config``, without loading a pipeline: what an engine's driver hands out (the
+    :class:`Generator` of each worker makes the same list)."""
+    num_init = len(load_init_images(config.init_images)) if config.init_images is not None else 0
+    return _plans(config, resolve_categories(config.classes, background=config.background), num_init)
+
+
 class Generator:
     """A loaded generation run: categories, plans and the masker, ready to draw any subset of samples."""
 
@@ -462,7 +469,8 @@ def generate(
     ``classes_per_image``, ``context``, ``background``, ``min_area``, ``with_attention``, ``scheduler``,
     ``dtype``/``torch_dtype``, ``device``) and every :class:`~diffsynth.masker.MaskerConfig` field
     (``num_inference_steps``, ``guidance_scale``, ``height``, ``width``, ``tau``, ``threshold``, ...).
-    ``output_dir`` writes resumable parquet shards as it goes (see :mod:`diffsynth.shards`).
+    ``output_dir`` writes resumable parquet shards as it goes (see :mod:`diffsynth.shards`); with
+    ``engine=diffsynth.ray.RayEngine(...)`` Ray actors draw them (``output_dir`` may then be an fsspec URL).
 
     Quality and balance: ``min_quality`` (with ``max_attempts``) redraws samples whose overall quality score is
     below the bar, ``with_quality`` stores the scores, ``clip`` adds CLIP's image-text score (a ``(CLIPModel,
@@ -478,7 +486,9 @@ def generate(
         )
     output_dir = options.pop("output_dir", None)
     sharding = {
-        k: options.pop(k) for k in ("shard_size", "overwrite", "streaming", "push_to_hub") if k in options
+        k: options.pop(k)
+        for k in ("shard_size", "overwrite", "streaming", "push_to_hub", "engine")
+        if k in options
     }
     if sharding and output_dir is None:
         raise TypeError(f"generate(): {sorted(sharding)} need output_dir= (they describe the shard folder).")
@@ -528,7 +538,14 @@ def generate_from_config(
 
     With ``output_dir``, ``sharding`` options go to :func:`diffsynth.shards.run_sharded` (``shard_size``,
     ``overwrite``, ``streaming``, ``push_to_hub``); non-main processes of a multi-process run get ``None``.
+    ``engine`` (e.g. :class:`diffsynth.ray.RayEngine`) runs the shards elsewhere: it is called with the config,
+    ``output_dir`` and the other arguments, and loads the pipelines itself.
     """
+    engine = sharding.pop("engine", None)
+    if engine is not None:
+        if output_dir is None:
+            raise TypeError("generate(): engine= needs output_dir= (the engine writes shards there).")
+        return engine(config, output_dir, pipeline=pipeline, clip=clip, progress=progress, **sharding)
     generator = Generator(config, pipeline, progress=progress, clip=clip)
     if output_dir is not None:
         return run_sharded(generator, output_dir, **sharding)
