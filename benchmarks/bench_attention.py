@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Any
 
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 
@@ -127,7 +128,7 @@ def build_sd15(tokenizer_only: bool = False):
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (multiple of 64)")
     parser.add_argument("--steps", type=int, default=3)
@@ -136,13 +137,11 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared box)"
     )
     parser.add_argument("--batch", type=int, default=1, help="images per pipeline call")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    if os.environ.get(MMAP_ENV) is None:  # fix glibc's mmap threshold so freed tensors leave the RSS
-        os.environ[MMAP_ENV] = "65536"
-        os.execv(sys.executable, [sys.executable, *sys.argv])
 
-    import numpy as np
+def build_runs(args: argparse.Namespace) -> tuple[dict[str, Any], Any, int]:
+    """The plain pipeline call and the masked one on the same prompts; the masker config; the store's bytes."""
     import torch
 
     from diffsynth.masker import AttentionMasker, MaskerConfig
@@ -156,7 +155,6 @@ def main() -> None:
         f"{args.size}x{args.size}, {args.steps} steps, batch {args.batch}, {args.threads} thread(s), "
         f"guidance 7.5 (CFG batch {2 * args.batch})"
     )
-
     prompts = ["light mold on a wall next to a broken pipe", "a stain on a ceiling", "a rusty pipe"] * 4
     classes = [["light mold", "wall", "broken pipe"], ["stain", "ceiling"], ["pipe"]] * 4
     prompts, classes = prompts[: args.batch], classes[: args.batch]
@@ -187,12 +185,18 @@ def main() -> None:
         run_pipeline(
             pipe, prompts[:1], [0], num_inference_steps=1, height=args.size, width=args.size, progress=False
         )  # warm-up: lazy inits, allocator, kernels
+    return {"plain": plain, "masked": masked}, config, store_bytes
 
+
+def measure(
+    runs: dict[str, Any], reps: int
+) -> tuple[dict[str, list[tuple[float, float, float]]], list[float], bool]:
+    """Alternating repetitions: ``{name: [(wall, cpu, extra peak MB)]}``, post-processing fractions, memory known."""
     can_reset = _reset_peak()
     rows: dict[str, list[tuple[float, float, float]]] = {"plain": [], "masked": []}
     post_fraction = []
-    for rep in range(args.reps):
-        order = [("plain", plain), ("masked", masked)]
+    for rep in range(reps):
+        order = list(runs.items())
         if rep % 2:
             order.reverse()
         for name, fn in order:
@@ -210,14 +214,22 @@ def main() -> None:
                 f"  rep {rep} {name:6s}: wall {wall:7.2f} s  cpu {cpu:7.2f} s  extra peak RSS {peak_mb:8.1f} MB"
             )
             del out
+    return rows, post_fraction, can_reset
 
+
+def report(
+    rows: dict[str, list[tuple[float, float, float]]],
+    post_fraction: list[float],
+    args: argparse.Namespace,
+    chunk_mb: float,
+    store_bytes: int,
+) -> None:
     def med(name: str, i: int) -> float:
         return statistics.median(r[i] for r in rows[name])
 
     wall_ratio = med("masked", 0) / med("plain", 0)
     cpu_ratio = med("masked", 1) / med("plain", 1)
     extra_mb = med("masked", 2) - med("plain", 2)
-    chunk_mb = config.chunk_mb
     print()
     print(f"time   : masked/plain wall {wall_ratio:.3f}x, cpu {cpu_ratio:.3f}x   (target <= 1.10x)")
     print(
@@ -229,9 +241,19 @@ def main() -> None:
         f"(chunk budget) = {store_bytes / 2**20 + chunk_mb:.1f} MB"
     )
     print(
-        f"postproc: refine+upsample+label = {100 * float(np.median(post_fraction)):.2f}% of the masked run "
+        f"postproc: refine+upsample+label = {100 * statistics.median(post_fraction):.2f}% of the masked run "
         f"(target <= 5%)"
     )
+
+
+def main() -> None:
+    args = parse_args()
+    if os.environ.get(MMAP_ENV) is None:  # fix glibc's mmap threshold so freed tensors leave the RSS
+        os.environ[MMAP_ENV] = "65536"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    runs, config, store_bytes = build_runs(args)
+    rows, post_fraction, can_reset = measure(runs, args.reps)
+    report(rows, post_fraction, args, config.chunk_mb, store_bytes)
     if not can_reset:
         print("note: /proc/self/clear_refs not writable here; memory numbers unavailable")
 

@@ -1,7 +1,7 @@
 """Inference per task against the network alone, side by side in one run (CPU, random weights).
 
-On the same batch of images, interleaved so that a busy machine slows every line alike, the median of ``--repeats``
-wall times (the fastest is kept: on a shared machine it is the least disturbed) of:
+On the same batch of images, interleaved so that a busy machine slows every line alike, the fastest of ``--repeats``
+wall times (on a shared machine the fastest run is the least disturbed) of:
 
 * ``forward``: ``encode_image`` + the decoder (the network part of ``predict``, no post-processing);
 * ``predict semantic`` / ``panoptic`` / ``instance``: ``model.predict(task=...)``, masks back at the images' size;
