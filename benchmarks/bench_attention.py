@@ -212,7 +212,7 @@ def _alternate(plain, masked, reps: int):
     return rows, post_fraction, can_reset
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (multiple of 64)")
     parser.add_argument("--steps", type=int, default=3)
@@ -223,13 +223,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="images per pipeline call")
     parser.add_argument("--model", choices=("sd15", "sd3", "flux"), default="sd15")
     parser.add_argument("--heads", type=int, default=4, help="attention heads of the sd3/flux geometry")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    if os.environ.get(MMAP_ENV) is None:  # fix glibc's mmap threshold so freed tensors leave the RSS
-        os.environ[MMAP_ENV] = "65536"
-        os.execv(sys.executable, [sys.executable, *sys.argv])
 
-    import numpy as np
+def build_runs(args: argparse.Namespace):
+    """The plain and the masked call on the same prompts (warmed up), the masker config and the store's bytes."""
     import torch
 
     from diffsynth.masker import AttentionMasker, MaskerConfig
@@ -245,7 +243,6 @@ def main() -> None:
         f"{args.size}x{args.size}, {args.steps} steps, batch {args.batch}, {args.threads} thread(s), "
         f"guidance {guidance} (transformer/UNet batch {cfg_batch})"
     )
-
     prompts = ["light mold on a wall next to a broken pipe", "a stain on a ceiling", "a rusty pipe"] * 4
     classes = [["light mold", "wall", "broken pipe"], ["stain", "ceiling"], ["pipe"]] * 4
     prompts, classes = prompts[: args.batch], classes[: args.batch]
@@ -258,9 +255,8 @@ def main() -> None:
         progress=False,
     )
     masker = AttentionMasker(pipe, config)
-    res = masker.resolutions()
     store_bytes = _store_bytes(masker, args.batch)
-    print(f"captured grids: {res}")
+    print(f"captured grids: {masker.resolutions()}")
 
     def plain():
         return run_pipeline(
@@ -281,8 +277,12 @@ def main() -> None:
         run_pipeline(
             pipe, prompts[:1], [0], num_inference_steps=1, height=args.size, width=args.size, progress=False
         )  # warm-up: lazy inits, allocator, kernels
+    return plain, masked, config, store_bytes
 
-    rows, post_fraction, can_reset = _alternate(plain, masked, args.reps)
+
+def report(rows, post_fraction, args: argparse.Namespace, chunk_mb: float, store_bytes: int) -> None:
+    """Print the time and memory ratios and the post-processing share."""
+    import numpy as np
 
     def med(name: str, i: int) -> float:
         return statistics.median(r[i] for r in rows[name])
@@ -290,7 +290,6 @@ def main() -> None:
     wall_ratio = med("masked", 0) / med("plain", 0)
     cpu_ratio = med("masked", 1) / med("plain", 1)
     extra_mb = med("masked", 2) - med("plain", 2)
-    chunk_mb = config.chunk_mb
     print()
     print(f"time   : masked/plain wall {wall_ratio:.3f}x, cpu {cpu_ratio:.3f}x   (target <= 1.10x)")
     print(
@@ -305,6 +304,16 @@ def main() -> None:
         f"postproc: refine+upsample+label = {100 * float(np.median(post_fraction)):.2f}% of the masked run "
         f"(target <= 5%)"
     )
+
+
+def main() -> None:
+    args = parse_args()
+    if os.environ.get(MMAP_ENV) is None:  # fix glibc's mmap threshold so freed tensors leave the RSS
+        os.environ[MMAP_ENV] = "65536"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    plain, masked, config, store_bytes = build_runs(args)
+    rows, post_fraction, can_reset = _alternate(plain, masked, args.reps)
+    report(rows, post_fraction, args, config.chunk_mb, store_bytes)
     if not can_reset:
         print("note: /proc/self/clear_refs not writable here; memory numbers unavailable")
 

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 STRATEGIES = [
     "frozen-backbone/adapter-head",
@@ -81,15 +82,14 @@ class PeakSampler(threading.Thread):
         return max(self.peak, rss_mb())
 
 
-def child(model_name: str, strategy: str, threads: int, warmup: int, steps: int, workdir: str) -> dict:
+def build_model(model_name: str, strategy: str) -> tuple[Any, Any, str]:
+    """The model with the strategy's adapters (and the strategy's text-path option patched in): model, report,
+    option."""
     import torch
 
-    torch.set_num_threads(threads)
     from seemadapt.adapters import apply_adapters, resolve_placement
     from seemadapt.model import SEEM
     from seemadapt.model.language import LanguageEncoder
-    from seemadapt.testing import make_contract_dataset
-    from seemadapt.train import SEEMCriterion, TrainConfig, Trainer
 
     base, _, option = strategy.partition("+")
     placement = resolve_placement(FULL if base == "full" else base)
@@ -113,6 +113,13 @@ def child(model_name: str, strategy: str, threads: int, warmup: int, steps: int,
             return forward_train(self, *args, **kwargs)
 
         SEEM.forward_train = forgetful
+    return model, report, option
+
+
+def install_timers() -> list[dict[str, float]]:
+    """Time the forward and the loss of every step; returns the list that collects one record per step."""
+    from seemadapt.model import SEEM
+    from seemadapt.train import SEEMCriterion, Trainer
 
     timers = {"fwd": 0.0, "loss": 0.0}
 
@@ -141,6 +148,18 @@ def child(model_name: str, strategy: str, threads: int, warmup: int, steps: int,
         return original_log(self, accelerator, window, scheduler)
 
     Trainer._log = log
+    return per_step
+
+
+def child(model_name: str, strategy: str, threads: int, warmup: int, steps: int, workdir: str) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    from seemadapt.testing import make_contract_dataset
+    from seemadapt.train import TrainConfig, Trainer
+
+    model, report, option = build_model(model_name, strategy)
+    per_step = install_timers()
     dataset = make_contract_dataset(8, size=(256, 256), classes=CLASSES, seed=0)
     config = TrainConfig(
         max_steps=warmup + steps,

@@ -37,9 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from seemadapt import __version__
 
@@ -329,7 +327,9 @@ def _resolved(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _read_image(path: Path) -> Any:
-    import torch  # start-up speed: torch loads only when a command runs
+    import numpy as np  # start-up speed: numpy, PIL and torch load only when a command runs
+    import torch
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
@@ -376,6 +376,9 @@ def _instance_segments(output: dict[str, Any]) -> tuple[Any, list[dict[str, Any]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np  # start-up speed: numpy and PIL load only when a command runs
+    from PIL import Image
+
     from seemadapt.evaluation import image_size_kwargs
     from seemadapt.hub import read_adapter_config
     from seemadapt.visualize import draw_panoptic, draw_semantic

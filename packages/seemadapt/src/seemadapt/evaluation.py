@@ -48,6 +48,7 @@ from seemadapt.metrics import (
     to_json,
 )
 from seemadapt.metrics.distributed import sum_across_processes
+from seemadapt.model.seem import SEEM
 from seemadapt.plots import plot_per_class
 from seemadapt.tasks import TASKS
 from seemadapt.visualize import draw_panoptic, draw_semantic
@@ -562,6 +563,38 @@ def _summary(result: EvalResult) -> str:
     return ", ".join(f"{k} {100 * result.metrics[k]:.2f}" for k in keys if k in result.metrics)
 
 
+def _predict(
+    model: Any,
+    images: list[torch.Tensor],
+    names: list[str],
+    thing_classes: list[str],
+    sizes: dict[str, int],
+    metrics: _Metrics,
+) -> dict[str, list[dict[str, Any]]]:
+    """``{task: one result per image}`` for the tasks being scored.
+
+    A :class:`~seemadapt.model.SEEM` gives every task from one forward pass (``predict(task=[...])``); any other
+    model with a ``predict`` method is called once per task with a single task name.
+    """
+    tasks = [t for t, m in (("semantic", metrics.semantic), ("panoptic", metrics.panoptic)) if m is not None]
+    if not tasks:
+        return {}
+    things = {"thing_classes": thing_classes} if "panoptic" in tasks else {}
+    if isinstance(model, SEEM):
+        combined = _as_list(
+            model.predict(images, names, task=tasks, **things, **sizes), len(images), "+".join(tasks)
+        )
+        return {task: [output[task] for output in combined] for task in tasks}
+    return {
+        task: _as_list(
+            model.predict(images, names, task=task, **(things if task == "panoptic" else {}), **sizes),
+            len(images),
+            task,
+        )
+        for task in tasks
+    }
+
+
 def _score(
     model: Any,
     rows: list[_Row],
@@ -576,20 +609,15 @@ def _score(
     images = [torch.from_numpy(np.ascontiguousarray(row.image.transpose(2, 0, 1))) for row in rows]
     keep = max(0, min(len(rows), num_examples - len(examples)))
     new = [EvalExample(row.file_name, row.image, row.semantic) for row in rows[:keep]]
+    outputs = _predict(model, images, names, thing_classes, sizes, metrics)
     if semantic is not None:
-        outputs = _as_list(model.predict(images, names, task="semantic", **sizes), len(rows), "semantic")
-        for row, output, k in zip(rows, outputs, range(len(rows))):
+        for row, output, k in zip(rows, outputs["semantic"], range(len(rows))):
             labels = output["labels"]
             semantic.update(labels, row.semantic)
             if k < keep:
                 new[k].semantic_pred = _to_numpy(labels)
     if panoptic is not None:
-        outputs = _as_list(
-            model.predict(images, names, task="panoptic", thing_classes=thing_classes, **sizes),
-            len(rows),
-            "panoptic",
-        )
-        for row, output, k in zip(rows, outputs, range(len(rows))):
+        for row, output, k in zip(rows, outputs["panoptic"], range(len(rows))):
             segments = [
                 {"id": int(s["id"]), "category_id": int(s["category_id"])} for s in output["segments_info"]
             ]

@@ -14,6 +14,7 @@ __all__ = [
     "ALL_DECODER_SITES",
     "BACKBONE",
     "DECODER_HOOKS",
+    "GROUPS",
     "HEAD_HOOK",
     "LANGUAGE_ENCODER",
     "PIXEL_DECODER",
@@ -50,3 +51,17 @@ def text_encoder_message(subject: str) -> str:
         "class and grounding embeddings come from it and are cached, and the thesis never tuned it. Train the "
         "decoder instead (e.g. 'sem_seg_head.predictor', which skips the text encoder)."
     )
+
+
+#: the module groups of parameter reports and of ``TrainConfig.lr_multipliers``
+GROUPS = (
+    "backbone",
+    "backbone adapters",
+    "pixel decoder",
+    "decoder",
+    "decoder adapters",
+    "head adapters",
+    "language encoder",
+    "LoRA",
+    "other",
+)

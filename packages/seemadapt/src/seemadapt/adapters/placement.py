@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from seemadapt.adapters.lora import LoRASpec
+from seemadapt.adapters.lora_spec import LoRASpec
 from seemadapt.adapters.names import ALL_DECODER_SITES, DECODER_HOOKS, DecoderSite, text_encoder_message
 
 __all__ = ["AdapterPlacement"]

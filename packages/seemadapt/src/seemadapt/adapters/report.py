@@ -8,7 +8,14 @@ from torch import nn
 
 from seemadapt.adapters.lookup import adapter_modules
 from seemadapt.adapters.lora import lora_parameter_names
-from seemadapt.adapters.names import BACKBONE, HEAD_HOOK, PIXEL_DECODER, PREDICTOR, in_language_encoder
+from seemadapt.adapters.names import (
+    BACKBONE,
+    GROUPS,
+    HEAD_HOOK,
+    PIXEL_DECODER,
+    PREDICTOR,
+    in_language_encoder,
+)
 from seemadapt.adapters.placement import AdapterPlacement
 
 __all__ = [
@@ -21,17 +28,6 @@ __all__ = [
     "report_of",
 ]
 
-GROUPS = (
-    "backbone",
-    "backbone adapters",
-    "pixel decoder",
-    "decoder",
-    "decoder adapters",
-    "head adapters",
-    "language encoder",
-    "LoRA",
-    "other",
-)
 _ALWAYS_SHOWN = GROUPS[:7]
 #: the model attribute that holds the report of the applied placement
 REPORT_ATTR = "_seemadapt_adapter_report"

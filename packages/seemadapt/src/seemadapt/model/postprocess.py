@@ -59,12 +59,15 @@ def _check_pair(class_logits: Tensor, mask_logits: Tensor) -> None:
         raise ValueError("class_logits needs at least one class plus the background column.")
 
 
-def semantic_inference(class_logits: Tensor, mask_logits: Tensor) -> Tensor:
+def semantic_inference(
+    class_logits: Tensor, mask_logits: Tensor, *, mask_probs: Tensor | None = None
+) -> Tensor:
     """Per-class score maps ``[K, H, W]``: class probabilities (background column dropped) times mask probabilities,
-    summed over queries."""
+    summed over queries. ``mask_probs``: ``sigmoid(mask_logits)`` when the caller already has it."""
     _check_pair(class_logits, mask_logits)
     probs = class_logits.float().softmax(dim=-1)[:, :-1]
-    return torch.einsum("qk,qhw->khw", probs, mask_logits.float().sigmoid())
+    masks = mask_logits.float().sigmoid() if mask_probs is None else mask_probs
+    return torch.einsum("qk,qhw->khw", probs, masks)
 
 
 def panoptic_inference(
@@ -73,6 +76,8 @@ def panoptic_inference(
     thing_ids: Collection[int] | None = None,
     object_mask_threshold: float = OBJECT_MASK_THRESHOLD,
     overlap_threshold: float = OVERLAP_THRESHOLD,
+    *,
+    mask_probs: Tensor | None = None,
 ) -> tuple[Tensor, list[dict[str, Any]]]:
     """Panoptic segmentation of one image.
 
@@ -83,51 +88,94 @@ def panoptic_inference(
             queries merge into one segment). ``None`` = every class is a thing.
         object_mask_threshold: a query is used only if its best class is not background and scores above this.
         overlap_threshold: a query is kept only if it wins at least this fraction of its own mask (``prob >= 0.5``).
+        mask_probs: ``sigmoid(mask_logits)`` when the caller already has it (one-pass multi-task inference).
 
     Returns:
         ``(panoptic_seg, segments_info)``: ``int32 [H, W]`` segment ids, 0 = no segment; and one dict per segment
         ``{"id", "category_id", "isthing", "score", "area"}`` (``score`` of the query that created it; ``area`` in
         pixels after merging).
+
+    Every rule is a tensor operation over all queries at once (areas by ``bincount`` of the per-pixel winner), so
+    the cost does not grow with a Python loop over queries; segment ids follow the queries' order as in
+    Mask2Former's loop.
     """
     _check_pair(class_logits, mask_logits)
     num_classes = class_logits.shape[1] - 1
     scores, labels = class_logits.float().softmax(dim=-1).max(dim=-1)
     keep = (labels != num_classes) & (scores > object_mask_threshold)
-    scores, labels, probs = scores[keep], labels[keep], mask_logits.float().sigmoid()[keep]
+    probs = mask_logits.float().sigmoid() if mask_probs is None else mask_probs
+    scores, labels, probs = scores[keep], labels[keep], probs[keep]
     height, width = mask_logits.shape[-2:]
-    panoptic_seg = torch.zeros(height, width, dtype=torch.int32, device=mask_logits.device)
-    segments: list[dict[str, Any]] = []
+    device = mask_logits.device
     if len(scores) == 0:
-        return panoptic_seg, segments
-    owner = (scores[:, None, None] * probs).argmax(dim=0)
-    things = None if thing_ids is None else {int(i) for i in thing_ids}
-    stuff_segment: dict[int, int] = {}
-    for k in range(len(scores)):
-        label = int(labels[k])
-        is_thing = things is None or label in things
-        won = owner == k
-        own = probs[k] >= 0.5
-        won_area, own_area = int(won.sum()), int(own.sum())
-        region = won & own
-        if won_area == 0 or own_area == 0 or not bool(region.any()):
-            continue
-        if won_area / own_area < overlap_threshold:
-            continue
-        if not is_thing and label in stuff_segment:
-            panoptic_seg[region] = stuff_segment[label]
-            continue
-        segment_id = len(segments) + 1
-        panoptic_seg[region] = segment_id
-        if not is_thing:
-            stuff_segment[label] = segment_id
-        segments.append(
-            {"id": segment_id, "category_id": label, "isthing": is_thing, "score": float(scores[k])}
-        )
-    if segments:
-        areas = torch.bincount(panoptic_seg.flatten().long(), minlength=len(segments) + 1)
-        for segment in segments:
-            segment["area"] = int(areas[segment["id"]])
+        return torch.zeros(height, width, dtype=torch.int32, device=device), []
+    count = len(scores)
+    owner = (scores[:, None, None] * probs).argmax(dim=0).flatten()  # [HW] winning query per pixel
+    own = probs.flatten(1) >= 0.5  # [N, HW]
+    in_region = own.gather(0, owner[None])[0]  # the winner's own mask is on at the pixel
+    won_area = torch.bincount(owner, minlength=count)
+    own_area = own.sum(dim=1)
+    region_area = torch.bincount(owner[in_region], minlength=count)
+    valid = (won_area > 0) & (own_area > 0) & (region_area > 0)
+    ratio = won_area.double() / own_area.double().clamp(min=1)
+    valid &= ratio >= overlap_threshold
+    segment_of_query, first_query = _segment_ids(labels, valid, thing_ids, num_classes)
+    query_ids = segment_of_query[owner]
+    panoptic_seg = torch.where(in_region, query_ids, torch.zeros_like(query_ids)).view(height, width)
+    panoptic_seg = panoptic_seg.to(torch.int32)
+    if len(first_query) == 0:
+        return panoptic_seg, []
+    areas = torch.bincount(panoptic_seg.flatten().long(), minlength=len(first_query) + 1)[1:]
+    is_thing = _thing_mask(labels, thing_ids, num_classes)
+    rows = zip(
+        labels[first_query].tolist(),
+        is_thing[first_query].tolist(),
+        scores[first_query].tolist(),
+        areas.tolist(),
+    )
+    segments = [
+        {"id": index + 1, "category_id": label, "isthing": thing, "score": score, "area": area}
+        for index, (label, thing, score, area) in enumerate(rows)
+    ]
     return panoptic_seg, segments
+
+
+def _thing_mask(labels: Tensor, thing_ids: Collection[int] | None, num_classes: int) -> Tensor:
+    """Which of ``labels`` are things (``thing_ids`` ``None``: all)."""
+    if thing_ids is None:
+        return torch.ones_like(labels, dtype=torch.bool)
+    table = torch.zeros(num_classes + 1, dtype=torch.bool, device=labels.device)
+    ids = [int(i) for i in thing_ids if 0 <= int(i) <= num_classes]
+    table[ids] = True
+    return table[labels]
+
+
+def _segment_ids(
+    labels: Tensor, valid: Tensor, thing_ids: Collection[int] | None, num_classes: int
+) -> tuple[Tensor, Tensor]:
+    """Segment id per query (0: dropped) and the query that created each segment, in segment-id order.
+
+    A thing query is its own segment; stuff queries of one class share the segment of the first of them. Ids are
+    given in the order in which segments first appear among the valid queries.
+    """
+    count = len(labels)
+    positions = torch.arange(count, device=labels.device)
+    # one key per segment: the class for stuff, num_classes + query position for a thing
+    keys = torch.where(_thing_mask(labels, thing_ids, num_classes), num_classes + 1 + positions, labels)
+    keys = torch.where(valid, keys, torch.full_like(keys, -1))
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    first = torch.full((len(unique),), count, dtype=torch.long, device=labels.device)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    first = first[unique >= 0]  # the dropped queries' key -1 is not a segment
+    first_query = first.sort().values
+    segment_of_query = torch.zeros(count, dtype=torch.int32, device=labels.device)
+    if len(first_query):
+        rank = torch.zeros(len(unique), dtype=torch.int32, device=labels.device)
+        order = first.argsort()
+        real = torch.nonzero(unique >= 0).flatten()
+        rank[real[order]] = torch.arange(1, len(first_query) + 1, dtype=torch.int32, device=labels.device)
+        segment_of_query = torch.where(valid, rank[inverse], segment_of_query)
+    return segment_of_query, first_query
 
 
 def instance_inference(
@@ -135,11 +183,15 @@ def instance_inference(
     mask_logits: Tensor,
     thing_ids: Collection[int] | None = None,
     top_k: int = DETECTIONS_PER_IMAGE,
+    *,
+    mask_probs: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Instance segmentation of one image: the ``top_k`` best (query, class) pairs.
 
     Returns ``{"masks": bool [N, H, W], "scores": [N], "labels": int64 [N]}`` sorted by score (highest first).
     With ``thing_ids`` only those classes are kept (after the top-k, as SEEM does when panoptic is also on).
+    The mask score (mean probability inside the binary mask) is computed once per query, not once per pair.
+    ``mask_probs``: ``sigmoid(mask_logits)`` when the caller already has it.
     """
     _check_pair(class_logits, mask_logits)
     if top_k < 1:
@@ -154,13 +206,15 @@ def instance_inference(
         allowed[ids] = True
         keep = allowed[labels]
         top_scores, labels, queries = top_scores[keep], labels[keep], queries[keep]
-    logits = mask_logits.float()[queries]
+    used, slot = torch.unique(queries, return_inverse=True)
+    logits = mask_logits.float()[used]
+    probs = logits.sigmoid() if mask_probs is None else mask_probs[used]
     masks = logits > 0
     inside = masks.flatten(1).float()
-    mask_scores = (logits.sigmoid().flatten(1) * inside).sum(1) / (inside.sum(1) + 1e-6)
-    scores = top_scores * mask_scores
+    mask_scores = (probs.flatten(1) * inside).sum(1) / (inside.sum(1) + 1e-6)
+    scores = top_scores * mask_scores[slot]
     order = scores.argsort(descending=True)
-    return {"masks": masks[order], "scores": scores[order], "labels": labels[order]}
+    return {"masks": masks[slot[order]], "scores": scores[order], "labels": labels[order]}
 
 
 def grounding_logits(captions: Tensor, text_embeddings: Tensor, logit_scale: Tensor | float) -> Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -37,7 +38,7 @@ from seemadapt.model.prompts import (
 if TYPE_CHECKING:
     from seemadapt.model.seem import SEEM
 
-__all__ = ["TASKS", "SEEMPredictor", "Task"]
+__all__ = ["TASKS", "PostprocessOptions", "SEEMPredictor", "Task", "postprocess_image"]
 
 Task = Literal["semantic", "panoptic", "instance"]
 TASKS: tuple[str, ...] = ("semantic", "panoptic", "instance")
@@ -72,15 +73,63 @@ def thing_ids(classes: Sequence[str], thing_classes: Sequence[str | int] | None)
     return ids
 
 
-def _check_classes(task: str, classes: Sequence[str]) -> list[str]:
-    if task not in TASKS:
-        raise ValueError(f"predict: task must be one of {TASKS}, got {task!r}.")
+def _check_tasks(task: str | Sequence[str]) -> tuple[str, ...]:
+    """One task or a list of tasks (duplicates dropped, order kept), each one of :data:`TASKS`."""
+    tasks = (task,) if isinstance(task, str) else tuple(dict.fromkeys(str(t) for t in task))
+    if not tasks:
+        raise ValueError(f"predict: task must name at least one of {TASKS}.")
+    for name in tasks:
+        if name not in TASKS:
+            raise ValueError(f"predict: task must be one of {TASKS} (or a list of them), got {name!r}.")
+    return tasks
+
+
+def _check_classes(classes: Sequence[str]) -> list[str]:
     classes = [str(name) for name in classes]
     if not classes:
         raise ValueError("predict: classes must name at least one class.")
     if len(set(classes)) != len(classes):
         raise ValueError(f"predict: classes must be unique, got {classes}.")
     return classes
+
+
+@dataclass(frozen=True)
+class PostprocessOptions:
+    """What :func:`postprocess_image` computes: the tasks, the thing classes and the thresholds."""
+
+    tasks: tuple[str, ...]
+    things: set[int] | None
+    object_threshold: float
+    overlap: float
+    top_k: int
+
+
+def postprocess_image(class_logits: Tensor, masks: Tensor, options: PostprocessOptions) -> dict[str, Any]:
+    """Every task of ``options`` for one image from the same resized mask logits ``[Q, H, W]``.
+
+    ``sigmoid(masks)`` is computed once and shared by the tasks; returns ``{task: that task's result}``.
+    """
+    probs = masks.sigmoid()
+    out: dict[str, Any] = {}
+    for task in options.tasks:
+        if task == "semantic":
+            sem_seg = semantic_inference(class_logits, masks, mask_probs=probs)
+            out[task] = {"sem_seg": sem_seg, "labels": sem_seg.argmax(dim=0)}
+        elif task == "panoptic":
+            panoptic_seg, segments = panoptic_inference(
+                class_logits,
+                masks,
+                options.things,
+                options.object_threshold,
+                options.overlap,
+                mask_probs=probs,
+            )
+            out[task] = {"panoptic_seg": panoptic_seg, "segments_info": segments}
+        else:
+            out[task] = instance_inference(
+                class_logits, masks, options.things, options.top_k, mask_probs=probs
+            )
+    return out
 
 
 def _segment_texts(text: str | Sequence[str] | None, rounds: int) -> list[str] | None:
@@ -134,7 +183,7 @@ class SEEMPredictor:
         self,
         images: ImageInput | Sequence[ImageInput],
         classes: Sequence[str],
-        task: Task = "semantic",
+        task: Task | Sequence[Task] = "semantic",
         thing_classes: Sequence[str | int] | None = None,
         *,
         short_edge: int | None = None,
@@ -145,13 +194,20 @@ class SEEMPredictor:
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """Open-vocabulary segmentation: see :meth:`seemadapt.model.seem.SEEM.predict`."""
         model = self.model
-        classes = _check_classes(task, classes)
-        things = thing_ids(classes, thing_classes)
+        tasks = _check_tasks(task)
+        classes = _check_classes(classes)
         decoder_config = model.config.decoder
-        object_threshold = (
-            decoder_config.object_mask_threshold if object_mask_threshold is None else object_mask_threshold
+        options = PostprocessOptions(
+            tasks=tasks,
+            things=thing_ids(classes, thing_classes),
+            object_threshold=(
+                decoder_config.object_mask_threshold
+                if object_mask_threshold is None
+                else object_mask_threshold
+            ),
+            overlap=decoder_config.overlap_threshold if overlap_threshold is None else overlap_threshold,
+            top_k=top_k,
         )
-        overlap = decoder_config.overlap_threshold if overlap_threshold is None else overlap_threshold
         image_list, single = as_image_list(images)
         with evaluating(model):
             # Text embeddings are made outside inference mode: they are cached and may later meet autograd.
@@ -160,6 +216,7 @@ class SEEMPredictor:
                 batch = model.preprocess(image_list, short_edge=short_edge, max_size=max_size)
                 mask_features, multi_scale, _ = model.encode_image(batch)
                 outputs = model.sem_seg_head.predictor(multi_scale, mask_features, class_embs, task="seg")
+                class_logits = outputs["pred_logits"].float()
                 results = []
                 for b in range(len(batch)):
                     masks = resize_mask_logits(
@@ -168,17 +225,8 @@ class SEEMPredictor:
                         batch.image_sizes[b],
                         batch.original_sizes[b],
                     )
-                    logits = outputs["pred_logits"][b].float()
-                    if task == "semantic":
-                        sem_seg = semantic_inference(logits, masks)
-                        results.append({"sem_seg": sem_seg, "labels": sem_seg.argmax(dim=0)})
-                    elif task == "panoptic":
-                        panoptic_seg, segments = panoptic_inference(
-                            logits, masks, things, object_threshold, overlap
-                        )
-                        results.append({"panoptic_seg": panoptic_seg, "segments_info": segments})
-                    else:
-                        results.append(instance_inference(logits, masks, things, top_k))
+                    per_task = postprocess_image(class_logits[b], masks, options)
+                    results.append(per_task[task] if isinstance(task, str) else per_task)
         return results[0] if single else results
 
     def ground(

@@ -279,7 +279,7 @@ class SEEM(nn.Module):
         self,
         images: ImageInput | Sequence[ImageInput],
         classes: Sequence[str],
-        task: Task = "semantic",
+        task: Task | Sequence[Task] = "semantic",
         thing_classes: Sequence[str | int] | None = None,
         *,
         short_edge: int | None = None,
@@ -298,6 +298,8 @@ class SEEM(nn.Module):
                 ``"panoptic"`` -> ``{"panoptic_seg": [H, W] int32, "segments_info": [...]}`` (see
                 :func:`~seemadapt.model.postprocess.panoptic_inference`);
                 ``"instance"`` -> ``{"masks": bool [N, H, W], "scores": [N], "labels": [N]}``.
+                A list of tasks (e.g. ``["semantic", "panoptic", "instance"]``) gives ``{task: that result}`` per
+                image, all from one forward pass and one resize of the masks (the same values as one call per task).
             thing_classes: names or indices of the classes that are things (panoptic: every other class is stuff and
                 merged per class; instance: only things are kept). ``None``: all classes are things.
             short_edge, max_size: optional resize before the network (detectron2 ``ResizeShortestEdge``).

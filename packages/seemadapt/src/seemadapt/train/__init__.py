@@ -1,7 +1,7 @@
 """Training: matching, losses, the run configuration, optimizer and schedule, the accelerate loop, run results.
 
-The trainer and its run results (accelerate, detectron2's data loading, the adapter files) are imported on first
-access, so that reading :class:`TrainConfig` (the CLI builds its flags from it) does not load them.
+Every name is imported on first access (start-up speed: the CLI builds its flags from :class:`TrainConfig` and
+validates a config without loading torch, accelerate or detectron2).
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from seemadapt.train.config import TrainConfig
-from seemadapt.train.criterion import CriterionConfig, SEEMCriterion
-from seemadapt.train.matcher import HungarianMatcher, SEEMTarget
-from seemadapt.train.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
-
 if TYPE_CHECKING:
     from seemadapt.train.checkpoints import TrainState
+    from seemadapt.train.config import TrainConfig
+    from seemadapt.train.criterion import SEEMCriterion
+    from seemadapt.train.criterion_config import CriterionConfig
+    from seemadapt.train.matcher import HungarianMatcher, SEEMTarget
+    from seemadapt.train.optim import LRSchedule, build_optimizer, build_scheduler, param_groups
     from seemadapt.train.run import Run
     from seemadapt.train.step import NonFiniteLossError
     from seemadapt.train.targets import build_targets
@@ -23,6 +23,15 @@ if TYPE_CHECKING:
 
 #: public name -> the module defining it (imported on first access)
 _LAZY = {
+    "CriterionConfig": "seemadapt.train.criterion_config",
+    "HungarianMatcher": "seemadapt.train.matcher",
+    "LRSchedule": "seemadapt.train.optim",
+    "SEEMCriterion": "seemadapt.train.criterion",
+    "SEEMTarget": "seemadapt.train.matcher",
+    "TrainConfig": "seemadapt.train.config",
+    "build_optimizer": "seemadapt.train.optim",
+    "build_scheduler": "seemadapt.train.optim",
+    "param_groups": "seemadapt.train.optim",
     "NonFiniteLossError": "seemadapt.train.step",
     "Run": "seemadapt.train.run",
     "TrainState": "seemadapt.train.checkpoints",

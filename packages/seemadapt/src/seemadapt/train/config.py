@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 
-from seemadapt.adapters import GROUPS
+from seemadapt.adapters.names import GROUPS
 from seemadapt.tasks import TASKS
-from seemadapt.train.criterion import CriterionConfig
+from seemadapt.train.criterion_config import CriterionConfig
 
 __all__ = ["SCHEDULES", "TRACKERS", "TrainConfig"]
 
@@ -254,6 +253,8 @@ class TrainConfig:
         or a CPU with AMX / AVX512-BF16 through oneDNN), else ``"no"`` (older CPUs and GPUs)."""
         if self.mixed_precision != "auto":
             return self.mixed_precision
+        import torch  # start-up speed: the CLI validates a config without loading torch
+
         if torch.cuda.is_available():
             return "bf16" if torch.cuda.is_bf16_supported() else "no"
         return "bf16" if _cpu_has_native_bf16() else "no"
@@ -351,6 +352,8 @@ def _at_least(name: str, value: Any, low: float) -> None:
 
 def _cpu_has_native_bf16() -> bool:
     """True on CPUs whose oneDNN kernels run bf16 natively (AMX or AVX512-BF16): there bf16 autocast is faster."""
+    import torch  # start-up speed: the CLI validates a config without loading torch
+
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -1,0 +1,116 @@
+"""Inference per task against the network alone, side by side in one run (CPU, random weights).
+
+On the same batch of images, interleaved so that a busy machine slows every line alike, the fastest of ``--repeats``
+wall times (on a shared machine the fastest run is the least disturbed) of:
+
+* ``forward``: ``encode_image`` + the decoder (the network part of ``predict``, no post-processing);
+* ``predict semantic`` / ``panoptic`` / ``instance``: ``model.predict(task=...)``, masks back at the images' size;
+* ``predict all three``: ``model.predict(task=["semantic", "panoptic", "instance"])``: one forward, every task;
+* ``evaluate``: :func:`seemadapt.evaluate` (semantic + panoptic metrics) on a contract dataset of the same size.
+
+Printed ratios: panoptic and instance over semantic (target <= 1.3), all three tasks and ``evaluate`` per batch over
+one forward (target <= 1.3). Images are ``--size`` (height x 4/3 width) and the model sees them resized to
+``--short-edge``, as SEEM's evaluation does; the masks come back at the full size, so post-processing works at the
+images' resolution.
+
+Run: ``python benchmarks/bench_inference_tasks.py [--model focalt] [--size 480] [--short-edge 256] [--batch 2]``
+(Focal-T on 2 busy cores: about 3 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from seemadapt.evaluation import evaluate
+from seemadapt.model import SEEM
+from seemadapt.testing import make_contract_dataset
+
+CLASSES = ["square", "disc", "background"]
+TASKS = ["semantic", "panoptic", "instance"]
+
+
+def timed(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def measure(model: SEEM, args: argparse.Namespace) -> dict[str, float]:
+    """Fastest wall time of each line (the run least disturbed by other processes), the lines interleaved within every repeat."""
+    width = args.size * 4 // 3
+    dataset = make_contract_dataset(args.batch, size=(args.size, width), classes=CLASSES, seed=0)
+    images = [
+        torch.from_numpy(np.asarray(row["image"].convert("RGB")).copy()).permute(2, 0, 1) for row in dataset
+    ]
+    sizes = {"short_edge": args.short_edge, "max_size": round(args.short_edge * 1333 / 800)}
+    things = ["square", "disc"]
+    embeddings = model.class_embeddings(CLASSES)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            batch = model.preprocess(images, **sizes)
+            mask_features, multi_scale, _ = model.encode_image(batch)
+            model.sem_seg_head.predictor(multi_scale, mask_features, embeddings, task="seg")
+
+    lines: dict[str, Callable[[], object]] = {
+        "forward": forward,
+        **{
+            f"predict {task}": (
+                lambda task=task: model.predict(images, CLASSES, task=task, thing_classes=things, **sizes)
+            )
+            for task in TASKS
+        },
+        "predict all three": lambda: model.predict(
+            images, CLASSES, task=TASKS, thing_classes=things, **sizes
+        ),
+        "evaluate": lambda: evaluate(
+            model, dataset, batch_size=args.batch, image_size=args.short_edge, progress=False, num_examples=0
+        ),
+    }
+    for line in lines.values():  # warm-up (class embeddings cached, allocator warm)
+        line()
+    times: dict[str, list[float]] = {name: [] for name in lines}
+    for _ in range(args.repeats):
+        for name, line in lines.items():
+            times[name].append(timed(line))
+    return {name: min(values) for name, values in times.items()}
+
+
+def report(medians: dict[str, float], args: argparse.Namespace) -> None:
+    print(
+        f"SEEM {args.model}, CPU, {torch.get_num_threads()} threads, batch {args.batch} of {args.size}x"
+        f"{args.size * 4 // 3} images (network at short edge {args.short_edge}), fastest of {args.repeats}"
+    )
+    for name, seconds in medians.items():
+        print(f"  {name:<20} {seconds:7.2f} s")
+    semantic, forward = medians["predict semantic"], medians["forward"]
+    print(f"  panoptic / semantic            {medians['predict panoptic'] / semantic:5.2f}x  (target <= 1.3)")
+    print(f"  instance / semantic            {medians['predict instance'] / semantic:5.2f}x  (target <= 1.3)")
+    print(f"  all three tasks / forward      {medians['predict all three'] / forward:5.2f}x  (target <= 1.3)")
+    print(f"  evaluate (sem+pan) / forward   {medians['evaluate'] / forward:5.2f}x  (target <= 1.3)")
+    print(f"  all three / semantic           {medians['predict all three'] / semantic:5.2f}x")
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="focalt", help="preset: tiny, focalt (random weights)")
+    parser.add_argument("--size", type=int, default=480, help="image height (width = 4/3 of it)")
+    parser.add_argument("--short-edge", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = SEEM.from_config(args.model).eval()
+    report(measure(model, args), args)
+
+
+if __name__ == "__main__":
+    main()
