@@ -13,10 +13,10 @@ once imported.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from seemadapt import detectron2_compat
+from seemadapt.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -101,14 +101,4 @@ if TYPE_CHECKING:
     from seemadapt.train.config import TrainConfig
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module, attribute = _LAZY[name]
-        value = getattr(importlib.import_module(module), attribute)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'seemadapt' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -288,7 +288,34 @@ class SEEMPredictor:
         point_size: int = 3,
         scribble_width: int = 3,
     ) -> dict[str, Any]:
-        """Interactive segmentation from visual prompts and/or text: see :meth:`seemadapt.model.seem.SEEM.segment`."""
+        """Segment the objects given by visual prompts (and/or text) in one ``image``: SEEM's interactive mode.
+
+        Every prompt object gives one mask, in the order points, boxes, scribbles, masks (coordinates are the
+        image's own pixels; see :mod:`seemadapt.model.prompts` for the exact conventions):
+
+        * ``points``: ``[(x, y), (x, y, 0), ...]`` is **one** object (label 1 = on it, default; 0 = not on it);
+          a list of such lists is one object per inner list. Every object needs a positive point.
+        * ``boxes``: ``[x0, y0, x1, y1]`` or ``[k, 4]``, one object per box (the filled box is the prompt).
+        * ``scribbles``: a list of polylines ``[(x, y), ...]`` or bool masks ``[H, W]`` / ``[n, H, W]``, one object
+          each.
+        * ``mask``: bool ``[H, W]`` or ``[n, H, W]``, one object each.
+        * ``text``: with visual prompts, one text for all objects or one per object: it helps pick among each
+          object's candidate masks (see :mod:`seemadapt.model.interactive`). Without visual prompts every text is
+          one object, segmented by :meth:`SEEMPredictor.ground`.
+
+        Refinement: ``rounds > 1`` re-runs the decoder with each round's masks as memory prompts. To correct a
+        result, pass it back: ``prev_mask=result["logits"]`` feeds the memories, and either repeat every prompt
+        with the new clicks (e.g. ``points=old_points + [(x, y, 0)]``) or give ``prev_prompts=result["prompts"]``
+        and only the new clicks (one point group per object, ``[]`` for objects without clicks; a flat list when
+        there is one object), which then may be negative only.
+
+        ``generator`` drives SEEM's random choices (which object queries serve each prompt, point sampling, memory
+        slots); the default is a fresh generator seeded with 0, so a call is reproducible.
+
+        Returns ``{"masks": bool [n, H, W] (logits > threshold), "scores": [n], "logits": [n, H, W], "kinds":
+        [str] * n, "prompts": VisualPrompts | None}`` at the image's size; ``scores`` is the chosen candidate's
+        probability among the object's candidates (text: the grounding score of :meth:`SEEMPredictor.ground`).
+        """
         image_list, _ = as_image_list(image)
         if len(image_list) != 1:
             raise ValueError(f"segment: takes one image, got {len(image_list)}; call it once per image.")

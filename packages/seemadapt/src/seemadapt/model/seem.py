@@ -32,7 +32,6 @@ from seemadapt.model.grounding import GroundingPrompts, encode_grounding, text_h
 from seemadapt.model.images import ImageBatch, ImageInput, as_image_list, batch_images
 from seemadapt.model.language import LanguageEncoder
 from seemadapt.model.pixel_decoder import TransformerEncoderPixelDecoder
-from seemadapt.model.postprocess import DETECTIONS_PER_IMAGE
 from seemadapt.model.predictor import TASKS, SEEMPredictor, Task
 from seemadapt.model.summary import adapter_state_keys, parameter_counts, summary_table
 from seemadapt.model.templates import Rng
@@ -281,12 +280,7 @@ class SEEM(nn.Module):
         classes: Sequence[str],
         task: Task | Sequence[Task] = "semantic",
         thing_classes: Sequence[str | int] | None = None,
-        *,
-        short_edge: int | None = None,
-        max_size: int | None = None,
-        top_k: int = DETECTIONS_PER_IMAGE,
-        object_mask_threshold: float | None = None,
-        overlap_threshold: float | None = None,
+        **options: Any,
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """Open-vocabulary segmentation of ``images`` into ``classes``, outputs at each image's own size.
 
@@ -302,24 +296,15 @@ class SEEM(nn.Module):
                 image, all from one forward pass and one resize of the masks (the same values as one call per task).
             thing_classes: names or indices of the classes that are things (panoptic: every other class is stuff and
                 merged per class; instance: only things are kept). ``None``: all classes are things.
-            short_edge, max_size: optional resize before the network (detectron2 ``ResizeShortestEdge``).
-            top_k: instances per image. ``object_mask_threshold`` / ``overlap_threshold``: panoptic thresholds
+            options (keyword only; the signature is :meth:`seemadapt.model.predictor.SEEMPredictor.predict`'s):
+            ``short_edge``, ``max_size``: optional resize before the network (detectron2 ``ResizeShortestEdge``).
+            ``top_k``: instances per image (default 100). ``object_mask_threshold`` / ``overlap_threshold``: panoptic thresholds
                 (default: the config's, 0.8 / 0.8).
 
         Runs in eval mode (restoring the caller's mode afterwards) under ``torch.inference_mode``; tensors are
         returned on the model's device.
         """
-        return SEEMPredictor(self).predict(
-            images,
-            classes,
-            task,
-            thing_classes,
-            short_edge=short_edge,
-            max_size=max_size,
-            top_k=top_k,
-            object_mask_threshold=object_mask_threshold,
-            overlap_threshold=overlap_threshold,
-        )
+        return SEEMPredictor(self).predict(images, classes, task, thing_classes, **options)
 
     def ground(
         self,
@@ -342,70 +327,15 @@ class SEEM(nn.Module):
             image, sentences, short_edge=short_edge, max_size=max_size, threshold=threshold
         )
 
-    def segment(  # noqa: PLR0913 (one argument per prompt kind and option, as SAM's predictor)
-        self,
-        image: ImageInput,
-        points: Any = None,
-        boxes: Any = None,
-        scribbles: Any = None,
-        mask: Any = None,
-        text: str | Sequence[str] | None = None,
-        *,
-        rounds: int = 1,
-        prev_mask: Tensor | None = None,
-        prev_prompts: Any = None,
-        generator: torch.Generator | None = None,
-        short_edge: int | None = None,
-        max_size: int | None = None,
-        threshold: float = 0.0,
-        point_size: int = 3,
-        scribble_width: int = 3,
-    ) -> dict[str, Any]:
+    def segment(self, image: ImageInput, *prompts: Any, **options: Any) -> dict[str, Any]:
         """Segment the objects given by visual prompts (and/or text) in one ``image``: SEEM's interactive mode.
 
-        Every prompt object gives one mask, in the order points, boxes, scribbles, masks (coordinates are the
-        image's own pixels; see :mod:`seemadapt.model.prompts` for the exact conventions):
-
-        * ``points``: ``[(x, y), (x, y, 0), ...]`` is **one** object (label 1 = on it, default; 0 = not on it);
-          a list of such lists is one object per inner list. Every object needs a positive point.
-        * ``boxes``: ``[x0, y0, x1, y1]`` or ``[k, 4]``, one object per box (the filled box is the prompt).
-        * ``scribbles``: a list of polylines ``[(x, y), ...]`` or bool masks ``[H, W]`` / ``[n, H, W]``, one object
-          each.
-        * ``mask``: bool ``[H, W]`` or ``[n, H, W]``, one object each.
-        * ``text``: with visual prompts, one text for all objects or one per object: it helps pick among each
-          object's candidate masks (see :mod:`seemadapt.model.interactive`). Without visual prompts every text is
-          one object, segmented by :meth:`ground`.
-
-        Refinement: ``rounds > 1`` re-runs the decoder with each round's masks as memory prompts. To correct a
-        result, pass it back: ``prev_mask=result["logits"]`` feeds the memories, and either repeat every prompt
-        with the new clicks (e.g. ``points=old_points + [(x, y, 0)]``) or give ``prev_prompts=result["prompts"]``
-        and only the new clicks (one point group per object, ``[]`` for objects without clicks; a flat list when
-        there is one object), which then may be negative only.
-
-        ``generator`` drives SEEM's random choices (which object queries serve each prompt, point sampling, memory
-        slots); the default is a fresh generator seeded with 0, so a call is reproducible.
-
-        Returns ``{"masks": bool [n, H, W] (logits > threshold), "scores": [n], "logits": [n, H, W], "kinds":
-        [str] * n, "prompts": VisualPrompts | None}`` at the image's size; ``scores`` is the chosen candidate's
-        probability among the object's candidates (text: the grounding score of :meth:`ground`).
+        ``segment(image, points=None, boxes=None, scribbles=None, mask=None, text=None, *, rounds=1,
+        prev_mask=None, prev_prompts=None, generator=None, short_edge=None, max_size=None, threshold=0.0,
+        point_size=3, scribble_width=3)``: the arguments and the result are documented once, at
+        :meth:`seemadapt.model.predictor.SEEMPredictor.segment`.
         """
-        return SEEMPredictor(self).segment(
-            image,
-            points,
-            boxes,
-            scribbles,
-            mask,
-            text,
-            rounds=rounds,
-            prev_mask=prev_mask,
-            prev_prompts=prev_prompts,
-            generator=generator,
-            short_edge=short_edge,
-            max_size=max_size,
-            threshold=threshold,
-            point_size=point_size,
-            scribble_width=scribble_width,
-        )
+        return SEEMPredictor(self).segment(image, *prompts, **options)
 
     # ------------------------------------------------------------------ bookkeeping (see seemadapt.model.summary)
 
