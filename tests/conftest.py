@@ -16,6 +16,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Tests run tiny models: one intra-op thread per process is fastest and keeps multi-process tests from
 # oversubscribing the 2 CI cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# CI runs `uv run pytest`: Ray's local workers must run on this interpreter (see diffsynth/ray/__init__.py); set
+# before any test module imports ray.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # The pretrained tiny model (seemadapt.pretrained_tiny) is built once per machine and code version, not per session:
 # its cache key hashes the code, so a stale one is never used.
 os.environ.setdefault(

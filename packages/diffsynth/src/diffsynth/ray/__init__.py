@@ -17,6 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+
+# Under `uv run`, Ray (>= 2.43) starts every worker through `uv run` again, with the current folder (a project with
+# its 6 GB .venv) as the workers' working_dir; on a local instance they then die before registering and the driver
+# waits forever. Ray reads this switch when it is imported, so it is set before ray is: workers run on the driver's
+# interpreter as without uv. A value the user set (or exported on the cluster's nodes) is kept.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 from collections.abc import Sequence
 from typing import Any
 
