@@ -1,4 +1,4 @@
-"""The main job, offline, on the built-in tiny models (a few minutes on 2 CPU cores).
+"""The main job, offline, on the built-in tiny models (about 1 minute on 2 CPU cores; 2-3 on the first run).
 
     uv run python examples/quickstart.py [--output outputs/quickstart] [--fast]
 
