@@ -217,6 +217,12 @@ def stages(model: nn.Module, images: list[torch.Tensor], classes: list[str]) -> 
     return out
 
 
+def snapshot(out: dict[str, Any]) -> dict[str, Any]:
+    """The decoder's outputs as returned: the criterion later replaces ``pred_logits`` in the very same layer dicts
+    by per-image grounding logits, so each layer's dict is copied when the decoder returns it."""
+    return {**out, "aux_outputs": [dict(layer) for layer in out.get("aux_outputs") or []]}
+
+
 def training(model: nn.Module, batch: list[dict], seed: int, rounds: int) -> dict[str, Any]:
     """``forward_seg`` + criterion with ``rounds`` no-grad click rounds; losses, matching, outputs, gradients."""
     import modeling.architectures.seem_model_v1 as arch
@@ -227,7 +233,9 @@ def training(model: nn.Module, batch: list[dict], seed: int, rounds: int) -> dic
             lambda _m, args, kwargs, out: calls.append([(a.tolist(), b.tolist()) for a, b in out]),
             with_kwargs=True,
         ),
-        model.sem_seg_head.predictor.register_forward_hook(lambda _m, _a, out: decoder_out.update(out)),
+        model.sem_seg_head.predictor.register_forward_hook(
+            lambda _m, _a, out: decoder_out.update(snapshot(out))
+        ),
     ]
     clicks = []
     original_next = model.prepare_next_spaital_mask

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from diffsynth import dataset_diffusion as dd
 from diffsynth.attention import AttentionStore
 from diffsynth.masker import AttentionMasker, MaskerConfig
-from diffsynth.masks import normalize, upsample
+from diffsynth.masks import label, normalize, upsample
 from diffsynth.prompts import TokenSpan
 from diffsynth.testing import tiny_pipeline
 
@@ -62,7 +62,52 @@ def test_cross_maps_are_resized_without_clamp(masker):
     soft, _ = masker.soft_maps(store, [[TokenSpan("cat", ((1,),))]])
     on_grid = F.interpolate(cross[None, None], size=(8, 8), mode="bicubic", align_corners=False)[0]
     assert on_grid.min() < -0.01, "test needs undershoot"
-    expected = upsample(normalize(on_grid), masker.size)  # tau = 0 and A_S = I: refined = normalised cross
+    # tau = 0 and A_S = I: refined = normalised cross
+    expected = upsample(normalize(on_grid), masker.size, clamp=False)
     torch.testing.assert_close(soft[0], expected, rtol=0, atol=1e-6)
-    clamped = upsample(normalize(on_grid.clamp(0, 1)), masker.size)
+    clamped = upsample(normalize(on_grid.clamp(0, 1)), masker.size, clamp=False)
     assert (soft[0] - clamped).abs().max() > 0.01  # what the clamp used to give
+
+
+def _two_overshooting_classes() -> torch.Tensor:
+    """Two class maps ``[8, 8, 2]`` at 1 on the left half: the first steps down to 0.5 then 0, the second
+    straight to 0, so bicubic overshoots past 1 inside both plateaus, more for the second."""
+    maps = torch.zeros(8, 8, 2)
+    maps[:, :4] = 1.0
+    maps[:, 4, 0] = 0.5
+    return maps
+
+
+def _dd_labels(maps: torch.Tensor) -> torch.Tensor:
+    """Dataset Diffusion's labels of ``[K, H, W]`` maps, in local ids (class k -> k, background K, 255)."""
+    best, index = maps.max(dim=0)
+    labels = torch.where(best >= 0.6, index, maps.shape[0])
+    labels[(best < 0.6) & (best >= 0.5)] = 255
+    return labels
+
+
+def test_labels_are_the_argmax_of_the_unclamped_maps(masker, monkeypatch):
+    """Where two classes both overshoot past 1 after the final bicubic resize, Dataset Diffusion labels the
+    larger; clamped first, both would be 1 and the argmax would pick the first class."""
+    same_grid = AttentionMasker(
+        masker.pipe, MaskerConfig(cross_resolution=0.5, tau=0, num_inference_steps=1, progress=False)
+    )
+    store = AttentionStore(1, same_grid.latent_size, same_grid.self_factor, same_grid.cross_factors)
+    store.open("self", same_grid.self_factor, "self", 64, torch.device("cpu"))[0] += torch.eye(64)
+    columns = store.open("cross", same_grid.cross_factors[0], "cross", 77, torch.device("cpu"))
+    columns[0, :, 1:3] += _two_overshooting_classes().reshape(64, 2)
+    spans = [[TokenSpan("cat", ((1,),)), TokenSpan("dog", ((2,),))]]
+    soft, _ = same_grid.soft_maps(store, spans)
+    raw = F.interpolate(_two_overshooting_classes().permute(2, 0, 1)[None], same_grid.size, mode="bicubic")[0]
+    both_over = (raw > 1).all(dim=0) & (raw[1] > raw[0])
+    assert both_over.sum() > 100, "test needs pixels where both classes overshoot, the second more"
+    expected = _dd_labels(raw)
+    assert (expected[both_over] == 1).all() and (_dd_labels(raw.clamp(0, 1))[both_over] == 0).all()
+    assert (torch.from_numpy(label(soft[0]).astype(int)) == expected).all()
+    torch.testing.assert_close(soft[0], raw, rtol=0, atol=1e-6)
+
+    # the masker labels before it clamps what it stores
+    monkeypatch.setattr(same_grid, "soft_maps", lambda store, spans: ([raw], [raw.clamp(0, 1)]))
+    (result,) = same_grid(["a cat and a dog"], [["cat", "dog"]], [0])
+    assert (torch.from_numpy(result.label_map.astype(int)) == expected).all()
+    assert result.soft_maps.min() >= 0 and result.soft_maps.max() <= 1

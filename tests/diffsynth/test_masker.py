@@ -43,8 +43,10 @@ def _check_result(result: MaskResult, k: int, size=(128, 128)) -> None:
     assert result.soft_maps.shape == result.cross_maps.shape == (k, h, w)
     assert result.soft_maps.dtype == np.float32
     assert result.soft_maps.min() >= 0 and result.soft_maps.max() <= 1
-    # The label map is exactly the thresholded soft maps.
-    assert (label(result.soft_maps) == result.label_map).all()
+    # The label map is the thresholded soft maps; labels come from the unclamped maps, so they may differ only
+    # where two stored (clamped) maps are both 1.
+    tied = (result.soft_maps == 1).sum(axis=0) >= 2
+    assert (label(result.soft_maps) == result.label_map)[~tied].all()
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sd2", "sdxl"])

@@ -65,13 +65,15 @@ def dit_soft_maps(
     tau: int,
     renormalize: bool,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Refined and raw class maps ``[K, H, W]`` (fp32 CPU) for every image of a store."""
+    """Refined (unclamped, for labelling) and raw class maps ``[K, H, W]`` (fp32 CPU) for every image of a store."""
     self_attn = store.self_mean(renormalize)
     cross_attn = store.cross_mean()
     refined_all, cross_all = [], []
     for i, image_spans in enumerate(spans):
         cross = class_columns(cross_attn[i], [s.positions for s in image_spans])  # [Np, K]
-        refined, raw = soft_maps_from_attention(self_attn[i], cross, store.pooled_grid, size, tau)
+        refined, raw = soft_maps_from_attention(
+            self_attn[i], cross, store.pooled_grid, size, tau, clamp=False
+        )
         refined_all.append(refined.float().cpu())
         cross_all.append(raw.float().cpu())
     return refined_all, cross_all

@@ -226,7 +226,8 @@ class MaskResult:
     """One generated image with its masks.
 
     ``label_map``: uint8 ``[H, W]`` (values: ``class_ids``, ``background_id``, ``ignore_index``).
-    ``soft_maps``: float32 ``[K, H, W]`` refined maps in [0, 1], in ``classes`` order (None if not kept).
+    ``soft_maps``: float32 ``[K, H, W]`` refined maps in [0, 1], in ``classes`` order (None if not kept); clamped
+    after labelling, so ``label(soft_maps)`` can differ from ``label_map`` only where two maps are both 1.
     ``cross_maps``: float32 ``[K, H, W]`` raw cross-attention, normalised per class and upsampled.
     ``metadata``: prompt, seed, classes, class_ids, token spans, steps executed and captured, layers,
     resolutions and settings - JSON-serialisable.
@@ -482,8 +483,8 @@ class AttentionMasker:
         }
         return MaskResult(
             image=run.images[i],
-            label_map=self._labels(soft, ids, background_id),
-            soft_maps=soft.numpy() if cfg.keep_soft_maps else None,
+            label_map=self._labels(soft, ids, background_id),  # from the unclamped maps, as Dataset Diffusion
+            soft_maps=soft.clamp(0.0, 1.0).numpy() if cfg.keep_soft_maps else None,
             cross_maps=cross.numpy() if cfg.keep_soft_maps else None,
             metadata=metadata,
         )
@@ -492,7 +493,11 @@ class AttentionMasker:
     def soft_maps(
         self, store: AttentionStore | DiTStore, spans: Sequence[Sequence[TokenSpan]]
     ) -> tuple[list, list]:
-        """Refined and raw cross soft maps ``[K, H, W]`` (fp32 CPU tensors) for every image of a store."""
+        """Refined and raw cross soft maps ``[K, H, W]`` (fp32 CPU tensors) for every image of a store.
+
+        The refined maps keep the final bicubic resize's overshoot past [0, 1]: labels are their argmax, as in
+        Dataset Diffusion (clamped, two classes overshooting past 1 would tie and the first would win).
+        :class:`MaskResult` stores them clamped."""
         if isinstance(store, DiTStore):
             return dit_soft_maps(store, spans, self.size, self.config.tau, self.config.dit_renormalize)
         self_grid = grid_size(self.latent_size, self.self_factor)
@@ -502,7 +507,7 @@ class AttentionMasker:
             positions = [s.positions for s in image_spans]
             cross = self._cross_on_grid(store, i, positions, self_grid)
             refined, raw = soft_maps_from_attention(
-                self_attn[i], cross, self_grid, self.size, self.config.tau
+                self_attn[i], cross, self_grid, self.size, self.config.tau, clamp=False
             )
             refined_all.append(refined.float().cpu())
             cross_all.append(raw.float().cpu())

@@ -2,9 +2,10 @@
 
 ``A* = (A_S)^tau . A_C``: the averaged self-attention ``A_S`` is row-stochastic, so multiplying by it
 ``tau`` times is a ``tau``-step random walk that spreads each class's cross-attention over the regions
-that attend to each other. Then per-class min-max normalisation, bicubic upsampling to the image (clamped,
-since bicubic overshoots) and two thresholds: a confident class, an uncertain band (ignored by losses),
-or background.
+that attend to each other. Then per-class min-max normalisation, bicubic upsampling to the image and two
+thresholds: a confident class, an uncertain band (ignored by losses), or background. Labels are taken
+from the upsampled maps as they are (Dataset Diffusion's argmax); only the stored maps are clamped to
+[0, 1], since bicubic overshoots and a clamp would tie two classes that both overshoot past 1.
 """
 
 from __future__ import annotations
@@ -140,9 +141,12 @@ def soft_maps_from_attention(
     grid: tuple[int, int],
     size: tuple[int, int],
     tau: int = 4,
+    *,
+    clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One image: ``A_S [N, N]`` and class maps ``A_C [N, K]`` on the same ``grid`` -> (refined, cross) soft
-    maps ``[K, H, W]`` in [0, 1] at image ``size``, each normalised per class before upsampling."""
+    maps ``[K, H, W]`` at image ``size``, each normalised per class before upsampling. ``clamp=False`` keeps
+    the refined maps' bicubic overshoot, which labelling needs (the raw cross maps, for display, are clamped)."""
     refined = normalize(to_grid(refine(self_attn, cross_attn, tau), grid))
     cross = normalize(to_grid(cross_attn.float(), grid))
-    return upsample(refined, size), upsample(cross, size)
+    return upsample(refined, size, clamp=clamp), upsample(cross, size)
