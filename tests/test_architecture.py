@@ -107,5 +107,7 @@ def test_no_private_name_is_imported_across_modules():
                 names = [alias.name for alias in node.names]
             else:
                 continue
-            found += [f"{path.relative_to(PACKAGES)}:{node.lineno} {name}" for name in names if _private(name)]
+            found += [
+                f"{path.relative_to(PACKAGES)}:{node.lineno} {name}" for name in names if _private(name)
+            ]
     assert not found, "\n".join(found)
