@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
+
+# Test modules import the read-only-folder helper as ``unwritable`` (pytest's importlib mode puts no test folder on
+# sys.path).
+if "unwritable" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("unwritable", Path(__file__).with_name("unwritable.py"))
+    sys.modules["unwritable"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["unwritable"])
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import torch
 from accelerate import Accelerator
+from unwritable import call_where_unwritable, read_only_folder  # loaded by tests/conftest.py
 
 import seemadapt
 from seemadapt import hub
@@ -105,12 +106,43 @@ def _push_without_network(tmp_path):
         seemadapt.push_adapters(folder, "me/adapters")
 
 
+FINETUNE_INTO_FOLDER = """
+import seemadapt
+from seemadapt.testing import make_contract_dataset
+seemadapt.finetune(
+    make_contract_dataset(1, size=(32, 32)), model="tiny", output_dir=str(folder / "out"), max_steps=1,
+    tracker=None, progress=False, num_workers=0,
+)
+"""
+
+
 def _read_only(tmp_path):
-    """A read-only folder as a non-root user sees it (the tests may run as root, who may write anywhere)."""
-    real = os.access
+    """An output folder this user cannot write, for real (tests/unwritable.py: also when the tests run as root)."""
+    with read_only_folder(tmp_path) as folder:
+        call_where_unwritable(FINETUNE_INTO_FOLDER, folder)
+
+
+def fine_grained(*scopes: tuple[str, str, str], global_permissions: tuple[str, ...] = ()) -> dict:
+    """A fine-grained token's grants as whoami lists them: ``(entity type, entity name, permission)`` scopes."""
+    scoped = [{"entity": {"type": t, "name": n}, "permissions": [p]} for t, n, p in scopes]
+    return {"canReadGatedRepos": True, "global": list(global_permissions), "scoped": scoped}
+
+
+def _check_push_with(grants, repo_id="me/adapters"):
+    """check_push_access against a Hub whose whoami shows a fine-grained token with ``grants``."""
+
+    class FineGrainedApi:
+        def __init__(self, token=None):
+            pass
+
+        def whoami(self):
+            token = {"role": "fineGrained", "fineGrained": grants}
+            return {"name": "me", "orgs": [{"name": "lab"}], "auth": {"accessToken": token}}
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(os, "access", lambda p, mode: real(p, mode) and not str(p).startswith(str(tmp_path)))
-        _finetune(tmp_path)
+        patch.setattr(hub, "HfApi", FineGrainedApi)
+        patch.setattr(hub.hub_constants, "HF_HUB_OFFLINE", False)
+        check_push_access(repo_id)
 
 
 # (case id, call(tmp_path), exception type, text the message must hold)
@@ -176,6 +208,24 @@ CASES = [
         HubAccessError,
         "push_to_hub='me/adapters/extra'",
     ),
+    (
+        "push-fine-grained-token-read-only-on-the-owner",
+        lambda t: _check_push_with(fine_grained(("user", "me", "repo.content.read"))),
+        HubAccessError,
+        "lacks the 'repo.write' permission on 'me'",
+    ),
+    (
+        "push-fine-grained-token-for-another-org",
+        lambda t: _check_push_with(fine_grained(("org", "lab", "repo.write"))),
+        HubAccessError,
+        "push_to_hub='me/adapters'",
+    ),
+    (
+        "push-fine-grained-token-for-the-dataset-of-that-name",
+        lambda t: _check_push_with(fine_grained(("dataset", "me/adapters", "repo.write"))),
+        HubAccessError,
+        "the model 'me/adapters'",
+    ),
 ]
 
 
@@ -187,6 +237,19 @@ def test_bad_input_fails_early_and_clearly(name, call, error, fragment, tmp_path
     assert fragment in str(caught.value), str(caught.value)
     out = tmp_path / "out"
     assert not [p for p in out.rglob("*") if p.is_file()], sorted(out.rglob("*"))  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "grants"),
+    [
+        ("me/adapters", fine_grained(("user", "me", "repo.write"))),
+        ("lab/adapters", fine_grained(("org", "lab", "repo.write"))),
+        ("me/adapters", fine_grained(("model", "me/adapters", "repo.write"))),
+        ("me/adapters", fine_grained(global_permissions=("repo.write",))),
+    ],
+)
+def test_a_fine_grained_token_that_can_write_there_passes_the_push_check(repo_id, grants):
+    _check_push_with(grants, repo_id)  # no error: training may start
 
 
 def test_lenient_loading_says_how_many_keys_it_used(tmp_path):
