@@ -40,13 +40,9 @@ import threading
 import time
 from typing import Any
 
-STRATEGIES = [
-    "frozen-backbone/adapter-head",
-    "adapter-backbone/adapter-head",
-    "frozen-backbone/full-head",
-    "adapter-backbone/full-head",
-    "full",
-]
+from seemadapt.adapters.strategies import STRATEGIES as THESIS_STRATEGIES  # plain data: no torch
+
+STRATEGIES = [*THESIS_STRATEGIES, "full"]  # the four thesis strategies, then everything but the text encoder
 FOCALT_EXTRA = [
     "frozen-backbone/full-head+reencode81",
     "frozen-backbone/full-head+reencode1",
