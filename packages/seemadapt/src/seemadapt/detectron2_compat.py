@@ -27,7 +27,6 @@ import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image
 
 from seemadapt.lazy import lazy_attributes
@@ -72,15 +71,17 @@ _LEGACY_NUMPY_MODULES = (
 
 
 class _LegacyNumpy(types.ModuleType):
-    """NumPy with the pre-1.24 scalar aliases, visible only to the detectron2 modules it is given to."""
+    """NumPy with the pre-1.24 scalar aliases, visible only to the detectron2 module it is given to (it wraps that
+    module's own ``np``, so ``import seemadapt`` does not import NumPy)."""
 
-    def __init__(self) -> None:
+    def __init__(self, numpy: types.ModuleType) -> None:
         super().__init__("numpy")
+        self.wrapped = numpy
 
     def __getattr__(self, name: str) -> Any:
         if name in _LEGACY_ALIASES:
             return _LEGACY_ALIASES[name]
-        return getattr(np, name)
+        return getattr(self.wrapped, name)
 
 
 def _has_compiled_extension() -> bool:
@@ -105,14 +106,14 @@ def apply() -> None:
 def import_detectron2() -> None:
     """Import detectron2 with :func:`apply`'s shim and the module-local NumPy aliases; idempotent."""
     apply()
-    legacy = _LegacyNumpy()
     for name in _LEGACY_NUMPY_MODULES:
         try:
             module = importlib.import_module(name)
         except Exception:  # pragma: no cover - optional modules
             continue
-        if not isinstance(getattr(module, "np", None), _LegacyNumpy):
-            module.np = legacy  # type: ignore[attr-defined]
+        numpy = getattr(module, "np", None)
+        if isinstance(numpy, types.ModuleType) and not isinstance(numpy, _LegacyNumpy):
+            module.np = _LegacyNumpy(numpy)  # type: ignore[attr-defined]
 
 
 # detectron2 is heavy (seconds): its names load on first access, after import_detectron2
