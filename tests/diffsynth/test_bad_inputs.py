@@ -15,8 +15,9 @@ import httpx
 import pytest
 import torch
 from _shard_worker import FakeGenerator  # loaded by tests/diffsynth/conftest.py
+from fake_hub import fine_grained, whoami  # loaded by tests/conftest.py
 from PIL import Image as PILImage
-from unwritable import call_where_unwritable, read_only_folder  # loaded by tests/conftest.py
+from unwritable import call_where_unwritable, read_only_folder
 
 import diffsynth
 from diffsynth import hub
@@ -40,8 +41,7 @@ class FakeApi:
     def whoami(self):
         if FakeApi.user is None:
             raise OSError("You must be logged in: no token found")
-        token = {"role": FakeApi.role, "fineGrained": FakeApi.grants}
-        return {"name": FakeApi.user, "orgs": [{"name": "lab"}], "auth": {"accessToken": token}}
+        return whoami(FakeApi.user, FakeApi.role, FakeApi.grants)
 
 
 def online_hub(monkeypatch, user="me", role="write", grants=None):
@@ -107,12 +107,6 @@ import diffsynth
 from segcontract.testing import make_contract_dataset
 diffsynth.export_coco(make_contract_dataset(1), folder / "out")
 """
-
-
-def fine_grained(*scopes: tuple[str, str, str], global_permissions: tuple[str, ...] = ()) -> dict:
-    """A fine-grained token's grants as whoami lists them: ``(entity type, entity name, permission)`` scopes."""
-    scoped = [{"entity": {"type": t, "name": n}, "permissions": [p]} for t, n, p in scopes]
-    return {"canReadGatedRepos": True, "global": list(global_permissions), "scoped": scoped}
 
 
 def _fine_grained_push(tmp_path, monkeypatch, grants):
@@ -245,20 +239,6 @@ def test_bad_input_fails_early_and_clearly(name, call, error, fragment, tmp_path
     assert not [p for p in left if p.endswith(".parquet") or ".tmp" in p], left
     if name != "disk-full-while-generating":
         assert not out.exists(), left
-
-
-@pytest.mark.parametrize(
-    ("repo_id", "grants"),
-    [
-        ("me/data", fine_grained(("user", "me", "repo.write"))),
-        ("lab/data", fine_grained(("org", "lab", "repo.write"))),
-        ("me/data", fine_grained(("dataset", "me/data", "repo.write"))),
-        ("me/data", fine_grained(global_permissions=("repo.write",))),
-    ],
-)
-def test_a_fine_grained_token_that_can_write_there_passes_the_push_check(repo_id, grants, monkeypatch):
-    online_hub(monkeypatch, role="fineGrained", grants=grants)
-    hub.check_push_access(repo_id)  # no error: the push may start
 
 
 def test_a_flipped_bit_in_a_finished_shard_is_found_and_remade(tmp_path):
