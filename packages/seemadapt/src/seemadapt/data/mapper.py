@@ -1,7 +1,7 @@
 """Mappers from registered dicts to SEEM's per-image inputs, and epoch-aware sampling for deterministic loaders.
 
-Training (``SEEMTrainMapper``) follows SEEM's COCO panoptic + grounding mapper (seem_spec.md 9.2) with LSJ: random
-horizontal flip, ``ResizeScale(min_scale, max_scale)`` to ``image_size``, ``FixedSizeCrop`` padding the image with
+Training (``SEEMTrainMapper``) follows SEEM's COCO panoptic + grounding dataset mapper with LSJ: random horizontal
+flip, ``ResizeScale(min_scale, max_scale)`` to ``image_size``, ``FixedSizeCrop`` padding the image with
 128 and the semantic map with 255. Two deliberate differences from the official mapper:
 
 * **Determinism.** The random draws come from a per-sample ``RandomState`` seeded with ``(seed, epoch, image_id)``,
