@@ -140,7 +140,7 @@ def build_dit(kind: str, heads: int):
     import torch
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
-    from diffsynth.testing_dit import tiny_dit_pipeline
+    from diffsynth.testing_dit import CLIP_WIDTH, T5_WIDTH, tiny_dit_pipeline
 
     pipe = tiny_dit_pipeline(kind)
     torch.manual_seed(0)
@@ -153,9 +153,9 @@ def build_dit(kind: str, heads: int):
             num_layers=24,
             attention_head_dim=64,
             num_attention_heads=heads,
-            joint_attention_dim=32,
+            joint_attention_dim=T5_WIDTH,  # the tiny pipeline's text encoders feed it
             caption_projection_dim=64 * heads,
-            pooled_projection_dim=32,
+            pooled_projection_dim=2 * CLIP_WIDTH,
             pos_embed_max_size=96,
         )
     else:
@@ -166,8 +166,8 @@ def build_dit(kind: str, heads: int):
             num_single_layers=38,
             attention_head_dim=128,
             num_attention_heads=heads,
-            joint_attention_dim=32,
-            pooled_projection_dim=16,
+            joint_attention_dim=T5_WIDTH,
+            pooled_projection_dim=CLIP_WIDTH,
             guidance_embeds=True,
             axes_dims_rope=(16, 56, 56),
         )

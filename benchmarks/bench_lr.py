@@ -21,16 +21,11 @@ import time
 import torch
 
 import seemadapt
+from seemadapt.adapters.strategies import STRATEGIES as THESIS_STRATEGIES
 from seemadapt.pretrained_tiny import TRAIN_ALL, pretrained_tiny
 from seemadapt.toyworld import make_toy_scenes
 
-STRATEGIES = [
-    "frozen-backbone/adapter-head",
-    "adapter-backbone/adapter-head",
-    "frozen-backbone/full-head",
-    "adapter-backbone/full-head",
-    "full",
-]
+STRATEGIES = [*THESIS_STRATEGIES, "full"]  # the four thesis strategies, then everything but the text encoder
 CLASSES = ("mold", "stain", "pipe", "wall")
 
 

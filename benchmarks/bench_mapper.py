@@ -47,7 +47,7 @@ def _throughput(name: str, size: int, workers: int, batches: int, batch_size: in
 
 
 def _mapper_only(name: str, size: int, count: int) -> float:
-    from seemadapt._detectron2 import DatasetCatalog
+    from seemadapt.detectron2_compat import DatasetCatalog
 
     records = DatasetCatalog.get(name)
     mapper = SEEMTrainMapper.from_dataset(name, image_size=size, seed=0)

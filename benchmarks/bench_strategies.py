@@ -40,13 +40,9 @@ import threading
 import time
 from typing import Any
 
-STRATEGIES = [
-    "frozen-backbone/adapter-head",
-    "adapter-backbone/adapter-head",
-    "frozen-backbone/full-head",
-    "adapter-backbone/full-head",
-    "full",
-]
+from seemadapt.adapters.strategies import STRATEGIES as THESIS_STRATEGIES  # plain data: no torch
+
+STRATEGIES = [*THESIS_STRATEGIES, "full"]  # the four thesis strategies, then everything but the text encoder
 FOCALT_EXTRA = [
     "frozen-backbone/full-head+reencode81",
     "frozen-backbone/full-head+reencode1",
@@ -155,26 +151,16 @@ def child(model_name: str, strategy: str, threads: int, warmup: int, steps: int,
     import torch
 
     torch.set_num_threads(threads)
-    from seemadapt.testing import make_contract_dataset
-    from seemadapt.train import TrainConfig, Trainer
+    from step_timing import step_timing_config, step_timing_dataset
+
+    from seemadapt.train import Trainer
 
     model, report, option = build_model(model_name, strategy)
     per_step = install_timers()
-    dataset = make_contract_dataset(8, size=(256, 256), classes=CLASSES, seed=0)
-    config = TrainConfig(
-        max_steps=warmup + steps,
-        batch_size=2,
-        image_size=256,
-        num_workers=0,
-        tracker=None,
-        progress=False,
-        log_every=1,
-        eval_every=0,
-        save_every=0,
-        output_dir=os.path.join(workdir, f"{model_name}-{strategy.replace('/', '_')}"),
-        mixed_precision="bf16" if option == "bf16" else "no",
-        cache_dir=os.path.join(workdir, "cache"),
-    )
+    dataset = step_timing_dataset(CLASSES)
+    precision = "bf16" if option == "bf16" else "no"
+    run_name = f"{model_name}-{strategy.replace('/', '_')}"
+    config = step_timing_config(warmup + steps, workdir, run_name, mixed_precision=precision)
     trainer = Trainer(model, dataset, config)
     # Fill the class-prompt cache before timing (once per class list; the baseline never uses it).
     start = time.perf_counter()

@@ -17,12 +17,12 @@ import tempfile
 import time
 
 import torch
+from step_timing import step_timing_config, step_timing_dataset
 from torch.profiler import ProfilerActivity, profile
 
 from seemadapt.adapters import apply_adapters
 from seemadapt.model import SEEM
-from seemadapt.testing import make_contract_dataset
-from seemadapt.train import TrainConfig, Trainer
+from seemadapt.train import Trainer
 
 CLASSES = ["square", "disc", "background"]
 
@@ -34,21 +34,8 @@ def profiled_trainer(
     torch.manual_seed(0)
     model = SEEM.from_config(model_name)
     apply_adapters(model, "adapter-backbone/full-head")
-    config = TrainConfig(
-        max_steps=warmup + steps,
-        batch_size=2,
-        image_size=256,
-        num_workers=0,
-        tracker=None,
-        progress=False,
-        log_every=1,
-        eval_every=0,
-        save_every=0,
-        output_dir=os.path.join(workdir, "run"),
-        mixed_precision="no",
-        cache_dir=os.path.join(workdir, "cache"),
-    )
-    dataset = make_contract_dataset(8, size=(256, 256), classes=CLASSES, seed=0)
+    config = step_timing_config(warmup + steps, workdir, "run")
+    dataset = step_timing_dataset(CLASSES)
     trainer = Trainer(model, dataset, config)
     step = trainer._optimizer_step
     profiler = profile(activities=[ProfilerActivity.CPU], with_stack=with_stack, record_shapes=with_stack)

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
+
+# Test modules import the shared helpers ``unwritable`` (read-only folders) and ``fake_hub`` (whoami answers) by
+# name: pytest's importlib mode puts no test folder on sys.path.
+for _name in ("unwritable", "fake_hub"):
+    if _name not in sys.modules:
+        _spec = importlib.util.spec_from_file_location(_name, Path(__file__).with_name(f"{_name}.py"))
+        sys.modules[_name] = importlib.util.module_from_spec(_spec)
+        _spec.loader.exec_module(sys.modules[_name])
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

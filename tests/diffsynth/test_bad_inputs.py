@@ -15,7 +15,9 @@ import httpx
 import pytest
 import torch
 from _shard_worker import FakeGenerator  # loaded by tests/diffsynth/conftest.py
+from fake_hub import fine_grained, whoami  # loaded by tests/conftest.py
 from PIL import Image as PILImage
+from unwritable import call_where_unwritable, read_only_folder
 
 import diffsynth
 from diffsynth import hub
@@ -31,6 +33,7 @@ class FakeApi:
 
     user: str | None = "me"
     role = "write"
+    grants: dict | None = None  # a fine-grained token's permissions
 
     def __init__(self, token=None):
         self.token = token
@@ -38,11 +41,11 @@ class FakeApi:
     def whoami(self):
         if FakeApi.user is None:
             raise OSError("You must be logged in: no token found")
-        return {"name": FakeApi.user, "orgs": [], "auth": {"accessToken": {"role": FakeApi.role}}}
+        return whoami(FakeApi.user, FakeApi.role, FakeApi.grants)
 
 
-def online_hub(monkeypatch, user="me", role="write"):
-    FakeApi.user, FakeApi.role = user, role
+def online_hub(monkeypatch, user="me", role="write", grants=None):
+    FakeApi.user, FakeApi.role, FakeApi.grants = user, role, grants
     monkeypatch.setattr(hub, "HfApi", FakeApi)
     monkeypatch.setattr(hub.hub_constants, "HF_HUB_OFFLINE", False)
 
@@ -86,11 +89,29 @@ def _push_without_network(tmp_path, monkeypatch):
     diffsynth.push_to_hub(make_contract_dataset(1), "me/data")
 
 
-def _read_only(tmp_path, monkeypatch):
-    """A read-only folder as a non-root user sees it (the tests may run as root, who may write anywhere)."""
-    real = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and not str(p).startswith(str(tmp_path)))
-    run_sharded(FakeGenerator(2), tmp_path / "out")
+def _read_only(tmp_path, monkeypatch, code: str):
+    """An output folder this user cannot write, for real (tests/unwritable.py: also when the tests run as root)."""
+    with read_only_folder(tmp_path) as folder:
+        call_where_unwritable(code, folder)
+
+
+GENERATE_INTO_FOLDER = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from _shard_worker import FakeGenerator
+from diffsynth.shards import run_sharded
+run_sharded(FakeGenerator(2), folder / "out")
+"""
+EXPORT_INTO_FOLDER = """
+import diffsynth
+from segcontract.testing import make_contract_dataset
+diffsynth.export_coco(make_contract_dataset(1), folder / "out")
+"""
+
+
+def _fine_grained_push(tmp_path, monkeypatch, grants):
+    online_hub(monkeypatch, role="fineGrained", grants=grants)
+    run_sharded(FakeGenerator(2), tmp_path / "out", push_to_hub="me/data")
 
 
 # (case id, call(tmp_path, monkeypatch), exception type, text the message must hold)
@@ -145,7 +166,18 @@ CASES = [
         "is a file",
     ),
     ("disk-full-while-generating", _disk_full, OutputPathError, "disk is full"),
-    ("read-only-output-dir", _read_only, OutputPathError, "is not writable"),
+    (
+        "read-only-output-dir",
+        lambda t, m: _read_only(t, m, GENERATE_INTO_FOLDER),
+        OutputPathError,
+        "is not writable",
+    ),
+    (
+        "export-coco-into-a-read-only-folder",
+        lambda t, m: _read_only(t, m, EXPORT_INTO_FOLDER),
+        OutputPathError,
+        "export_coco(folder)",
+    ),
     (
         "export-coco-into-a-file",
         lambda t, m: diffsynth.export_coco(make_contract_dataset(1), _file(t)),
@@ -174,6 +206,24 @@ CASES = [
     ("push-without-network", _push_without_network, HubAccessError, "push_to_hub='me/data'"),
     ("push-repo-of-another-owner", _foreign_repo, HubAccessError, "someone-else"),
     ("push-read-only-token", _read_only_token, HubAccessError, "read-only"),
+    (
+        "push-fine-grained-token-read-only-on-the-owner",
+        lambda t, m: _fine_grained_push(t, m, fine_grained(("user", "me", "repo.content.read"))),
+        HubAccessError,
+        "lacks the 'repo.write' permission on 'me'",
+    ),
+    (
+        "push-fine-grained-token-for-another-repo",
+        lambda t, m: _fine_grained_push(t, m, fine_grained(("dataset", "me/other", "repo.write"))),
+        HubAccessError,
+        "push_to_hub='me/data'",
+    ),
+    (
+        "push-fine-grained-token-for-the-model-repo-of-that-name",
+        lambda t, m: _fine_grained_push(t, m, fine_grained(("model", "me/data", "repo.write"))),
+        HubAccessError,
+        "the dataset 'me/data'",
+    ),
 ]
 
 

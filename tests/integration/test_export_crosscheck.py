@@ -14,7 +14,8 @@ from diffsynth.coco_reader import load_coco
 from diffsynth.dataset import Sample, categories_of, to_dataset, validate
 from diffsynth.export import export_coco
 
-d2 = pytest.importorskip("seemadapt._detectron2")
+pytest.importorskip("detectron2")
+d2 = pytest.importorskip("seemadapt.detectron2_compat")
 
 
 def make_dataset(cats, n=3, size=(48, 64)):

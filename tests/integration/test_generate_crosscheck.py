@@ -16,7 +16,8 @@ from pycocotools.coco import COCO
 
 from diffsynth import categories_of, export_coco, generate, settings_of, stage_repo, validate
 
-d2 = pytest.importorskip("seemadapt._detectron2")
+pytest.importorskip("detectron2")
+d2 = pytest.importorskip("seemadapt.detectron2_compat")
 
 
 @pytest.fixture(scope="module")

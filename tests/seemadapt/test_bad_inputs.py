@@ -16,6 +16,8 @@ import httpx
 import pytest
 import torch
 from accelerate import Accelerator
+from fake_hub import fine_grained, whoami  # loaded by tests/conftest.py
+from unwritable import call_where_unwritable, read_only_folder
 
 import seemadapt
 from seemadapt import hub
@@ -105,12 +107,36 @@ def _push_without_network(tmp_path):
         seemadapt.push_adapters(folder, "me/adapters")
 
 
+FINETUNE_INTO_FOLDER = """
+import seemadapt
+from seemadapt.testing import make_contract_dataset
+seemadapt.finetune(
+    make_contract_dataset(1, size=(32, 32)), model="tiny", output_dir=str(folder / "out"), max_steps=1,
+    tracker=None, progress=False, num_workers=0,
+)
+"""
+
+
 def _read_only(tmp_path):
-    """A read-only folder as a non-root user sees it (the tests may run as root, who may write anywhere)."""
-    real = os.access
+    """An output folder this user cannot write, for real (tests/unwritable.py: also when the tests run as root)."""
+    with read_only_folder(tmp_path) as folder:
+        call_where_unwritable(FINETUNE_INTO_FOLDER, folder)
+
+
+def _check_push_with(grants, repo_id="me/adapters"):
+    """check_push_access against a Hub whose whoami shows a fine-grained token with ``grants``."""
+
+    class FineGrainedApi:
+        def __init__(self, token=None):
+            pass
+
+        def whoami(self):
+            return whoami(role="fineGrained", grants=grants)
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(os, "access", lambda p, mode: real(p, mode) and not str(p).startswith(str(tmp_path)))
-        _finetune(tmp_path)
+        patch.setattr(hub, "HfApi", FineGrainedApi)
+        patch.setattr(hub.hub_constants, "HF_HUB_OFFLINE", False)
+        check_push_access(repo_id)
 
 
 # (case id, call(tmp_path), exception type, text the message must hold)
@@ -175,6 +201,24 @@ CASES = [
         lambda t: check_push_access("me/adapters/extra"),
         HubAccessError,
         "push_to_hub='me/adapters/extra'",
+    ),
+    (
+        "push-fine-grained-token-read-only-on-the-owner",
+        lambda t: _check_push_with(fine_grained(("user", "me", "repo.content.read"))),
+        HubAccessError,
+        "lacks the 'repo.write' permission on 'me'",
+    ),
+    (
+        "push-fine-grained-token-for-another-org",
+        lambda t: _check_push_with(fine_grained(("org", "lab", "repo.write"))),
+        HubAccessError,
+        "push_to_hub='me/adapters'",
+    ),
+    (
+        "push-fine-grained-token-for-the-dataset-of-that-name",
+        lambda t: _check_push_with(fine_grained(("dataset", "me/adapters", "repo.write"))),
+        HubAccessError,
+        "the model 'me/adapters'",
     ),
 ]
 

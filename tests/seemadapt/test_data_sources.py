@@ -368,6 +368,21 @@ def test_mix_aligns_categories_by_name(shapes, tmp_path):
         assert (a == b).all()
 
 
+def test_mix_cache_is_reused_for_the_same_source_and_not_for_another(shapes, tmp_path):
+    make_contract_dataset(num_images=2, size=(40, 32), seed=3).save_to_disk(tmp_path / "a")
+    make_contract_dataset(num_images=2, size=(40, 32), seed=4).save_to_disk(tmp_path / "b")
+
+    def cache_file(folder):
+        mixed = mix([shapes, datasets.load_from_disk(str(folder))])  # a fresh load of the folder each time
+        return {Path(f["filename"]).name for f in mixed.cache_files if "mix" in Path(f["filename"]).parts}
+
+    first = cache_file(tmp_path / "a")
+    assert len(first) == 1
+    assert cache_file(tmp_path / "a") == first  # same source: the aligned copy is found again
+    assert cache_file(tmp_path / "b").isdisjoint(first)  # other content: another cache file
+    assert len(list((tmp_path / "cache" / "mix").glob("*.arrow"))) == 2
+
+
 def test_mix_renames_colliding_files_and_rejects_conflicts(shapes, tmp_path):
     twice = mix([shapes, shapes])
     assert twice["file_name"][0] == "s0_000000.png" and twice["file_name"][3] == "s1_000000.png"

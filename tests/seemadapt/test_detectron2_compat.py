@@ -1,4 +1,4 @@
-"""detectron2 0.6 (pb1-detectron2, built without its C++ extension) works through seemadapt._detectron2.
+"""detectron2 0.6 (pb1-detectron2, built without its C++ extension) works through seemadapt.detectron2_compat.
 
 Exercises the detectron2 APIs seemadapt relies on, on a small COCO-panoptic folder written here with
 panopticapi's own id encoding, and checks the compat layer leaves NumPy untouched.
@@ -14,7 +14,8 @@ import torch
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-d2 = pytest.importorskip("seemadapt._detectron2")
+pytest.importorskip("detectron2")
+d2 = pytest.importorskip("seemadapt.detectron2_compat")
 
 # (contiguous id, dataset id, name, isthing)
 CATEGORIES = [(0, 1, "cat", True), (1, 2, "wall", False)]

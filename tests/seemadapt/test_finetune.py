@@ -115,7 +115,7 @@ def test_classes_reorder_the_data_consistently(data, cache, tmp_path):
         **FAST,
     )
     assert run.classes == order
-    from seemadapt._detectron2 import MetadataCatalog
+    from seemadapt.detectron2_compat import MetadataCatalog
 
     assert list(MetadataCatalog.get("seemadapt_train").stuff_classes) == order
     with pytest.raises(Exception, match="disc"):

@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from seemadapt import hub
+from seemadapt import adapter_files, hub
 from seemadapt.adapters import AdapterPlacement, LoRASpec, adapter_state_dict, apply_adapters, get_strategy
 from seemadapt.hub import (
     ADAPTER_CONFIG_NAME,
@@ -187,7 +187,7 @@ def test_hub_repo_downloads_only_the_adapter_files(folder, monkeypatch):
         calls.append((repo_id, kwargs))
         return str(folder)
 
-    monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(adapter_files, "snapshot_download", fake_snapshot_download)
     model = load_model(adapters="me/seem-shapes", revision="v1", token=TOKEN)
     assert isinstance(model, SEEM) and model.config.name == "tiny"  # the base named by the adapters
     assert {repo for repo, _ in calls} == {"me/seem-shapes"}

@@ -341,7 +341,7 @@ def test_refine_with_clicks_stops_at_the_threshold_and_clicks_on_errors(model, i
 
 
 def tiny_batch():
-    from seemadapt._detectron2 import BitMasks, Instances
+    from seemadapt.detectron2_compat import BitMasks, Instances
 
     generator = torch.Generator().manual_seed(1)
     images = [

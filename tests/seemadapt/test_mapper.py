@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from seemadapt._detectron2 import BitMasks, DatasetCatalog, T
 from seemadapt.data import (
     EpochDataset,
     EpochSampler,
@@ -26,6 +25,7 @@ from seemadapt.data import (
     unregister,
 )
 from seemadapt.data.mapper import CLASS_TEMPLATES, _swap_left_right, lsj_transforms, mask_boxes, stable_hash
+from seemadapt.detectron2_compat import BitMasks, DatasetCatalog, T
 from seemadapt.testing import make_contract_dataset
 
 CLASSES = ["square", "disc", "background"]

@@ -108,7 +108,8 @@ def test_semantic_matches_torchmetrics():
 
 
 def test_semantic_matches_detectron2_sem_seg_evaluator(tmp_path):
-    d2 = pytest.importorskip("seemadapt._detectron2")
+    pytest.importorskip("detectron2")
+    d2 = pytest.importorskip("seemadapt.detectron2_compat")
     names = ["background", "mold", "stain", "pipe", "peeling"]
     k = len(names)
     rng = np.random.default_rng(2)

@@ -16,14 +16,6 @@ import pytest
 import torch
 from PIL import Image
 
-from seemadapt._detectron2 import (
-    COCOPanopticEvaluator,
-    DatasetCatalog,
-    MetadataCatalog,
-    SemSegEvaluator,
-    Visualizer,
-    build_detection_train_loader,
-)
 from seemadapt.data import (
     ContractError,
     DatasetSpec,
@@ -36,6 +28,14 @@ from seemadapt.data import (
     rgb2id,
     spec_of,
     unregister,
+)
+from seemadapt.detectron2_compat import (
+    COCOPanopticEvaluator,
+    DatasetCatalog,
+    MetadataCatalog,
+    SemSegEvaluator,
+    Visualizer,
+    build_detection_train_loader,
 )
 from seemadapt.testing import make_contract_dataset
 from segcontract import iter_raw_rows
@@ -165,7 +165,7 @@ def test_spec_pickles_and_reregisters(toy, tmp_path, name):
 
 _WORKER = """
 import base64, json, pickle, sys
-from seemadapt._detectron2 import DatasetCatalog, MetadataCatalog
+from seemadapt.detectron2_compat import DatasetCatalog, MetadataCatalog
 from seemadapt.data import ensure_registered
 spec = pickle.loads(base64.b64decode(sys.argv[1]))
 assert spec.name not in DatasetCatalog.list()  # a fresh process starts with empty catalogs

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from seemadapt._detectron2 import BitMasks, Instances
 from seemadapt.adapters import (
     AdapterPlacement,
     adapter_report,
@@ -18,6 +17,7 @@ from seemadapt.adapters import (
     apply_adapters,
     get_strategy,
 )
+from seemadapt.detectron2_compat import BitMasks, Instances
 from seemadapt.metrics import SemanticMetrics
 from seemadapt.model import SEEM
 from seemadapt.model.templates import with_background

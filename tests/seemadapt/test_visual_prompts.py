@@ -149,7 +149,7 @@ def test_empty_and_tiny_masks_give_empty_prompts_and_targets():
 
 
 def test_sampler_accepts_bitmasks_and_validates():
-    from seemadapt._detectron2 import BitMasks
+    from seemadapt.detectron2_compat import BitMasks
 
     masks = torch.from_numpy(np.stack([ellipse(40, 40, 20, 20, 12, 12)]))
     sample = VisualPromptSampler()(BitMasks(masks), rng=0)

@@ -95,7 +95,9 @@ def process_info() -> ProcessInfo:
             dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0), "torch.distributed"
         )
     partial_state = accelerate.state.PartialState  # looked up per call: tests swap it
-    if partial_state._shared_state:  # already set up by the user's Accelerator / PartialState
+    # already set up by the user's Accelerator / PartialState? (accelerate's state is a class-level dict; asking an
+    # instance, its only public check, would set it up)
+    if partial_state._shared_state:
         state = partial_state()
         return ProcessInfo(
             int(state.process_index),

@@ -392,4 +392,6 @@ def check_push_access(repo_id: Any, token: str | bool | None = None, field: str 
     """Fail now (:class:`~segcontract.errors.HubAccessError` naming ``field``) unless ``token`` (default: the saved
     login / ``HF_TOKEN``) can write to ``repo_id``: called before the work whose result is pushed."""
     token = token if isinstance(token, str) else None
-    check_hub_write(HfApi(token=token), repo_id, offline=hub_constants.HF_HUB_OFFLINE, field=field)
+    check_hub_write(
+        HfApi(token=token), repo_id, offline=hub_constants.HF_HUB_OFFLINE, field=field, repo_type="dataset"
+    )

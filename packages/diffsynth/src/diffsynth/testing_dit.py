@@ -35,17 +35,25 @@ from segcontract import CLIP_VOCAB_SIZE
 DiTKind = Literal["sd3", "flux"]
 DIT_KINDS: tuple[str, ...] = ("sd3", "flux")
 ATTENTION_SHARPNESS = 4.0
+IMAGE_SIZE = 128
+LATENT_CHANNELS = 4
+#: widths of the tiny text encoders: the transformers' text inputs are sized from them
+CLIP_WIDTH = 16
+T5_WIDTH = 32
+#: what both transformers share: depth, and the joint text states they attend to (T5's width; SD3 pads its two
+#: CLIP encoders' states, 2 x CLIP_WIDTH, to it)
+_SHARED_TRANSFORMER = dict(num_layers=2, joint_attention_dim=T5_WIDTH)
 
 
-def _clip(seed: int, hidden: int, *, with_projection: bool) -> torch.nn.Module:
+def _clip(seed: int, *, with_projection: bool) -> torch.nn.Module:
     config = CLIPTextConfig(
         vocab_size=CLIP_VOCAB_SIZE,
-        hidden_size=hidden,
+        hidden_size=CLIP_WIDTH,
         intermediate_size=37,
         num_attention_heads=4,
         num_hidden_layers=2,
         max_position_embeddings=77,
-        projection_dim=hidden,
+        projection_dim=CLIP_WIDTH,
         hidden_act="gelu",
         bos_token_id=49406,
         eos_token_id=49407,
@@ -58,7 +66,7 @@ def _clip(seed: int, hidden: int, *, with_projection: bool) -> torch.nn.Module:
 def _t5(seed: int, vocab_size: int) -> T5EncoderModel:
     config = T5Config(
         vocab_size=vocab_size,
-        d_model=32,
+        d_model=T5_WIDTH,
         d_kv=8,
         d_ff=37,
         num_layers=2,
@@ -69,15 +77,15 @@ def _t5(seed: int, vocab_size: int) -> T5EncoderModel:
     return T5EncoderModel(config).eval()
 
 
-def _vae(seed: int, latent_channels: int) -> AutoencoderKL:
+def _vae(seed: int) -> AutoencoderKL:
     torch.manual_seed(seed)
     return AutoencoderKL(
         block_out_channels=(8, 8, 16, 16),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=latent_channels,
+        latent_channels=LATENT_CHANNELS,
         norm_num_groups=4,
-        sample_size=128,
+        sample_size=IMAGE_SIZE,
         shift_factor=0.0609,
         scaling_factor=1.5035,
         use_quant_conv=False,
@@ -97,27 +105,27 @@ def _sharpen(transformer: torch.nn.Module, factor: float = ATTENTION_SHARPNESS) 
 
 def _sd3_components(seed: int) -> dict:
     torch.manual_seed(seed)
+    heads, head_dim = 4, 8
     transformer = SD3Transformer2DModel(
-        sample_size=16,
+        **_SHARED_TRANSFORMER,
+        sample_size=IMAGE_SIZE // 8,  # the VAE's latent
         patch_size=2,
-        in_channels=4,
-        out_channels=4,
-        num_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        joint_attention_dim=32,
-        caption_projection_dim=32,
-        pooled_projection_dim=32,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        caption_projection_dim=heads * head_dim,  # text tokens join the image tokens' width
+        pooled_projection_dim=2 * CLIP_WIDTH,  # both CLIP encoders' pooled outputs, side by side
         pos_embed_max_size=32,
     ).eval()
     tokenizer_3 = t5_tokenizer()
     return dict(
         transformer=_sharpen(transformer),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=_vae(seed + 1, 4),
-        text_encoder=_clip(seed + 2, 16, with_projection=True),
+        vae=_vae(seed + 1),
+        text_encoder=_clip(seed + 2, with_projection=True),
         tokenizer=clip_tokenizer(),
-        text_encoder_2=_clip(seed + 3, 16, with_projection=True),
+        text_encoder_2=_clip(seed + 3, with_projection=True),
         tokenizer_2=clip_tokenizer(pad_token="!"),
         text_encoder_3=_t5(seed + 4, len(tokenizer_3)),
         tokenizer_3=tokenizer_3,
@@ -127,23 +135,22 @@ def _sd3_components(seed: int) -> dict:
 def _flux_components(seed: int, guidance: bool) -> dict:
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
+        **_SHARED_TRANSFORMER,
         patch_size=1,
-        in_channels=16,
-        num_layers=2,
+        in_channels=4 * LATENT_CHANNELS,  # FLUX packs 2 x 2 latent pixels into one token
         num_single_layers=2,
         attention_head_dim=16,
         num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=16,
+        pooled_projection_dim=CLIP_WIDTH,
         guidance_embeds=guidance,
-        axes_dims_rope=(4, 4, 8),
+        axes_dims_rope=(4, 4, 8),  # sums to attention_head_dim
     ).eval()
     tokenizer_2 = t5_tokenizer()
     return dict(
         transformer=_sharpen(transformer),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
-        vae=_vae(seed + 1, 4),
-        text_encoder=_clip(seed + 2, 16, with_projection=False),
+        vae=_vae(seed + 1),
+        text_encoder=_clip(seed + 2, with_projection=False),
         tokenizer=clip_tokenizer(),
         text_encoder_2=_t5(seed + 4, len(tokenizer_2)),
         tokenizer_2=tokenizer_2,

@@ -52,7 +52,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "to_json": ("seemadapt.metrics", "to_json"),
     # adapter files and the Hub
     "save_adapters": ("seemadapt.hub", "save_adapters"),
-    "load_adapters": ("seemadapt.hub", "load_adapters"),
+    "load_adapters": ("seemadapt.adapter_files", "load_adapters"),
     "push_adapters": ("seemadapt.hub", "push_adapters"),
     "load_model": ("seemadapt.hub", "load_model"),
 }
@@ -86,13 +86,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from seemadapt.adapter_files import load_adapters
     from seemadapt.adapters import AdapterPlacement, apply_adapters
     from seemadapt.adapters.strategies import STRATEGIES, get_strategy
     from seemadapt.data.register import register
     from seemadapt.data.sources import load_source as load
     from seemadapt.evaluation import EvalResult, evaluate
     from seemadapt.finetuning import finetune
-    from seemadapt.hub import load_adapters, load_model, push_adapters, save_adapters
+    from seemadapt.hub import load_model, push_adapters, save_adapters
     from seemadapt.metrics import GroundingMetrics, PanopticMetrics, SemanticMetrics, format_table, to_json
     from seemadapt.model.config import SEEMConfig
     from seemadapt.model.seem import SEEM

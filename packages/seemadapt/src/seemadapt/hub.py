@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi
 from huggingface_hub import constants as hub_constants
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from seemadapt.adapter_config import (
@@ -48,25 +48,24 @@ from seemadapt.adapter_config import (
     base_fingerprint,
     class_lists,
     dtype_name,
-    geometry_differences,
     json_value,
     library_versions,
     metrics_dict,
     read_config_file,
     strategy_name,
 )
+from seemadapt.adapter_files import load_adapters, read_adapter_config, resolve_adapter_folder
 from seemadapt.adapters import (
     AdapterPlacement,
     adapter_report,
     adapter_state_dict,
-    load_adapter_state_dict,
     resolve_placement,
     save_lora,
 )
 from seemadapt.errors import ArgumentError
 from seemadapt.model.config import PRESETS
 from seemadapt.model.seem import SEEM
-from seemadapt.model_card import PRESET_TITLES, render_model_card
+from seemadapt.model_card import render_model_card
 from segcontract import check_hub_write, hub_errors
 
 __all__ = [
@@ -86,8 +85,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-DOWNLOAD_PATTERNS = [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, f"{LORA_FOLDER}/*"]
 
 
 # ---------------------------------------------------------------------------------------------- saving
@@ -192,106 +189,7 @@ def _write_adapter_folder(
 
 
 # ---------------------------------------------------------------------------------------------- loading
-
-
-def resolve_adapter_folder(
-    repo_or_folder: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None
-) -> Path:
-    """A local folder with the adapter files: ``repo_or_folder`` itself, or a snapshot of the Hub repo (only the
-    adapter files are downloaded)."""
-    text = os.fspath(repo_or_folder)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ValueError(f"adapters: {text} is a file; give the adapter folder (with {ADAPTER_CONFIG_NAME}).")
-    if not HUB_ID.match(text):
-        raise FileNotFoundError(
-            f"adapters: {text!r} is neither an existing folder nor a Hub repo id like 'me/seem-wet-damage'."
-        )
-    return Path(snapshot_download(text, revision=revision, token=token, allow_patterns=DOWNLOAD_PATTERNS))
-
-
-def read_adapter_config(
-    repo_or_folder: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None
-) -> AdapterConfig:
-    """The :class:`AdapterConfig` of an adapter folder or Hub repo."""
-    folder = resolve_adapter_folder(repo_or_folder, revision=revision, token=token)
-    return read_config_file(folder)
-
-
-def load_adapters(
-    model: SEEM,
-    repo_or_folder: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    token: str | bool | None = None,
-) -> SEEM:
-    """Apply the saved placement to ``model`` (which holds the base weights) and load the adapter weights strictly.
-
-    Raises :class:`AdapterMismatchError` when the adapters were trained on another model geometry (the message lists
-    the differing config fields and names the base checkpoint to load), when the model already carries adapters, or
-    when any weight is missing, unexpected or of another shape. Warns when the frozen base weights differ from the
-    ones the adapters were trained on. Returns ``model`` (so ``load_adapters(SEEM.from_pretrained(base), repo)``
-    chains). The geometry is checked before anything changes; a weight mismatch is found only after the placement
-    was applied, so discard the model after that error.
-    """
-    folder = resolve_adapter_folder(repo_or_folder, revision=revision, token=token)
-    config = read_config_file(folder)
-    weights = folder / ADAPTER_WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"adapters: {folder} has no {ADAPTER_WEIGHTS_NAME}.")
-    model_config = getattr(model, "config", None)
-    if model_config is None or not hasattr(model_config, "to_dict"):
-        raise TypeError("load_adapters: model must be a SEEM (it needs .config, a SEEMConfig).")
-    differences = geometry_differences(config.model_config, model_config.to_dict())
-    if differences:
-        raise AdapterMismatchError(
-            f"The adapters in {os.fspath(repo_or_folder)} were trained on SEEM {config.config_name!r} (base "
-            f"{config.base_model!r}), but the model is {model_config.name!r}; differing config fields: "
-            + "; ".join(differences[:6])
-            + (f"; ... ({len(differences) - 6} more)" if len(differences) > 6 else "")
-            + f". Load the base the adapters name first: {_base_hint(config.base_model)}."
-        )
-    if _has_placement(model):
-        raise AdapterMismatchError(
-            "load_adapters: the model already carries adapters; load them into a fresh base model."
-        )
-    placement = config.adapter_placement()
-    state = load_file(str(weights), device="cpu")
-    try:
-        report = load_adapter_state_dict(model, state, placement)
-    except RuntimeError as error:  # shape mismatches from load_state_dict
-        raise AdapterMismatchError(
-            f"load_adapters: the weights in {weights.name} do not fit the model: {str(error).splitlines()[0]}"
-        ) from None
-    except ValueError as error:
-        raise AdapterMismatchError(str(error)) from None
-    if config.base_fingerprint and config.dtype == dtype_name(model):
-        current = base_fingerprint(model, set(state))
-        if current != config.base_fingerprint:
-            warnings.warn(
-                f"The base weights of this model differ from the ones the adapters in {os.fspath(repo_or_folder)} "
-                f"were trained on ({config.base_model!r}); predictions will not match the reported metrics. Load "
-                f"that base: {_base_hint(config.base_model)}.",
-                stacklevel=2,
-            )
-    logger.info("loaded %d adapter tensors (%s) from %s", len(state), report.placement, folder)
-    return model
-
-
-def _has_placement(model: nn.Module) -> bool:
-    try:
-        adapter_report(model)
-    except ValueError:
-        return False
-    return True
-
-
-def _base_hint(base_model: str) -> str:
-    if base_model in PRESET_TITLES:
-        return f"SEEM.from_config({base_model!r})"
-    return f"SEEM.from_pretrained({base_model!r})"
+# (reading a folder into a model is seemadapt.adapter_files', re-exported here)
 
 
 def load_model(
@@ -392,4 +290,6 @@ def check_push_access(repo_id: Any, token: str | bool | None = None, field: str 
     """Fail now (:class:`~segcontract.errors.HubAccessError` naming ``field``) unless ``token`` (default: the saved
     login / ``HF_TOKEN``) can write to ``repo_id``: called before the work whose result is pushed."""
     token = token if isinstance(token, str) else None
-    check_hub_write(HfApi(token=token), repo_id, offline=hub_constants.HF_HUB_OFFLINE, field=field)
+    check_hub_write(
+        HfApi(token=token), repo_id, offline=hub_constants.HF_HUB_OFFLINE, field=field, repo_type="model"
+    )

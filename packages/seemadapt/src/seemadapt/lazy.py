@@ -15,10 +15,13 @@ __all__ = ["lazy_attributes"]
 
 
 def lazy_attributes(
-    package: str, table: Mapping[str, str | tuple[str, str]]
+    package: str,
+    table: Mapping[str, str | tuple[str, str]],
+    prepare: Callable[[], None] | None = None,
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package``: ``table`` maps a public name to its module, or to
-    ``(module, attribute)`` where the attribute is named differently; a loaded name is cached in the package."""
+    ``(module, attribute)`` where the attribute is named differently; a loaded name is cached in the package.
+    ``prepare`` runs before a name is first imported (e.g. a compatibility shim the imported library needs)."""
     namespace = sys.modules[package].__dict__
 
     def __getattr__(name: str) -> Any:
@@ -26,6 +29,8 @@ def lazy_attributes(
         if target is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         module, attribute = target if isinstance(target, tuple) else (target, name)
+        if prepare is not None:
+            prepare()
         value = getattr(importlib.import_module(module), attribute)
         namespace[name] = value
         return value

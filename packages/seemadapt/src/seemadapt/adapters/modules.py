@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seemadapt.model.adapter_hooks import AdapterModule
+from seemadapt.adapters.hooks import AdapterModule
 
 Activation = Literal["gelu", "relu"]
 

@@ -1,14 +1,14 @@
 """Mappers from registered dicts to SEEM's per-image inputs, and epoch-aware sampling for deterministic loaders.
 
-Training (``SEEMTrainMapper``) follows SEEM's COCO panoptic + grounding mapper (seem_spec.md 9.2) with LSJ: random
-horizontal flip, ``ResizeScale(min_scale, max_scale)`` to ``image_size``, ``FixedSizeCrop`` padding the image with
+Training (``SEEMTrainMapper``) follows SEEM's COCO panoptic + grounding dataset mapper with LSJ: random horizontal
+flip, ``ResizeScale(min_scale, max_scale)`` to ``image_size``, ``FixedSizeCrop`` padding the image with
 128 and the semantic map with 255. Two deliberate differences from the official mapper:
 
 * **Determinism.** The random draws come from a per-sample ``RandomState`` seeded with ``(seed, epoch, image_id)``,
   never from global state, so the same sample gives the same output in any worker, with any number of workers. The
   draws are detectron2's own (same distributions, same order as ``RandomFlip -> ResizeScale -> FixedSizeCrop``; a
   test checks the transforms equal detectron2's for the same stream), and the results are detectron2 transforms.
-* **Masks pad with 0, not 255** (spec 9.2 caveat): the panoptic id map pads with void, so no padded pixel can leak
+* **Masks pad with 0, not 255** (padding is no object, not an uncertain pixel): the panoptic id map pads with void, so no padded pixel can leak
   into a mask target; grounding masks are boolean. Sentences of flipped samples swap ``left``/``right``.
 
 Each training output::
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from seemadapt._detectron2 import (
+from seemadapt.detectron2_compat import (
     BitMasks,
     Boxes,
     DatasetCatalog,

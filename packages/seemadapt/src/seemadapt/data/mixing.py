@@ -19,6 +19,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+from datasets.fingerprint import generate_fingerprint
 from PIL import Image as PILImage
 
 from seemadapt.data.cache import default_cache_dir
@@ -147,8 +148,9 @@ def mix_datasets(
         for col in IMAGE_COLUMNS:
             ds = ds.cast_column(col, datasets.Image(decode=False))
         prefix = f"s{k}_" if collide else ""
+        # datasets' public content hash (its state and the cache files' modification times) names the cache file
         fp = hashlib.sha256(
-            json.dumps([_MIX_VERSION, ds._fingerprint, lut, offset, prefix, list(features)]).encode()
+            json.dumps([_MIX_VERSION, generate_fingerprint(ds), lut, offset, prefix, list(features)]).encode()
         ).hexdigest()[:32]
         kwargs: dict[str, Any] = {"keep_in_memory": True}
         if ds.cache_files:

@@ -45,9 +45,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image as PILImage
 
-from seemadapt._detectron2 import DatasetCatalog, MetadataCatalog
 from seemadapt.data.cache import default_cache_dir
 from seemadapt.data.sources import load_source
+from seemadapt.detectron2_compat import DatasetCatalog, MetadataCatalog
 from segcontract import (
     IGNORE_LABEL,
     Category,

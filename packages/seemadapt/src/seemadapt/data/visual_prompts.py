@@ -1,6 +1,6 @@
 """Random visual prompts drawn inside instance masks, for SEEM's interactive (spatial) training.
 
-SEEM trains its visual-prompt branch on prompts it simulates from the ground-truth instances (spec 9.2 step 4): up to
+SEEM trains its visual-prompt branch on prompts it simulates from the ground-truth instances: up to
 ``max_candidate`` instances are picked at random and each gets one shape drawn inside it, chosen with equal
 probability among
 

@@ -1,10 +1,12 @@
-"""Sum metric state across ``torch.distributed`` processes.
+"""Sum metric state across ``torch.distributed`` processes, and the metrics' base class built on that.
 
 Every metric keeps its whole state as sums (a confusion matrix, per-class PQ counts, IoU sums), so the
 result on N processes is the sum of the N states: one ``all_reduce`` and no gathering of predictions.
 """
 
 from __future__ import annotations
+
+from typing import Any, Self
 
 import torch
 import torch.distributed as dist
@@ -30,3 +32,35 @@ def sum_across_processes(state: torch.Tensor, device: torch.device | str | None 
     buffer = state.to(device=device, copy=True)
     dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
     return buffer.to(state.device)
+
+
+class SummedMetric:
+    """Base of the streaming metrics, whose whole state is one tensor of sums: merging two accumulators and
+    reducing across processes are then additions, written once here.
+
+    A subclass stores its constructor arguments in ``settings`` (two accumulators add up only when these agree,
+    and :meth:`all_reduce` builds the empty one it fills from them) and its sums in ``sums``.
+    """
+
+    def __init__(self, sums: torch.Tensor, **settings: Any) -> None:
+        self.sums = sums
+        self.settings = settings
+
+    def reset(self) -> None:
+        self.sums.zero_()
+
+    def merge(self, other: Self) -> Self:
+        """Add another accumulator's sums (same settings) into this one; returns ``self``."""
+        if type(other) is not type(self) or other.settings != self.settings:
+            raise ValueError(
+                f"merge() needs a {type(self).__name__} with the same {', '.join(self.settings)}."
+            )
+        self.sums += other.sums
+        return self
+
+    def all_reduce(self, device: torch.device | str | None = None) -> Self:
+        """A new accumulator holding the sums of every ``torch.distributed`` process (this one's if not
+        distributed). Call it on every process; ``self`` is left as it is, so calling twice is safe."""
+        reduced = type(self)(**self.settings)
+        reduced.sums = sum_across_processes(self.sums, device)
+        return reduced

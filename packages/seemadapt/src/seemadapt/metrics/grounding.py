@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seemadapt.metrics.distributed import sum_across_processes
+from seemadapt.metrics.distributed import SummedMetric
 from seemadapt.metrics.inputs import Labels, as_labels, same_place
 
 
@@ -42,7 +42,7 @@ class GroundingResults:
         return out
 
 
-class GroundingMetrics:
+class GroundingMetrics(SummedMetric):
     """Streaming mIoU, cIoU and precision@t over binary mask pairs.
 
     ``update(pred, gt)`` takes one pair ``[H, W]`` or a batch ``[N, H, W]`` of boolean (or 0/1 integer)
@@ -54,11 +54,13 @@ class GroundingMetrics:
         if any(not 0.0 < t <= 1.0 for t in thresholds) or len(set(thresholds)) != len(thresholds):
             raise ValueError(f"thresholds must be distinct IoU values in (0, 1], got {thresholds}.")
         self.thresholds = thresholds
-        # [count, sum IoU, sum I, sum U, hits@t...]; float64 holds the pixel counts exactly (< 2^53).
-        self.state = torch.zeros(4 + len(thresholds), dtype=torch.float64)
+        # float64 holds the pixel counts exactly (< 2^53)
+        super().__init__(torch.zeros(4 + len(thresholds), dtype=torch.float64), thresholds=thresholds)
 
-    def reset(self) -> None:
-        self.state.zero_()
+    @property
+    def state(self) -> torch.Tensor:
+        """``[count, sum IoU, sum I, sum U, hits@t...]``."""
+        return self.sums
 
     def update(self, pred: Any, gt: Any) -> None:
         """Add one mask pair ``[H, W]`` or a batch of pairs ``[N, H, W]``."""
@@ -91,23 +93,10 @@ class GroundingMetrics:
         iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
         hits = [float((iou >= t).sum()) for t in self.thresholds]
         delta = [float(n), float(iou.sum()), float(inter.sum()), float(union.sum()), *hits]
-        self.state += torch.tensor(delta, dtype=torch.float64)
-
-    def merge(self, other: GroundingMetrics) -> GroundingMetrics:
-        """Add another accumulator's sums (same thresholds) into this one; returns ``self``."""
-        if not isinstance(other, GroundingMetrics) or other.thresholds != self.thresholds:
-            raise ValueError("merge() needs a GroundingMetrics with the same thresholds.")
-        self.state += other.state
-        return self
-
-    def all_reduce(self, device: torch.device | str | None = None) -> GroundingMetrics:
-        """A new accumulator holding the sums of every ``torch.distributed`` process (call on all)."""
-        reduced = GroundingMetrics(self.thresholds)
-        reduced.state = sum_across_processes(self.state, device)
-        return reduced
+        self.sums += torch.tensor(delta, dtype=torch.float64)
 
     def compute(self) -> GroundingResults:
-        count, iou_sum, inter, union, *hits = self.state.tolist()
+        count, iou_sum, inter, union, *hits = self.sums.tolist()
         n = int(count)
         return GroundingResults(
             miou=iou_sum / n if n else math.nan,

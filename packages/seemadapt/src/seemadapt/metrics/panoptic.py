@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seemadapt.metrics.distributed import sum_across_processes
+from seemadapt.metrics.distributed import SummedMetric
 from seemadapt.metrics.inputs import as_label_array
 from segcontract import rgb2id
 
@@ -128,7 +128,7 @@ def _average(rows: list[PanopticClassResult]) -> PQScore:
     )
 
 
-class PanopticMetrics:
+class PanopticMetrics(SummedMetric):
     """Streaming PQ/SQ/RQ over images.
 
     Args:
@@ -156,8 +156,12 @@ class PanopticMetrics:
         self.category_names = tuple(names)
         self.category_isthing = tuple(isthing)
         self._index = {cid: k for k, cid in enumerate(ids)}
-        self.stats = torch.zeros(len(ids), 4, dtype=torch.float64)
+        super().__init__(torch.zeros(len(ids), 4, dtype=torch.float64), categories=self.categories)
+
+    @property
+    def stats(self) -> torch.Tensor:
         """``[C, 4]``: IoU sum, TP, FP, FN per category (float64 holds counts exactly)."""
+        return self.sums
 
     @property
     def categories(self) -> list[dict[str, Any]]:
@@ -165,9 +169,6 @@ class PanopticMetrics:
             {"id": i, "name": n, "isthing": t}
             for i, n, t in zip(self.category_ids, self.category_names, self.category_isthing)
         ]
-
-    def reset(self) -> None:
-        self.stats.zero_()
 
     def _segments(self, segments_info: Sequence[Mapping[str, Any]], name: str) -> dict[int, dict[str, int]]:
         segments: dict[int, dict[str, int]] = {}
@@ -217,24 +218,11 @@ class PanopticMetrics:
         _count_unmatched(
             intersections, gt_area, pred_area, gt_segs, pred_segs, gt_matched, pred_matched, stats
         )
-        self.stats += torch.from_numpy(stats)
-
-    def merge(self, other: PanopticMetrics) -> PanopticMetrics:
-        """Add another accumulator's counts (same categories) into this one; returns ``self``."""
-        if not isinstance(other, PanopticMetrics) or other.categories != self.categories:
-            raise ValueError("merge() needs a PanopticMetrics with the same categories.")
-        self.stats += other.stats
-        return self
-
-    def all_reduce(self, device: torch.device | str | None = None) -> PanopticMetrics:
-        """A new accumulator holding the counts of every ``torch.distributed`` process (call on all)."""
-        reduced = PanopticMetrics(self.categories)
-        reduced.stats = sum_across_processes(self.stats, device)
-        return reduced
+        self.sums += torch.from_numpy(stats)
 
     def compute(self) -> PanopticResults:
         rows = []
-        for k, stat in enumerate(self.stats.tolist()):
+        for k, stat in enumerate(self.sums.tolist()):
             iou, tp, fp, fn = stat[_IOU], int(stat[_TP]), int(stat[_FP]), int(stat[_FN])
             if tp + fp + fn == 0:
                 pq = sq = rq = math.nan

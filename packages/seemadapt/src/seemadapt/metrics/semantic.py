@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seemadapt.metrics.distributed import sum_across_processes
+from seemadapt.metrics.distributed import SummedMetric
 from seemadapt.metrics.inputs import Labels, as_labels, same_place
 
 
@@ -91,7 +91,7 @@ class SemanticResults:
         }
 
 
-class SemanticMetrics:
+class SemanticMetrics(SummedMetric):
     """Streaming semantic-segmentation metrics over label maps.
 
     Args:
@@ -133,10 +133,17 @@ class SemanticMetrics:
         self.num_classes = num_classes
         self.class_names = class_names
         self.ignore_index = ignore_index
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        super().__init__(
+            torch.zeros(num_classes, num_classes, dtype=torch.int64),
+            num_classes=num_classes,
+            class_names=class_names,
+            ignore_index=ignore_index,
+        )
 
-    def reset(self) -> None:
-        self.confusion.zero_()
+    @property
+    def confusion(self) -> torch.Tensor:
+        """``[K, K]`` pixel counts: rows ground truth, columns prediction."""
+        return self.sums
 
     def update(self, pred: Any, gt: Any) -> None:
         """Add the pixels of one label map (or a batch of them) to the confusion matrix."""
@@ -174,7 +181,7 @@ class SemanticMetrics:
         else:
             flat = np.add(offsets, pred_a, dtype=np.int64, casting="unsafe")
             counts = torch.from_numpy(np.bincount(flat, minlength=(k + 1) * k)[: k * k])
-        self.confusion += counts.reshape(k, k)
+        self.sums += counts.reshape(k, k)
 
     def _offset_table(self, low: int, high: int) -> np.ndarray:
         k, ignore = self.num_classes, self.ignore_index
@@ -198,22 +205,8 @@ class SemanticMetrics:
             f"{self.ignore_index}; map them to a class or to ignore_index."
         )
 
-    def merge(self, other: SemanticMetrics) -> SemanticMetrics:
-        """Add another accumulator's counts (same classes) into this one; returns ``self``."""
-        if not isinstance(other, SemanticMetrics) or other.class_names != self.class_names:
-            raise ValueError("merge() needs a SemanticMetrics with the same class_names.")
-        self.confusion += other.confusion
-        return self
-
-    def all_reduce(self, device: torch.device | str | None = None) -> SemanticMetrics:
-        """A new accumulator holding the counts of every ``torch.distributed`` process (this one's if not
-        distributed). Call it on every process; ``self`` is left as it is, so calling twice is safe."""
-        reduced = SemanticMetrics(self.num_classes, self.class_names, self.ignore_index)
-        reduced.confusion = sum_across_processes(self.confusion, device)
-        return reduced
-
     def compute(self) -> SemanticResults:
-        conf = self.confusion.cpu().numpy().astype(np.int64)
+        conf = self.sums.cpu().numpy().astype(np.int64)
         tp = np.diag(conf).astype(np.float64)
         gt_pixels = conf.sum(axis=1).astype(np.float64)
         pred_pixels = conf.sum(axis=0).astype(np.float64)

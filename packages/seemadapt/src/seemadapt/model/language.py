@@ -246,6 +246,7 @@ class LanguageEncoder(nn.Module):
         """Whether caching is on; first empties the cache if the weights changed since it was filled."""
         if not self.use_cache:
             return False
+        # _version: the tensor's in-place write counter (torch exposes no public one), so an optimizer step shows
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self._encoding_parameters())
         if key != self._cache_key:
             self.clear_cache()

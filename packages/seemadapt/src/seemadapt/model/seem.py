@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from seemadapt.adapter_files import load_adapters as load_adapter_folder
 from seemadapt.model.backbone import FocalNet
 from seemadapt.model.checkpoint import load_pretrained, save_pretrained
 from seemadapt.model.config import SEEMConfig, get_config
@@ -130,12 +131,10 @@ class SEEM(nn.Module):
         revision: str | None = None,
         token: str | bool | None = None,
     ) -> SEEM:
-        """Apply and load adapters written by :func:`seemadapt.hub.save_adapters` (a folder or a Hub repo)."""
-        # The one call from the model up to the adapter-file layer (seemadapt.hub imports the model): imported at call
-        # time so that the model layer never imports adapters or the Hub code; the work is seemadapt.load_adapters'.
-        from seemadapt.hub import load_adapters
-
-        return load_adapters(self, repo_or_folder, revision=revision, token=token)
+        """Apply and load adapters written by :func:`seemadapt.hub.save_adapters` (a folder or a Hub repo); the work is
+        :func:`seemadapt.load_adapters`'."""
+        load_adapter_folder(self, repo_or_folder, revision=revision, token=token)
+        return self
 
     # ------------------------------------------------------------------ parts
 
@@ -341,7 +340,7 @@ class SEEM(nn.Module):
 
     def adapter_state_keys(self) -> set[str]:
         """State-dict keys that belong to adapters (not in official checkpoints): modules of type
-        :class:`~seemadapt.model.adapter_hooks.AdapterModule`, the backbone blocks' ``adapter`` hook, the decoder's
+        :class:`~seemadapt.adapters.hooks.AdapterModule`, the backbone blocks' ``adapter`` hook, the decoder's
         adapter hook lists, and LoRA weights."""
         return adapter_state_keys(self)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from seemadapt.model.adapter_hooks import AdapterModule, is_adapter_key
+from seemadapt.adapters.hooks import AdapterModule, is_adapter_key
 
 if TYPE_CHECKING:
     from seemadapt.model.seem import SEEM
@@ -28,7 +28,7 @@ PARTS = ("backbone", "pixel_decoder", "language_encoder", "decoder", "interactiv
 
 def adapter_state_keys(model: SEEM) -> set[str]:
     """State-dict keys that belong to adapters (not in official checkpoints): modules of type
-    :class:`~seemadapt.model.adapter_hooks.AdapterModule`, the backbone blocks' ``adapter`` hook, the decoder's
+    :class:`~seemadapt.adapters.hooks.AdapterModule`, the backbone blocks' ``adapter`` hook, the decoder's
     adapter hook lists, and LoRA weights."""
     prefixes = tuple(
         f"{name}." for name, module in model.named_modules() if isinstance(module, AdapterModule)

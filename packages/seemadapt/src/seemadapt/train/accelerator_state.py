@@ -7,7 +7,7 @@ released; several processes share it through the process group, so there the err
 
 from __future__ import annotations
 
-from accelerate.state import AcceleratorState, PartialState
+from accelerate.state import AcceleratorState, PartialState, is_initialized
 
 from seemadapt.errors import ArgumentError
 
@@ -16,8 +16,7 @@ __all__ = ["release_precision"]
 
 def release_precision(mixed_precision: str) -> None:
     """Make way for an ``Accelerator`` with ``mixed_precision`` in a process whose earlier run used another."""
-    shared = AcceleratorState._shared_state  # accelerate's per-process singleton (no public accessor)
-    previous = shared.get("_mixed_precision") if shared else None
+    previous = AcceleratorState().mixed_precision if is_initialized() else None
     if previous is None or previous == mixed_precision:
         return
     if PartialState().num_processes > 1:
@@ -26,4 +25,5 @@ def release_precision(mixed_precision: str) -> None:
             f"mixed_precision={previous!r}, and several processes cannot switch it; launch a new run, or keep "
             f"mixed_precision={previous!r}."
         )
+    # accelerate has no public way to release its per-process state; its own test scripts reset it like this
     AcceleratorState._reset_state()

@@ -355,6 +355,7 @@ def _cpu_has_native_bf16() -> bool:
     import torch  # start-up speed: the CLI validates a config without loading torch
 
     try:
+        # torch has no public query for native bf16 kernels; this is the check its own bf16 CPU tests use
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False

@@ -22,7 +22,18 @@ from seemadapt.train.config import TrainConfig
 
 __all__ = ["LRSchedule", "build_optimizer", "build_scheduler", "no_decay_names", "param_groups"]
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_NORM_TYPES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
 
 
 def _is_norm(module: nn.Module) -> bool:

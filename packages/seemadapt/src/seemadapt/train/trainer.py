@@ -43,10 +43,10 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_wandb_available, set_seed
 from tqdm.auto import tqdm
 
-from seemadapt._detectron2 import DatasetCatalog, MetadataCatalog
 from seemadapt.adapters import AdapterReport, adapter_report, adapter_state_dict, set_train_mode
 from seemadapt.data import EpochDataset, SEEMTrainMapper, class_names_of, load_source, mix, register
 from seemadapt.data.register import registered_thing_classes
+from seemadapt.detectron2_compat import DatasetCatalog, MetadataCatalog
 from seemadapt.model.seem import SEEM
 from seemadapt.train.accelerator_state import release_precision
 from seemadapt.train.checkpoint_files import verify_checkpoint

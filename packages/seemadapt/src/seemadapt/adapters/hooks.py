@@ -1,8 +1,9 @@
-"""Where adapters plug into SEEM, as the model itself defines it.
+"""Where adapters plug into SEEM: the hook points the model leaves empty, and the adapters' base type.
 
 The model has empty hook points: every backbone block's ``adapter`` attribute and the decoder's hook lists
 (:data:`DECODER_ADAPTER_HOOKS`); :mod:`seemadapt.adapters` fills them with :class:`AdapterModule` instances. The model
-only needs to recognise them (their state-dict keys are not in official checkpoints), so the base type lives here.
+only needs to recognise them (their state-dict keys are not in official checkpoints). This module imports nothing of
+seemadapt, so the adapters never import the model: the model sits above them and can load them.
 """
 
 from __future__ import annotations
