@@ -1,10 +1,13 @@
-"""Sum metric state across ``torch.distributed`` processes.
+"""Sum (or gather) metric state across ``torch.distributed`` processes.
 
-Every metric keeps its whole state as sums (a confusion matrix, per-class PQ counts, IoU sums), so the
-result on N processes is the sum of the N states: one ``all_reduce`` and no gathering of predictions.
+Most metrics keep their whole state as sums (a confusion matrix, per-class PQ counts, IoU sums), so the
+result on N processes is the sum of the N states: one ``all_reduce`` and no gathering of predictions. COCO AP
+is the exception: its per-image records are gathered.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,3 +33,15 @@ def sum_across_processes(state: torch.Tensor, device: torch.device | str | None 
     buffer = state.to(device=device, copy=True)
     dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
     return buffer.to(state.device)
+
+
+def gather_across_processes(state: Any) -> list[Any]:
+    """Every process's ``state`` (any picklable object), in rank order; ``[state]`` when not distributed.
+
+    For metrics that are not sums (COCO AP needs every image's detections).
+    """
+    if not is_distributed():
+        return [state]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, state)
+    return gathered
