@@ -76,13 +76,14 @@ from detectron2.data import (  # noqa: E402
 )
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json  # noqa: E402
-from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator  # noqa: E402
+from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, SemSegEvaluator  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
 __all__ = [
     "BitMasks",
     "Boxes",
+    "COCOEvaluator",
     "COCOPanopticEvaluator",
     "ColorMode",
     "DatasetCatalog",

@@ -114,8 +114,8 @@ class InstanceMetrics:
         if len(set(self.category_ids)) != len(self.category_ids):
             raise ValueError(f"categories have duplicate ids: {list(self.category_ids)}.")
         self.known = {int(c["id"]) for c in categories}
-        self.images: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
-        """Per image ``(ground-truth annotations, detections)`` as COCO dicts without ids."""
+        self.images: list[tuple[tuple[int, int], list[dict[str, Any]], list[dict[str, Any]]]] = []
+        """Per image ``((height, width), ground-truth annotations, detections)``, COCO dicts without ids."""
 
     def reset(self) -> None:
         self.images.clear()
@@ -148,7 +148,7 @@ class InstanceMetrics:
                 detections.append(
                     {"category_id": int(label), "segmentation": rle, "score": float(score), "iscrowd": 0}
                 )
-        self.images.append((self._ground_truth(gt_map, gt_segments), detections))
+        self.images.append((gt_map.shape, self._ground_truth(gt_map, gt_segments), detections))
 
     def _ground_truth(
         self, gt_map: np.ndarray, segments: Sequence[Mapping[str, Any]]
@@ -217,7 +217,7 @@ class InstanceMetrics:
         """Non-crowd ground-truth instances and detections per category."""
         index = {cid: k for k, cid in enumerate(self.category_ids)}
         gt, dt = [0] * len(index), [0] * len(index)
-        for truths, detections in self.images:
+        for _, truths, detections in self.images:
             for a in truths:
                 gt[index[a["category_id"]]] += 1 - a["iscrowd"]
             for d in detections:
@@ -227,12 +227,13 @@ class InstanceMetrics:
     def _coco_eval(self) -> COCOeval:
         """``COCOeval`` run on the stored images (image ids 1..n, annotation ids from 1)."""
         gt, dt = [], []
-        for image_id, (truths, detections) in enumerate(self.images, start=1):
+        images = []
+        for image_id, ((height, width), truths, detections) in enumerate(self.images, start=1):
+            images.append({"id": image_id, "height": height, "width": width})
             for kind, out in ((truths, gt), (detections, dt)):
                 for annotation in kind:
                     area = float(mask_utils.area(annotation["segmentation"]))
                     out.append({**annotation, "image_id": image_id, "id": len(out) + 1, "area": area})
-        images = [{"id": i} for i in range(1, len(self.images) + 1)]
         categories = [{"id": cid} for cid in self.category_ids]
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             coco_gt, coco_dt = COCO(), COCO()
