@@ -6,10 +6,13 @@ wall times (on a shared machine the fastest run is the least disturbed) of:
 * ``forward``: ``encode_image`` + the decoder (the network part of ``predict``, no post-processing);
 * ``predict semantic`` / ``panoptic`` / ``instance``: ``model.predict(task=...)``, masks back at the images' size;
 * ``predict all three``: ``model.predict(task=["semantic", "panoptic", "instance"])``: one forward, every task;
-* ``evaluate``: :func:`seemadapt.evaluate` (semantic + panoptic metrics) on a contract dataset of the same size.
+* ``evaluate``: :func:`seemadapt.evaluate` of all three tasks (mIoU, PQ, mask AP with COCOeval) on a contract dataset
+  of one batch of images of the same size;
+* ``evaluate + grounding``: the same with ``grounding=True`` (the dataset's grounded segments, from the same forward).
 
-Printed ratios: panoptic and instance over semantic (target <= 1.3), all three tasks and ``evaluate`` per batch over
-one forward (target <= 1.3). Images are ``--size`` (height x 4/3 width) and the model sees them resized to
+Printed ratios: panoptic and instance over semantic (target <= 1.3), all three tasks and ``evaluate`` of the three
+over one forward (target <= 1.3), and ``evaluate`` with grounding over one forward (grounding used to cost one more
+forward per image). Images are ``--size`` (height x 4/3 width) and the model sees them resized to
 ``--short-edge``, as SEEM's evaluation does; the masks come back at the full size, so post-processing works at the
 images' resolution.
 
@@ -51,6 +54,13 @@ def measure(model: SEEM, args: argparse.Namespace) -> dict[str, float]:
     sizes = {"short_edge": args.short_edge, "max_size": round(args.short_edge * 1333 / 800)}
     things = ["square", "disc"]
     embeddings = model.class_embeddings(CLASSES)
+    options = {
+        "tasks": TASKS,
+        "batch_size": args.batch,
+        "image_size": args.short_edge,
+        "progress": False,
+        "num_examples": 0,
+    }
 
     def forward() -> None:
         with torch.inference_mode():
@@ -69,9 +79,8 @@ def measure(model: SEEM, args: argparse.Namespace) -> dict[str, float]:
         "predict all three": lambda: model.predict(
             images, CLASSES, task=TASKS, thing_classes=things, **sizes
         ),
-        "evaluate": lambda: evaluate(
-            model, dataset, batch_size=args.batch, image_size=args.short_edge, progress=False, num_examples=0
-        ),
+        "evaluate": lambda: evaluate(model, dataset, **options),
+        "evaluate + grounding": lambda: evaluate(model, dataset, grounding=True, **options),
     }
     for line in lines.values():  # warm-up (class embeddings cached, allocator warm)
         line()
@@ -88,12 +97,13 @@ def report(medians: dict[str, float], args: argparse.Namespace) -> None:
         f"{args.size * 4 // 3} images (network at short edge {args.short_edge}), fastest of {args.repeats}"
     )
     for name, seconds in medians.items():
-        print(f"  {name:<20} {seconds:7.2f} s")
+        print(f"  {name:<22} {seconds:7.2f} s")
     semantic, forward = medians["predict semantic"], medians["forward"]
     print(f"  panoptic / semantic            {medians['predict panoptic'] / semantic:5.2f}x  (target <= 1.3)")
     print(f"  instance / semantic            {medians['predict instance'] / semantic:5.2f}x  (target <= 1.3)")
     print(f"  all three tasks / forward      {medians['predict all three'] / forward:5.2f}x  (target <= 1.3)")
-    print(f"  evaluate (sem+pan) / forward   {medians['evaluate'] / forward:5.2f}x  (target <= 1.3)")
+    print(f"  evaluate (3 tasks) / forward   {medians['evaluate'] / forward:5.2f}x  (target <= 1.3)")
+    print(f"  evaluate + grounding / forward {medians['evaluate + grounding'] / forward:5.2f}x")
     print(f"  all three / semantic           {medians['predict all three'] / semantic:5.2f}x")
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 

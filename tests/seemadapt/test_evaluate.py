@@ -15,6 +15,7 @@ import torch
 
 from seemadapt.evaluation import TASKS, EvalResult, evaluate
 from seemadapt.testing import make_contract_dataset
+from seemadapt.train.config import TrainConfig
 from segcontract import rgb2id
 
 CLASSES = ["square", "disc", "background"]
@@ -330,3 +331,8 @@ def test_two_processes_split_rows_and_sum_counts(tmp_path, dataset):
         assert out["n"] == 5
         assert out["confusion"] == single.semantic.confusion.tolist()
         assert out["fn"] == [r.fn for r in single.panoptic.per_class]
+
+
+def test_training_evaluation_can_score_instances():
+    config = TrainConfig(eval_tasks=["semantic", "instance"], best_metric="ap")
+    assert config.eval_tasks == ("semantic", "instance")
