@@ -8,7 +8,6 @@ call it. Every call runs in eval mode (restoring the caller's mode afterwards) u
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor
 
 from seemadapt.model import interactive
-from seemadapt.model.images import ImageBatch, ImageInput, as_image_list
+from seemadapt.model.images import ImageBatch, ImageInput, as_image_list, padded_size_of
 from seemadapt.model.postprocess import (
     DETECTIONS_PER_IMAGE,
     instance_inference,
@@ -45,7 +44,6 @@ __all__ = [
     "SEEMPredictor",
     "Task",
     "ground_features",
-    "padded_size_of",
     "postprocess_image",
 ]
 
@@ -113,14 +111,6 @@ def _check_grounding(grounding: Sequence[str | Sequence[str] | None], count: int
         [] if entry is None else [entry] if isinstance(entry, str) else [str(s) for s in entry]
         for entry in grounding
     ]
-
-
-def padded_size_of(size: tuple[int, int], size_divisibility: int) -> tuple[int, int]:
-    """The padded size an image of ``size`` gets when it is batched alone."""
-    return (
-        math.ceil(size[0] / size_divisibility) * size_divisibility,
-        math.ceil(size[1] / size_divisibility) * size_divisibility,
-    )
 
 
 def ground_features(
