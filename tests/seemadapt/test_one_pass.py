@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from seemadapt.evaluation import evaluate
-from seemadapt.model.postprocess import instance_inference, panoptic_inference
+from seemadapt.model.postprocess import (
+    instance_inference,
+    match_grounding,
+    panoptic_inference,
+    resize_mask_logits,
+)
+from seemadapt.model.predictor import evaluating
 from seemadapt.model.seem import SEEM
 from seemadapt.testing import make_contract_dataset
 
@@ -186,6 +192,34 @@ SENTENCES = [["a red cat on the left", "dog"], None, ["the sky above everything"
 #: A batched backbone is not bit-identical to one image alone (kernels block the batch differently; about 2e-6 on
 #: the tiny model's features), so grounding from the batch's features may differ from ground() by float rounding.
 ROUNDING = 1e-4
+
+
+def reference_ground(model, image, sentences):
+    """``ground()`` before the one-pass work: its own forward, all sentences' tokens in one unpadded sequence."""
+    lang = model.language_encoder
+    with evaluating(model), torch.inference_mode():
+        batch = model.preprocess([image])
+        mask_features, multi_scale, _ = model.encode_image(batch)
+        encoding = lang.encode(sentences, normalize=False, token_level=True)
+        tokens = encoding.tokens[encoding.attention_mask.bool()][:, None]
+        outputs = model.sem_seg_head.predictor(
+            multi_scale, mask_features, None, grounding_tokens=tokens, task="grounding_eval"
+        )
+        indices, scores = match_grounding(outputs["pred_gtexts"][0], encoding.sentence, lang.logit_scale)
+        logits = resize_mask_logits(
+            outputs["pred_gmasks"][0][indices],
+            batch.padded_size,
+            batch.image_sizes[0],
+            batch.original_sizes[0],
+        )
+    return {"masks": logits > 0, "mask_logits": logits, "scores": scores, "query_indices": indices}
+
+
+def test_ground_is_unchanged(model, images):
+    for image in images:
+        assert_same_grounding(
+            model.ground(image, SENTENCES[2]), reference_ground(model, image, SENTENCES[2]), True
+        )
 
 
 def assert_same_grounding(got, reference, exact):
