@@ -6,14 +6,20 @@ wall times (on a shared machine the fastest run is the least disturbed) of:
 * ``forward``: ``encode_image`` + the decoder (the network part of ``predict``, no post-processing);
 * ``predict semantic`` / ``panoptic`` / ``instance``: ``model.predict(task=...)``, masks back at the images' size;
 * ``predict all three``: ``model.predict(task=["semantic", "panoptic", "instance"])``: one forward, every task;
-* ``evaluate``: :func:`seemadapt.evaluate` (semantic + panoptic metrics) on a contract dataset of the same size.
+* ``evaluate``: :func:`seemadapt.evaluate` of all three tasks (mIoU, PQ, mask AP with COCOeval) on a contract dataset
+  of one batch of images of the same size;
+* ``evaluate + grounding``: the same with ``grounding=True`` (the dataset's grounded segments, from the same forward);
+* with ``--former``, ``former evaluate + grounding``: the same through a plain ``predict``/``ground`` wrapper, which
+  ``evaluate`` calls as before the one-pass work (one ``predict`` per task, one ``ground`` per image).
 
-Printed ratios: panoptic and instance over semantic (target <= 1.3), all three tasks and ``evaluate`` per batch over
-one forward (target <= 1.3). Images are ``--size`` (height x 4/3 width) and the model sees them resized to
+Printed ratios, from wall times and from process CPU times (less disturbed by other processes on a shared machine):
+panoptic and instance over semantic (target <= 1.3), all three tasks and ``evaluate`` of the three over one forward
+(target <= 1.3), and ``evaluate`` with grounding over one forward (grounding used to cost one more forward per image). Images are ``--size`` (height x 4/3 width) and the model sees them resized to
 ``--short-edge``, as SEEM's evaluation does; the masks come back at the full size, so post-processing works at the
 images' resolution.
 
-Run: ``python benchmarks/bench_inference_tasks.py [--model focalt] [--size 480] [--short-edge 256] [--batch 2]``
+Run: ``python benchmarks/bench_inference_tasks.py [--model focalt] [--size 480] [--short-edge 256] [--batch 2]
+[--former]``
 (Focal-T on 2 busy cores: about 3 minutes).
 """
 
@@ -35,14 +41,30 @@ CLASSES = ["square", "disc", "background"]
 TASKS = ["semantic", "panoptic", "instance"]
 
 
-def timed(function: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def timed(function: Callable[[], object]) -> tuple[float, float]:
+    """``(wall seconds, process CPU seconds)`` of one call."""
+    start, cpu = time.perf_counter(), time.process_time()
     function()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def measure(model: SEEM, args: argparse.Namespace) -> dict[str, float]:
-    """Fastest wall time of each line (the run least disturbed by other processes), the lines interleaved within every repeat."""
+class Former:
+    """A SEEM behind plain ``predict`` / ``ground`` methods: ``evaluate`` then takes its per-task path, the one it
+    took for every model before the one-pass work."""
+
+    def __init__(self, model: SEEM) -> None:
+        self.model = model
+
+    def predict(self, images: list[torch.Tensor], classes: list[str], **options: object) -> object:
+        return self.model.predict(images, classes, **options)
+
+    def ground(self, image: torch.Tensor, sentences: list[str], **options: object) -> object:
+        return self.model.ground(image, sentences, **options)
+
+
+def measure(model: SEEM, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """Fastest wall and CPU time of each line (the run least disturbed by other processes), the lines interleaved
+    within every repeat."""
     width = args.size * 4 // 3
     dataset = make_contract_dataset(args.batch, size=(args.size, width), classes=CLASSES, seed=0)
     images = [
@@ -51,6 +73,13 @@ def measure(model: SEEM, args: argparse.Namespace) -> dict[str, float]:
     sizes = {"short_edge": args.short_edge, "max_size": round(args.short_edge * 1333 / 800)}
     things = ["square", "disc"]
     embeddings = model.class_embeddings(CLASSES)
+    options = {
+        "tasks": TASKS,
+        "batch_size": args.batch,
+        "image_size": args.short_edge,
+        "progress": False,
+        "num_examples": 0,
+    }
 
     def forward() -> None:
         with torch.inference_mode():
@@ -69,32 +98,44 @@ def measure(model: SEEM, args: argparse.Namespace) -> dict[str, float]:
         "predict all three": lambda: model.predict(
             images, CLASSES, task=TASKS, thing_classes=things, **sizes
         ),
-        "evaluate": lambda: evaluate(
-            model, dataset, batch_size=args.batch, image_size=args.short_edge, progress=False, num_examples=0
-        ),
+        "evaluate": lambda: evaluate(model, dataset, **options),
+        "evaluate + grounding": lambda: evaluate(model, dataset, grounding=True, **options),
     }
+    if args.former:
+        lines["former evaluate + grounding"] = lambda: evaluate(
+            Former(model), dataset, grounding=True, **options
+        )
     for line in lines.values():  # warm-up (class embeddings cached, allocator warm)
         line()
-    times: dict[str, list[float]] = {name: [] for name in lines}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in lines}
     for _ in range(args.repeats):
         for name, line in lines.items():
             times[name].append(timed(line))
-    return {name: min(values) for name, values in times.items()}
+    return {name: (min(w for w, _ in values), min(c for _, c in values)) for name, values in times.items()}
 
 
-def report(medians: dict[str, float], args: argparse.Namespace) -> None:
+def report(fastest: dict[str, tuple[float, float]], args: argparse.Namespace) -> None:
     print(
         f"SEEM {args.model}, CPU, {torch.get_num_threads()} threads, batch {args.batch} of {args.size}x"
         f"{args.size * 4 // 3} images (network at short edge {args.short_edge}), fastest of {args.repeats}"
     )
-    for name, seconds in medians.items():
-        print(f"  {name:<20} {seconds:7.2f} s")
-    semantic, forward = medians["predict semantic"], medians["forward"]
-    print(f"  panoptic / semantic            {medians['predict panoptic'] / semantic:5.2f}x  (target <= 1.3)")
-    print(f"  instance / semantic            {medians['predict instance'] / semantic:5.2f}x  (target <= 1.3)")
-    print(f"  all three tasks / forward      {medians['predict all three'] / forward:5.2f}x  (target <= 1.3)")
-    print(f"  evaluate (sem+pan) / forward   {medians['evaluate'] / forward:5.2f}x  (target <= 1.3)")
-    print(f"  all three / semantic           {medians['predict all three'] / semantic:5.2f}x")
+    print(f"  {'':<28} {'wall':>8} {'CPU':>8}")
+    for name, (wall, cpu) in fastest.items():
+        print(f"  {name:<28} {wall:7.2f}s {cpu:7.2f}s")
+    ratios = [
+        ("panoptic / semantic", "predict panoptic", "predict semantic", "target <= 1.3"),
+        ("instance / semantic", "predict instance", "predict semantic", "target <= 1.3"),
+        ("all three tasks / forward", "predict all three", "forward", "target <= 1.3"),
+        ("evaluate (3 tasks) / forward", "evaluate", "forward", "target <= 1.3"),
+        ("evaluate + grounding / forward", "evaluate + grounding", "forward", ""),
+        ("all three / semantic", "predict all three", "predict semantic", ""),
+        ("former / one-pass (grounding)", "former evaluate + grounding", "evaluate + grounding", ""),
+    ]
+    print(f"  {'ratio':<32} {'wall':>6} {'CPU':>6}")
+    for label, top, bottom, target in ratios:
+        if top in fastest:
+            wall, cpu = (fastest[top][k] / fastest[bottom][k] for k in (0, 1))
+            print(f"  {label:<32} {wall:5.2f}x {cpu:5.2f}x  {target}")
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
@@ -106,6 +147,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--former", action="store_true", help="also time evaluate's former per-task path")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = SEEM.from_config(args.model).eval()

@@ -151,6 +151,20 @@ def test_evaluate_with_adapters_matches_the_python_api(adapters, data_dir, tmp_p
     assert (out / "per_class_semantic.png").is_file()
 
 
+def test_evaluate_instance_task(data_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model", "tiny", "--data", str(data_dir / "ds"), "--tasks", "instance", "semantic"]
+    assert main([*argv, "--max-images", "2", "--no-progress", "--out", str(out)]) == 0
+    assert "AP50" in capsys.readouterr().out
+    saved = json.loads((out / "results.json").read_text())
+    assert {"ap", "ap50", "ap75", "miou"} <= set(saved["metrics"]) and "pq" not in saved["metrics"]
+    assert set(saved["instance"]["per_class"]) == {"square", "disc"}  # the dataset's thing classes
+    assert yaml.safe_load((out / "evaluate_config.yaml").read_text())["tasks"] == ["instance", "semantic"]
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own choice check
+        main(["evaluate", "--model", "tiny", "--data", str(data_dir / "ds"), "--tasks", "depth"])
+    assert exit_info.value.code == 2
+
+
 def test_user_errors_print_one_line_and_exit_2(data_dir, tmp_path, capsys):
     assert main(["evaluate", "--model", "tiny", "--data", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in _error_line(capsys)

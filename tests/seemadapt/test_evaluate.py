@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from seemadapt.evaluation import EvalResult, evaluate
+from seemadapt.evaluation import TASKS, EvalResult, evaluate
 from seemadapt.testing import make_contract_dataset
+from seemadapt.train.config import TrainConfig
 from segcontract import rgb2id
 
 CLASSES = ["square", "disc", "background"]
@@ -59,6 +60,9 @@ class Oracle:
             if task == "semantic":
                 out.append({"labels": torch.from_numpy(lookup[gt["semantic"]])})
                 continue
+            if task == "instance":
+                out.append(self._instances(gt, classes, thing_classes))
+                continue
             ids = gt["ids"].copy()
             segments = []
             for seg in gt["segments"]:
@@ -72,13 +76,37 @@ class Oracle:
             out.append({"panoptic_seg": torch.from_numpy(ids.astype(np.int32)), "segments_info": segments})
         return out
 
+    def _instances(self, gt, classes, thing_classes):
+        """Every asked thing segment as one instance (crowd ones too, unless ``drop_crowd``), score 1."""
+        kept = [
+            seg
+            for seg in gt["segments"]
+            if self.names[seg["category_id"]] in (thing_classes or [])
+            and not (self.drop_crowd and seg["iscrowd"])
+        ]
+        masks = (
+            np.stack([gt["ids"] == seg["id"] for seg in kept])
+            if kept
+            else np.zeros((0, *gt["ids"].shape), bool)
+        )
+        return {
+            "masks": torch.from_numpy(masks),
+            "scores": torch.ones(len(kept)),
+            "labels": torch.tensor([classes.index(self.names[seg["category_id"]]) for seg in kept]),
+        }
+
 
 class Constant:
-    """Predicts class 0 everywhere and no panoptic segment."""
+    """Predicts class 0 everywhere, no panoptic segment and no instance."""
 
     def predict(self, images, classes, task="semantic", thing_classes=None, **kwargs):
         if task == "semantic":
             return [{"labels": torch.zeros(img.shape[-2:], dtype=torch.int64)} for img in images]
+        if task == "instance":
+            return [
+                {"masks": torch.zeros(0, *img.shape[-2:], dtype=torch.bool), "scores": [], "labels": []}
+                for img in images
+            ]
         return [
             {"panoptic_seg": torch.zeros(img.shape[-2:], dtype=torch.int32), "segments_info": []}
             for img in images
@@ -104,6 +132,24 @@ def test_ground_truth_predictions_score_perfectly(dataset):
     # ignored pixels are not scored: the confusion matrix counts exactly the labelled pixels
     labelled = sum(int((t["semantic"] != 255).sum()) for t in _truth(dataset).values())
     assert result.semantic.confusion.sum() == labelled
+
+
+def test_instance_ground_truth_predictions_score_perfectly(dataset):
+    oracle = Oracle(dataset)
+    result = evaluate(oracle, dataset, tasks=["instance"], batch_size=2, progress=False)
+    assert result.semantic is None and result.panoptic is None
+    assert [c[0] for c in oracle.calls] == ["instance"] * 3
+    assert all(c[3] == ["square", "disc"] for c in oracle.calls)
+    for key in ("ap", "ap50", "ap75", "ap/square", "ap/disc"):
+        assert result.metrics[key] == pytest.approx(1.0), key
+    assert [c.name for c in result.instance.per_class] == ["square", "disc"]  # things only
+    truth = _truth(dataset).values()
+    for k, row in enumerate(result.instance.per_class):
+        assert row.num_gt == sum(
+            s["category_id"] == k and not s["iscrowd"] for t in truth for s in t["segments"]
+        )
+    # the constant model finds nothing: AP 0 where there are instances
+    assert evaluate(Constant(), dataset, tasks=["instance"], progress=False).metrics["ap"] == 0.0
 
 
 def test_constant_prediction_matches_hand_counts(dataset):
@@ -154,23 +200,37 @@ def test_crowd_segments_are_neither_missed_nor_false_positives(dataset):
 
     crowded = dataset.map(crowd_first_thing)
     assert sum(s["iscrowd"] for row in crowded for s in row["segments_info"]) == 5
-    result = evaluate(Oracle(crowded, drop_crowd=True), crowded, tasks=["panoptic"], progress=False)
+    result = evaluate(
+        Oracle(crowded, drop_crowd=True), crowded, tasks=["panoptic", "instance"], progress=False
+    )
     assert result.semantic is None
     assert result.metrics["pq"] == pytest.approx(1.0)
     assert sum(row.fn for row in result.panoptic.per_class) == 0
+    # a crowd is no instance to find, and a detection on it is no false positive
+    assert result.metrics["ap"] == pytest.approx(1.0)
+    with_crowd = evaluate(Oracle(crowded), crowded, tasks=["instance"], progress=False)
+    assert with_crowd.metrics["ap"] == pytest.approx(1.0)
+    uncrowded = evaluate(Oracle(crowded), dataset, tasks=["instance"], progress=False)
+    assert sum(r.num_gt for r in uncrowded.instance.per_class) == 5 + sum(
+        r.num_gt for r in result.instance.per_class
+    )
 
 
 def test_table_json_and_save(dataset, tmp_path):
-    result = evaluate(Oracle(dataset), dataset, progress=False, num_examples=2)
+    result = evaluate(Oracle(dataset), dataset, tasks=TASKS, progress=False, num_examples=2)
     table = result.table()
-    assert "mIoU" in table and "PQ" in table and "| square |" in table
+    assert "mIoU" in table and "PQ" in table and "AP50" in table and "| square |" in table
     folder = result.save(tmp_path / "eval")
     payload = json.loads((folder / "results.json").read_text())
     assert payload["metrics"]["miou"] == pytest.approx(1.0)
     assert payload["semantic"]["per_class"]["disc"]["iou"] == pytest.approx(1.0)
     assert payload["num_images"] == 5
-    assert (folder / "results.md").read_text().count("| square |") == 2  # semantic and panoptic rows
-    for name in ("per_class_semantic.png", "per_class_panoptic.png"):
+    assert payload["metrics"]["ap"] == pytest.approx(1.0)
+    assert payload["instance"]["per_class"]["disc"]["ap"] == pytest.approx(1.0)
+    assert (folder / "results.md").read_text().count(
+        "| square |"
+    ) == 3  # semantic, panoptic and instance rows
+    for name in ("per_class_semantic.png", "per_class_panoptic.png", "per_class_instance.png"):
         assert (folder / name).stat().st_size > 1000
     overlays = sorted(p.name for p in (folder / "overlays").iterdir())
     assert len(overlays) == 6  # 2 examples x (ground truth, semantic, panoptic)
@@ -220,10 +280,13 @@ def test_tiny_seem_end_to_end_with_grounding(tmp_path):
     ds = make_contract_dataset(2, size=(32, 32), seed=5)
     ds.save_to_disk(str(tmp_path / "data"))
     model = SEEM.from_config("tiny").eval()
-    result = evaluate(model, str(tmp_path / "data"), grounding=True, batch_size=2, progress=False)
+    result = evaluate(
+        model, str(tmp_path / "data"), tasks=TASKS, grounding=True, batch_size=2, progress=False
+    )
     assert result.num_images == 2
     metrics = result.metrics
-    expected = {"miou", "mean_precision", "mean_recall", "pq", "sq", "rq", "grounding_miou", "grounding_ciou"}
+    expected = {"miou", "mean_precision", "mean_recall", "pq", "sq", "rq", "ap", "ap50", "ap75"}
+    expected |= {"grounding_miou", "grounding_ciou"}
     assert expected <= set(metrics)
     assert {f"iou/{c}" for c in CLASSES} <= set(metrics)
     assert all(math.isnan(v) or 0.0 <= v <= 1.0 for v in metrics.values())
@@ -268,3 +331,8 @@ def test_two_processes_split_rows_and_sum_counts(tmp_path, dataset):
         assert out["n"] == 5
         assert out["confusion"] == single.semantic.confusion.tolist()
         assert out["fn"] == [r.fn for r in single.panoptic.per_class]
+
+
+def test_training_evaluation_can_score_instances():
+    config = TrainConfig(eval_tasks=["semantic", "instance"], best_metric="ap")
+    assert config.eval_tasks == ("semantic", "instance")

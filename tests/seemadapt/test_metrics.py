@@ -1,5 +1,6 @@
 """seemadapt.metrics against hand-computed cases and against code written elsewhere, on the same inputs:
-detectron2's SemSegEvaluator and torchmetrics (semantic), panopticapi's pq_compute on files (panoptic)."""
+detectron2's SemSegEvaluator and torchmetrics (semantic), panopticapi's pq_compute on files (panoptic),
+detectron2's COCOEvaluator (instance)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from seemadapt.metrics import (
     GroundingMetrics,
+    InstanceMetrics,
     PanopticMetrics,
     SemanticMetrics,
     format_table,
@@ -606,6 +609,7 @@ def _distributed_worker(rank, world_size, init_file, out_dir):
                 "semantic": reduced[0].confusion,
                 "panoptic": reduced[1].stats,
                 "grounding": reduced[2].state,
+                "instance": _instance_numbers(_instances_on_shard(rank, world_size).all_reduce()),
                 "local": sem.confusion,
             },
             Path(out_dir) / f"rank{rank}.pt",
@@ -628,6 +632,21 @@ def _all_metrics_on_shard(rank, world_size):
     return sem, pan, grd
 
 
+def _instances_on_shard(rank, world_size):
+    rng = np.random.default_rng(8)
+    metrics = InstanceMetrics(INSTANCE_CATEGORIES)
+    for scene in [_random_instance_scene(rng) for _ in range(4)][rank::world_size]:
+        metrics.update(*scene)
+    return metrics
+
+
+def _instance_numbers(metrics):
+    r = metrics.compute()
+    return torch.tensor(
+        [r.ap, r.ap50, r.ap75, r.num_images, *(c.ap for c in r.per_class)], dtype=torch.float64
+    )
+
+
 @pytest.mark.slow  # two spawned interpreters import torch
 def test_all_reduce_across_two_gloo_processes(tmp_path, monkeypatch):
     from pathlib import Path
@@ -645,4 +664,182 @@ def test_all_reduce_across_two_gloo_processes(tmp_path, monkeypatch):
         assert torch.equal(got["panoptic"][:, 1:], pan.stats[:, 1:])
         torch.testing.assert_close(got["panoptic"], pan.stats)
         assert torch.equal(got["grounding"], grd.state)
+        torch.testing.assert_close(
+            got["instance"], _instance_numbers(_instances_on_shard(0, 1)), equal_nan=True
+        )
         assert not torch.equal(got["local"], sem.confusion)  # each rank really held only its shard
+
+
+# ----------------------------------------------------------------------------------------------- instance
+
+INSTANCE_CATEGORIES = [
+    {"id": 0, "name": "cat", "isthing": True},
+    {"id": 1, "name": "dog", "isthing": True},
+    {"id": 2, "name": "sky", "isthing": False},
+]
+
+
+def _box(shape, rows, cols):
+    mask = np.zeros(shape, dtype=bool)
+    mask[rows[0] : rows[1], cols[0] : cols[1]] = True
+    return mask
+
+
+def test_instance_hand_computed_with_crowd_and_stuff():
+    shape = (20, 20)
+    gt1 = np.full(shape, 3, dtype=np.int64)  # sky everywhere else
+    gt1[_box(shape, (0, 10), (0, 10))] = 1  # a cat, 100 px
+    gt1[_box(shape, (10, 20), (10, 20))] = 2  # a crowd of dogs
+    segments1 = [
+        {"id": 1, "category_id": 0},
+        {"id": 2, "category_id": 1, "iscrowd": 1},
+        {"id": 3, "category_id": 2},
+    ]
+    # 72 px inside the cat: IoU 0.72; a dog on the crowd (ignored); a sky detection (stuff: dropped)
+    masks1 = np.stack(
+        [_box(shape, (0, 9), (0, 8)), _box(shape, (10, 20), (10, 20)), _box(shape, (0, 5), (15, 20))]
+    )
+    gt2 = np.zeros(shape, dtype=np.int64)
+    gt2[_box(shape, (5, 15), (5, 15))] = 7
+    # a false cat (score 0.8) before the exact one (score 0.4)
+    masks2 = np.stack([_box(shape, (0, 4), (0, 4)), gt2 == 7])
+    metrics = InstanceMetrics(INSTANCE_CATEGORIES)
+    metrics.update(masks1, [0.9, 0.95, 0.99], [0, 1, 2], gt1, segments1)
+    metrics.update(
+        torch.from_numpy(masks2),
+        torch.tensor([0.8, 0.4]),
+        torch.tensor([0, 0]),
+        gt2,
+        [{"id": 7, "category_id": 0}],
+    )
+    r = metrics.compute()
+    # cat, by score: TP (IoU .72), FP, TP (IoU 1), 2 instances. COCO's 101-point interpolated precision:
+    # t <= .72 (5 of 10 thresholds): recall .5 at precision 1, recall 1 at 2/3; t > .72: FP, FP, TP -> recall .5 at 1/3
+    low, high = (51 + 50 * 2 / 3) / 101, (51 / 3) / 101
+    cat = r.per_class[0]
+    assert (cat.name, cat.num_gt, cat.num_detections) == ("cat", 2, 3)
+    assert cat.ap50 == pytest.approx(low) and cat.ap75 == pytest.approx(high)
+    assert cat.ap == pytest.approx((5 * low + 5 * high) / 10)
+    dog = r.per_class[1]  # only a crowd: no instance to find, so no AP; its detection is not a false positive
+    assert (dog.num_gt, dog.num_detections) == (0, 1) and math.isnan(dog.ap)
+    assert [c.name for c in r.per_class] == ["cat", "dog"]  # stuff is not scored
+    assert (r.ap, r.ap50, r.ap75) == (cat.ap, cat.ap50, cat.ap75)  # the mean over the classes with instances
+    assert r.num_images == 2
+    assert "| cat |" in format_table(r) and json.loads(to_json(r))["per_class"]["dog"]["ap"] is None
+
+
+def test_instance_perfect_predictions_and_empty_cases():
+    shape = (16, 12)
+    gt = np.zeros(shape, dtype=np.int64)
+    gt[_box(shape, (0, 8), (0, 6))] = 4
+    gt[_box(shape, (8, 16), (6, 12))] = 5
+    segments = [{"id": 4, "category_id": 0}, {"id": 5, "category_id": 1}]
+    metrics = InstanceMetrics(INSTANCE_CATEGORIES)
+    metrics.update(np.stack([gt == 4, gt == 5]), [0.3, 0.2], [0, 1], gt, segments)
+    r = metrics.compute()
+    assert (r.ap, r.ap50, r.ap75) == (pytest.approx(1.0),) * 3
+    nothing = InstanceMetrics(INSTANCE_CATEGORIES)
+    nothing.update(np.zeros((0, *shape), dtype=bool), [], [], gt, segments)
+    assert nothing.compute().ap == 0.0  # instances, no detection
+    assert math.isnan(InstanceMetrics(INSTANCE_CATEGORIES).compute().ap)  # no image at all
+    with pytest.raises(ValueError, match="same N instances"):
+        metrics.update(np.zeros((1, 4, 4), dtype=bool), [0.5], [0], gt, segments)
+
+
+def test_instance_merge_equals_single_pass():
+    scenes = [_random_instance_scene(np.random.default_rng(seed)) for seed in range(4)]
+    single, first, second = (InstanceMetrics(INSTANCE_CATEGORIES) for _ in range(3))
+    for k, scene in enumerate(scenes):
+        single.update(*scene)
+        (first if k < 2 else second).update(*scene)
+    assert first.merge(second).compute() == single.compute()
+
+
+def _random_instance_scene(rng, shape=(48, 40)):
+    """A panoptic map of random boxes (things 0/1, some crowd, sky behind) and detections: jittered copies of the
+    instances, random boxes of every class, scores at random."""
+    ids = np.full(shape, 1, dtype=np.int64)
+    segments = [{"id": 1, "category_id": 2}]
+    for k in range(int(rng.integers(1, 5))):
+        y, x = rng.integers(0, shape[0] - 8), rng.integers(0, shape[1] - 8)
+        h, w = rng.integers(4, 20), rng.integers(4, 20)
+        ids[y : y + h, x : x + w] = k + 2
+        segments.append(
+            {"id": k + 2, "category_id": int(rng.integers(0, 2)), "iscrowd": int(rng.random() < 0.2)}
+        )
+    segments = [s for s in segments if (ids == s["id"]).any()]
+    masks, labels = [], []
+    for s in segments[1:]:
+        mask = ids == s["id"]
+        dy, dx = rng.integers(-2, 3, size=2)
+        masks.append(np.roll(mask, (dy, dx), axis=(0, 1)))
+        labels.append(s["category_id"] if rng.random() < 0.8 else int(rng.integers(0, 3)))
+    for _ in range(int(rng.integers(0, 4))):
+        y, x = rng.integers(0, shape[0] - 4, size=1)[0], rng.integers(0, shape[1] - 4, size=1)[0]
+        masks.append(_box(shape, (y, y + int(rng.integers(2, 16))), (x, x + int(rng.integers(2, 16)))))
+        labels.append(int(rng.integers(0, 3)))
+    masks = np.stack(masks) if masks else np.zeros((0, *shape), dtype=bool)
+    return masks, rng.random(len(labels)), np.array(labels, dtype=np.int64), ids, segments
+
+
+def test_instance_matches_detectron2_coco_evaluator(tmp_path):
+    """The same scenes through detectron2's COCOEvaluator (ground truth written as a COCO instances json, predictions
+    as Instances): our conversion of panoptic ground truth and of predictions gives its AP numbers."""
+    d2 = pytest.importorskip("seemadapt.detectron2_compat")
+    rng = np.random.default_rng(11)
+    scenes = [_random_instance_scene(rng) for _ in range(6)]
+    ours = InstanceMetrics(INSTANCE_CATEGORIES)
+    images, annotations = [], []
+    for image_id, (masks, scores, labels, ids, segments) in enumerate(scenes, start=1):
+        ours.update(masks, scores, labels, ids, segments)
+        images.append(
+            {"id": image_id, "height": ids.shape[0], "width": ids.shape[1], "file_name": f"{image_id}.jpg"}
+        )
+        for s in segments:
+            if s["category_id"] == 2:
+                continue
+            rle = mask_utils.encode(np.asfortranarray((ids == s["id"]).astype(np.uint8)))
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": s["category_id"] + 1,
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": s.get("iscrowd", 0),
+                }
+            )
+    categories = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    json_file = tmp_path / "instances.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    dataset = f"seemadapt_metrics_instances_{tmp_path.name}"
+    d2.MetadataCatalog.get(dataset).set(
+        json_file=str(json_file), thing_classes=["cat", "dog"], thing_dataset_id_to_contiguous_id={1: 0, 2: 1}
+    )
+    try:
+        evaluator = d2.COCOEvaluator(dataset, tasks=("segm",), distributed=False, use_fast_impl=False)
+        evaluator.reset()
+        for image_id, (masks, scores, labels, ids, _) in enumerate(scenes, start=1):
+            things = labels < 2
+            instances = d2.Instances(ids.shape)
+            instances.pred_masks = torch.from_numpy(masks[things])
+            instances.pred_boxes = d2.Boxes(torch.zeros(int(things.sum()), 4))
+            instances.scores = torch.from_numpy(scores[things]).float()
+            instances.pred_classes = torch.from_numpy(labels[things])
+            evaluator.process([{"image_id": image_id}], [{"instances": instances}])
+        theirs = evaluator.evaluate()["segm"]
+    finally:
+        d2.MetadataCatalog.remove(dataset)
+    r = ours.compute()
+    assert 0 < r.ap < 1  # the scenes are neither trivial nor hopeless
+    # detectron2 rounds nothing but converts to percent; scores pass through float32 on its side
+    assert 100 * r.ap == pytest.approx(theirs["AP"], abs=1e-6)
+    assert 100 * r.ap50 == pytest.approx(theirs["AP50"], abs=1e-6)
+    assert 100 * r.ap75 == pytest.approx(theirs["AP75"], abs=1e-6)
+    for key, value in (("APs", r.ap_small), ("APm", r.ap_medium), ("APl", r.ap_large)):
+        assert (math.isnan(value) and math.isnan(theirs[key])) or 100 * value == pytest.approx(
+            theirs[key], abs=1e-6
+        )
+    for c in r.per_class:
+        assert 100 * c.ap == pytest.approx(theirs[f"AP-{c.name}"], abs=1e-6)

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from seemadapt.evaluation import evaluate
-from seemadapt.model.postprocess import instance_inference, panoptic_inference
+from seemadapt.model.postprocess import (
+    instance_inference,
+    match_grounding,
+    panoptic_inference,
+    resize_mask_logits,
+)
+from seemadapt.model.predictor import evaluating
 from seemadapt.model.seem import SEEM
 from seemadapt.testing import make_contract_dataset
 
@@ -178,3 +184,131 @@ def test_evaluate_one_pass_equals_one_call_per_task(model):
     assert calls == [1, 1]  # one forward pass per batch of 2 + 1 images, both tasks
     assert per_task.tasks == ["semantic", "panoptic"] * 2
     assert combined.to_dict() | {"seconds": 0} == separate.to_dict() | {"seconds": 0}
+
+
+# ----------------------------------------------------------------------------------------------- grounding
+
+SENTENCES = [["a red cat on the left", "dog"], None, ["the sky above everything", "grass", "a dog"]]
+#: A batched backbone is not bit-identical to one image alone (kernels block the batch differently; about 2e-6 on
+#: the tiny model's features), so grounding from the batch's features may differ from ground() by float rounding.
+ROUNDING = 1e-4
+
+
+def reference_ground(model, image, sentences):
+    """``ground()`` before the one-pass work: its own forward, all sentences' tokens in one unpadded sequence."""
+    lang = model.language_encoder
+    with evaluating(model), torch.inference_mode():
+        batch = model.preprocess([image])
+        mask_features, multi_scale, _ = model.encode_image(batch)
+        encoding = lang.encode(sentences, normalize=False, token_level=True)
+        tokens = encoding.tokens[encoding.attention_mask.bool()][:, None]
+        outputs = model.sem_seg_head.predictor(
+            multi_scale, mask_features, None, grounding_tokens=tokens, task="grounding_eval"
+        )
+        indices, scores = match_grounding(outputs["pred_gtexts"][0], encoding.sentence, lang.logit_scale)
+        logits = resize_mask_logits(
+            outputs["pred_gmasks"][0][indices],
+            batch.padded_size,
+            batch.image_sizes[0],
+            batch.original_sizes[0],
+        )
+    return {"masks": logits > 0, "mask_logits": logits, "scores": scores, "query_indices": indices}
+
+
+def test_ground_is_unchanged(model, images):
+    for image in images:
+        assert_same_grounding(
+            model.ground(image, SENTENCES[2]), reference_ground(model, image, SENTENCES[2]), True
+        )
+
+
+def assert_same_grounding(got, reference, exact):
+    assert torch.equal(got["query_indices"], reference["query_indices"])
+    if exact:
+        for key in reference:
+            assert torch.equal(got[key], reference[key]), key
+        return
+    torch.testing.assert_close(got["mask_logits"], reference["mask_logits"], atol=ROUNDING, rtol=0)
+    torch.testing.assert_close(got["scores"], reference["scores"], atol=ROUNDING, rtol=0)
+    clear = reference["mask_logits"].abs() > ROUNDING
+    assert torch.equal(got["masks"][clear], reference["masks"][clear])
+
+
+def count_forwards(model, monkeypatch):
+    calls = []
+    forward = model.encode_image
+    monkeypatch.setattr(model, "encode_image", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    return calls
+
+
+def test_predict_grounds_from_the_batch_features(model, monkeypatch):
+    generator = torch.Generator().manual_seed(1)
+    same = [torch.randint(0, 256, (3, 64, 60), dtype=torch.uint8, generator=generator) for _ in range(3)]
+    references = [model.ground(image, texts) if texts else None for image, texts in zip(same, SENTENCES)]
+    plain = model.predict(same, CLASSES, task=TASKS, thing_classes=["cat"])
+    calls = count_forwards(model, monkeypatch)
+    combined = model.predict(same, CLASSES, task=TASKS, thing_classes=["cat"], grounding=SENTENCES)
+    assert calls == [1]  # the tasks and the grounding of all three images: one backbone + pixel decoder run
+    for result, alone, reference in zip(combined, plain, references):
+        assert sorted(result) == sorted([*TASKS, "grounding"])
+        for task in TASKS:  # the tasks come from the same decoder call as without grounding: identical
+            for key, value in alone[task].items():
+                assert (
+                    torch.equal(result[task][key], value)
+                    if torch.is_tensor(value)
+                    else result[task][key] == value
+                )
+        if reference is None:
+            assert result["grounding"] is None
+        else:
+            assert_same_grounding(result["grounding"], reference, exact=False)
+
+
+def test_mixed_sizes_ground_the_differently_padded_images_alone(model, monkeypatch):
+    generator = torch.Generator().manual_seed(2)
+    sizes = [(64, 64), (60, 50), (96, 64)]  # padded alone to 64x64, 64x64 and 96x64; the batch to 96x64
+    images = [torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=generator) for size in sizes]
+    references = [model.ground(image, texts) if texts else None for image, texts in zip(images, SENTENCES)]
+    calls = count_forwards(model, monkeypatch)
+    combined = model.predict(images, CLASSES, task=[], grounding=SENTENCES)
+    assert calls == [1, 1]  # the batch, then ground() for the first image (the second has no sentence)
+    assert list(combined[0]) == ["grounding"]
+    assert_same_grounding(combined[0]["grounding"], references[0], exact=True)
+    assert combined[1]["grounding"] is None
+    assert_same_grounding(combined[2]["grounding"], references[2], exact=False)
+
+
+def test_grounding_argument_is_validated(model, images):
+    with pytest.raises(ValueError, match="one entry per image"):
+        model.predict(images, CLASSES, grounding=["a cat"])
+    with pytest.raises(ValueError, match="one entry per image"):
+        model.predict(images, CLASSES, grounding="a cat")
+    single = model.predict(images[0], CLASSES, task="semantic", grounding=[["a cat", "a dog"]])
+    assert sorted(single) == ["grounding", "semantic"] and len(single["grounding"]["masks"]) == 2
+
+
+class PerTaskAndGround(PerTask):
+    """``PerTask`` plus ``ground``: the former evaluation path, one ``ground`` forward per image."""
+
+    def ground(self, image, sentences, **kwargs):
+        return self.model.ground(image, sentences, **kwargs)
+
+
+def test_evaluate_grounding_in_the_same_forward_pass(model, monkeypatch):
+    dataset = make_contract_dataset(3, size=(40, 32), classes=["square", "disc", "background"], seed=3)
+    assert sum(len(row["grounding"]) for row in dataset) > 0
+    tasks = ["semantic", "panoptic", "instance"]
+    calls = count_forwards(model, monkeypatch)
+    combined = evaluate(model, dataset, tasks=tasks, grounding=True, batch_size=2, progress=False)
+    assert calls == [1, 1]  # one forward per batch for the three tasks and grounding
+    monkeypatch.undo()
+    separate = evaluate(
+        PerTaskAndGround(model), dataset, tasks=tasks, grounding=True, batch_size=2, progress=False
+    )
+    for key in ("semantic", "panoptic", "instance"):
+        assert combined.to_dict()[key] == separate.to_dict()[key], key
+    ours, theirs = combined.grounding, separate.grounding
+    assert ours.count == theirs.count > 0
+    # masks agree up to pixels whose logit is within float rounding of the threshold
+    assert ours.miou == pytest.approx(theirs.miou, abs=1e-3)
+    assert ours.union == pytest.approx(theirs.union, rel=1e-3)

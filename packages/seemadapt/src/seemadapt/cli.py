@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from seemadapt import __version__
+from seemadapt.tasks import DEFAULT_TASKS, TASKS
 
 FINETUNE_SECTIONS = ("model", "strategy", "classes", "data", "train", "push_to_hub", "private")
 DATA_KEYS = ("train", "eval")
@@ -518,7 +519,13 @@ def _add_evaluate_parser(sub: Any) -> None:
     )
     ev.add_argument("--split", help="split of a multi-split source")
     ev.add_argument("--classes", nargs="+", help="classes to score (default: the dataset's)")
-    ev.add_argument("--tasks", nargs="+", default=["semantic", "panoptic"], choices=["semantic", "panoptic"])
+    ev.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(DEFAULT_TASKS),
+        choices=list(TASKS),
+        help="what to score (instance: COCO mask AP of the thing classes); one forward pass per batch for all",
+    )
     ev.add_argument("--grounding", action="store_true", help="also score text grounding")
     ev.add_argument("--batch-size", type=int, default=2)
     ev.add_argument("--max-images", type=int, help="score only the first N images")

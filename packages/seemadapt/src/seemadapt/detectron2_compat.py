@@ -49,7 +49,10 @@ _NAMES: dict[str, tuple[str, str]] = {
     },
     "T": ("detectron2.data", "transforms"),
     "load_coco_panoptic_json": ("detectron2.data.datasets.coco_panoptic", "load_coco_panoptic_json"),
-    **{name: ("detectron2.evaluation", name) for name in ("COCOPanopticEvaluator", "SemSegEvaluator")},
+    **{
+        name: ("detectron2.evaluation", name)
+        for name in ("COCOEvaluator", "COCOPanopticEvaluator", "SemSegEvaluator")
+    },
     **{name: ("detectron2.structures", name) for name in ("BitMasks", "Boxes", "Instances")},
     **{name: ("detectron2.utils.visualizer", name) for name in ("ColorMode", "Visualizer")},
 }

@@ -9,7 +9,13 @@ accumulators of :mod:`seemadapt.metrics` count against the ground truth at full 
   mean recall; see :class:`~seemadapt.metrics.SemanticMetrics`);
 * panoptic: PQ / SQ / RQ with the COCO rules, crowd segments and void respected
   (:class:`~seemadapt.metrics.PanopticMetrics`);
-* grounding (opt-in): each grounded segment's first sentence through ``model.ground`` against the segment's mask.
+* instance (opt-in task): COCO mask AP of the thing classes by pycocotools' ``COCOeval``, ground-truth instances from
+  the panoptic segments of thing classes, crowd respected (:class:`~seemadapt.metrics.InstanceMetrics`);
+* grounding (opt-in): each grounded segment's first sentence against the segment's mask.
+
+A :class:`~seemadapt.model.SEEM` gives every task of a batch, grounding included, from one run of the backbone and
+pixel decoder (``predict(task=[...], grounding=...)``); any other model is called once per task (and ``ground`` once
+per image).
 
 With ``distributed=True`` under ``accelerate launch`` / ``torchrun``, each process scores every ``world_size``-th row
 and the metric sums are all-reduced once at the end, so every process returns the same :class:`EvalResult`.
@@ -40,6 +46,8 @@ from seemadapt.hub import load_model
 from seemadapt.metrics import (
     GroundingMetrics,
     GroundingResults,
+    InstanceMetrics,
+    InstanceResults,
     PanopticMetrics,
     PanopticResults,
     SemanticMetrics,
@@ -50,7 +58,7 @@ from seemadapt.metrics import (
 from seemadapt.metrics.distributed import sum_across_processes
 from seemadapt.model.seem import SEEM
 from seemadapt.plots import plot_per_class
-from seemadapt.tasks import TASKS
+from seemadapt.tasks import DEFAULT_TASKS, TASKS
 from seemadapt.visualize import draw_panoptic, draw_semantic
 from segcontract import COLUMNS, class_names_of, decode_row, iter_raw_rows, read_categories
 
@@ -84,7 +92,7 @@ class EvalResult:
 
     Attributes:
         classes: the class names the model was prompted with (index = class id in every result).
-        semantic, panoptic, grounding: the metric results of each task that ran (``None`` otherwise).
+        semantic, panoptic, instance, grounding: the metric results of each task that ran (``None`` otherwise).
         num_images: rows scored (over all processes).
         seconds: wall time of the evaluation loop on this process.
         examples: a few images with predictions, for :meth:`save`'s overlays (this process's rows only).
@@ -97,6 +105,7 @@ class EvalResult:
     num_images: int = 0
     seconds: float = 0.0
     examples: list[EvalExample] = field(default_factory=list, repr=False)
+    instance: InstanceResults | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -104,8 +113,8 @@ class EvalResult:
 
         Summary keys (lower case, as ``TrainConfig.best_metric`` names them): ``miou``, ``mean_precision``,
         ``mean_recall``, ``pixel_accuracy``, ``fwiou``, ``pq``, ``sq``, ``rq``, ``pq_things``, ``pq_stuff``,
-        ``grounding_miou``, ``grounding_ciou``, ``grounding_precision@0.5`` ...; per class: ``iou/<class>``,
-        ``precision/<class>``, ``recall/<class>``, ``pq/<class>``.
+        ``ap``, ``ap50``, ``ap75``, ``grounding_miou``, ``grounding_ciou``, ``grounding_precision@0.5`` ...; per
+        class: ``iou/<class>``, ``precision/<class>``, ``recall/<class>``, ``pq/<class>``, ``ap/<class>``.
         """
         out: dict[str, float] = {}
         if self.semantic is not None:
@@ -130,6 +139,8 @@ class EvalResult:
                     "pq_stuff": p.stuff.pq,
                 }
             )
+        if self.instance is not None:
+            out.update({"ap": self.instance.ap, "ap50": self.instance.ap50, "ap75": self.instance.ap75})
         if self.grounding is not None:
             g = self.grounding
             out.update({"grounding_miou": g.miou, "grounding_ciou": g.ciou})
@@ -143,6 +154,9 @@ class EvalResult:
         if self.panoptic is not None:
             for row in self.panoptic.per_class:
                 out[f"pq/{row.name}"] = row.pq
+        if self.instance is not None:
+            for row in self.instance.per_class:
+                out[f"ap/{row.name}"] = row.ap
         return out
 
     def _sections(self) -> dict[str, Any]:
@@ -151,6 +165,8 @@ class EvalResult:
             sections["Semantic segmentation"] = self.semantic
         if self.panoptic is not None:
             sections["Panoptic segmentation"] = self.panoptic
+        if self.instance is not None:
+            sections["Instance segmentation"] = self.instance
         if self.grounding is not None:
             sections["Grounding"] = self.grounding
         return sections
@@ -169,6 +185,7 @@ class EvalResult:
             for key, value in (
                 ("semantic", self.semantic),
                 ("panoptic", self.panoptic),
+                ("instance", self.instance),
                 ("grounding", self.grounding),
             )
             if value is not None
@@ -194,6 +211,9 @@ class EvalResult:
             plot_per_class(self.semantic, folder / "per_class_semantic.png", title="semantic segmentation")
         if self.panoptic is not None:
             plot_per_class(self.panoptic, folder / "per_class_panoptic.png", title="panoptic quality")
+        if self.instance is not None and self.instance.per_class:
+            scores = {c.name: {"AP": c.ap, "AP50": c.ap50, "AP75": c.ap75} for c in self.instance.per_class}
+            plot_per_class(scores, folder / "per_class_instance.png", title="instance mask AP")
         if overlays and self.examples:
             self._save_overlays(folder / "overlays")
         return folder
@@ -365,7 +385,7 @@ def evaluate(  # noqa: PLR0913 (the public signature: one keyword per option)
     classes: Sequence[str] | Mapping[str, str] | None = None,
     batch_size: int = 2,
     device: torch.device | str | None = None,
-    tasks: Sequence[str] | str = TASKS,
+    tasks: Sequence[str] | str = DEFAULT_TASKS,
     image_size: int | Sequence[int] | None = None,
     grounding: bool = False,
     progress: bool = True,
@@ -387,10 +407,12 @@ def evaluate(  # noqa: PLR0913 (the public signature: one keyword per option)
             prompt text}``: prompt with other words.
         batch_size: images per ``predict`` call.
         device: moves the model there first; ``None`` keeps it where it is.
-        tasks: ``"semantic"`` and/or ``"panoptic"``.
+        tasks: any of ``"semantic"``, ``"panoptic"``, ``"instance"`` (COCO mask AP of the thing classes); default
+            semantic and panoptic. All come from one forward pass per batch.
         image_size: resize inside the model before the network: the shortest edge (longest at most 1333/800 of
             it), or ``(shortest, longest)``. ``None``: the images' own size. Scoring is always at the original size.
-        grounding: also score text grounding (the first sentence of every grounded segment).
+        grounding: also score text grounding (the first sentence of every grounded segment), from the same
+            forward pass as the tasks for a SEEM.
         progress: a tqdm bar on the main process.
         split: which split of a multi-split source.
         max_images: score only the first N rows (quick checks).
@@ -425,6 +447,7 @@ def evaluate(  # noqa: PLR0913 (the public signature: one keyword per option)
         classes=tuple(setup.names),
         semantic=_reduce(metrics.semantic, world),
         panoptic=_reduce(metrics.panoptic, world),
+        instance=_reduce(metrics.instance, world),
         grounding=_reduce(metrics.grounding, world),
         num_images=int(count.item()),
         seconds=seconds,
@@ -479,9 +502,7 @@ def _score_rows(
     batch: list[_Row] = []
 
     def flush() -> None:
-        _score(
-            model, batch, setup.names, setup.thing_classes, setup.sizes, setup.metrics, examples, num_examples
-        )
+        _score(model, batch, setup, examples, num_examples)
         bar.update(len(batch))
         batch.clear()
 
@@ -502,7 +523,7 @@ def _check_arguments(
 ) -> tuple[str, ...]:
     tasks = _check_tasks(tasks)
     if not tasks and not grounding:
-        raise ValueError("evaluate: nothing to do; give tasks=('semantic', 'panoptic') or grounding=True.")
+        raise ValueError(f"evaluate: nothing to do; give tasks (any of {list(TASKS)}) or grounding=True.")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be a positive int, got {batch_size!r}.")
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
@@ -535,21 +556,25 @@ class _Metrics:
 
     semantic: SemanticMetrics | None
     panoptic: PanopticMetrics | None
+    instance: InstanceMetrics | None
     grounding: GroundingMetrics | None
 
     @classmethod
     def create(
         cls, names: list[str], isthing: dict[int, bool], tasks: tuple[str, ...], grounding: bool
     ) -> _Metrics:
-        semantic = SemanticMetrics(len(names), names, ignore_index=IGNORE) if "semantic" in tasks else None
-        panoptic = (
-            PanopticMetrics(
-                [{"id": k, "name": n, "isthing": isthing.get(k, False)} for k, n in enumerate(names)]
-            )
-            if "panoptic" in tasks
-            else None
+        categories = [{"id": k, "name": n, "isthing": isthing.get(k, False)} for k, n in enumerate(names)]
+        return cls(
+            SemanticMetrics(len(names), names, ignore_index=IGNORE) if "semantic" in tasks else None,
+            PanopticMetrics(categories) if "panoptic" in tasks else None,
+            InstanceMetrics(categories) if "instance" in tasks else None,
+            GroundingMetrics() if grounding else None,
         )
-        return cls(semantic, panoptic, GroundingMetrics() if grounding else None)
+
+    @property
+    def tasks(self) -> list[str]:
+        """The prediction tasks scored, in :data:`TASKS` order."""
+        return [task for task in TASKS if getattr(self, task) is not None]
 
 
 def _reduce(metrics: Any, world: int) -> Any:
@@ -559,77 +584,79 @@ def _reduce(metrics: Any, world: int) -> Any:
 
 
 def _summary(result: EvalResult) -> str:
-    keys = ("miou", "pq", "grounding_miou")
+    keys = ("miou", "pq", "ap", "grounding_miou")
     return ", ".join(f"{k} {100 * result.metrics[k]:.2f}" for k in keys if k in result.metrics)
 
 
 def _predict(
     model: Any,
     images: list[torch.Tensor],
-    names: list[str],
-    thing_classes: list[str],
-    sizes: dict[str, int],
-    metrics: _Metrics,
-) -> dict[str, list[dict[str, Any]]]:
-    """``{task: one result per image}`` for the tasks being scored.
+    rows: list[_Row],
+    setup: _Setup,
+) -> dict[str, list[Any]]:
+    """``{task: one result per image}`` for the tasks being scored, plus ``"grounding"`` (one ``ground`` result
+    or ``None`` per image) when grounding is scored.
 
-    A :class:`~seemadapt.model.SEEM` gives every task from one forward pass (``predict(task=[...])``); any other
-    model with a ``predict`` method is called once per task with a single task name.
+    A :class:`~seemadapt.model.SEEM` gives everything from one forward pass (``predict(task=[...],
+    grounding=...)``); any other model with a ``predict`` method is called once per task with a single task name,
+    and its ``ground`` once per image with sentences.
     """
-    tasks = [t for t, m in (("semantic", metrics.semantic), ("panoptic", metrics.panoptic)) if m is not None]
-    if not tasks:
-        return {}
-    things = {"thing_classes": thing_classes} if "panoptic" in tasks else {}
+    tasks, sizes = setup.metrics.tasks, setup.sizes
+    things = {"thing_classes": setup.thing_classes}
+    sentences = [[sentence for sentence, _ in row.grounding] for row in rows]
+    grounding = setup.metrics.grounding is not None
     if isinstance(model, SEEM):
-        combined = _as_list(
-            model.predict(images, names, task=tasks, **things, **sizes), len(images), "+".join(tasks)
-        )
-        return {task: [output[task] for output in combined] for task in tasks}
-    return {
+        if not tasks and not grounding:
+            return {}
+        extra = {"grounding": sentences} if grounding else {}
+        combined = model.predict(images, setup.names, task=tasks, **things, **sizes, **extra)
+        combined = _as_list(combined, len(images), "+".join(tasks))
+        keys = tasks + (["grounding"] if grounding else [])
+        return {key: [output[key] for output in combined] for key in keys}
+    outputs: dict[str, list[Any]] = {
         task: _as_list(
-            model.predict(images, names, task=task, **(things if task == "panoptic" else {}), **sizes),
+            model.predict(images, setup.names, task=task, **(things if task != "semantic" else {}), **sizes),
             len(images),
             task,
         )
         for task in tasks
     }
+    if grounding:
+        outputs["grounding"] = [
+            model.ground(image, texts, **sizes) if texts else None for image, texts in zip(images, sentences)
+        ]
+    return outputs
 
 
 def _score(
-    model: Any,
-    rows: list[_Row],
-    names: list[str],
-    thing_classes: list[str],
-    sizes: dict[str, int],
-    metrics: _Metrics,
-    examples: list[EvalExample],
-    num_examples: int,
+    model: Any, rows: list[_Row], setup: _Setup, examples: list[EvalExample], num_examples: int
 ) -> None:
-    semantic, panoptic, grounding = metrics.semantic, metrics.panoptic, metrics.grounding
+    metrics = setup.metrics
     images = [torch.from_numpy(np.ascontiguousarray(row.image.transpose(2, 0, 1))) for row in rows]
     keep = max(0, min(len(rows), num_examples - len(examples)))
     new = [EvalExample(row.file_name, row.image, row.semantic) for row in rows[:keep]]
-    outputs = _predict(model, images, names, thing_classes, sizes, metrics)
-    if semantic is not None:
-        for row, output, k in zip(rows, outputs["semantic"], range(len(rows))):
-            labels = output["labels"]
-            semantic.update(labels, row.semantic)
+    outputs = _predict(model, images, rows, setup)
+    for k, row in enumerate(rows):
+        if metrics.semantic is not None:
+            labels = outputs["semantic"][k]["labels"]
+            metrics.semantic.update(labels, row.semantic)
             if k < keep:
                 new[k].semantic_pred = _to_numpy(labels)
-    if panoptic is not None:
-        for row, output, k in zip(rows, outputs["panoptic"], range(len(rows))):
+        if metrics.panoptic is not None:
+            output = outputs["panoptic"][k]
             segments = [
                 {"id": int(s["id"]), "category_id": int(s["category_id"])} for s in output["segments_info"]
             ]
-            panoptic.update(output["panoptic_seg"], segments, row.panoptic, row.segments)
+            metrics.panoptic.update(output["panoptic_seg"], segments, row.panoptic, row.segments)
             if k < keep:
                 new[k].panoptic_seg = _to_numpy(output["panoptic_seg"])
                 new[k].segments_info = [dict(s) for s in output["segments_info"]]
-    if grounding is not None:
-        for row, image in zip(rows, images):
-            if not row.grounding:
-                continue
-            sentences = [sentence for sentence, _ in row.grounding]
-            predicted = model.ground(image, sentences, **sizes)["masks"]
-            grounding.update(predicted, np.stack([mask for _, mask in row.grounding]))
+        if metrics.instance is not None:
+            output = outputs["instance"][k]
+            metrics.instance.update(
+                output["masks"], output["scores"], output["labels"], row.panoptic, row.segments
+            )
+        if metrics.grounding is not None and row.grounding:
+            predicted = outputs["grounding"][k]["masks"]
+            metrics.grounding.update(predicted, np.stack([mask for _, mask in row.grounding]))
     examples.extend(new)

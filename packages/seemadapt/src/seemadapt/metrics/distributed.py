@@ -1,7 +1,8 @@
-"""Sum metric state across ``torch.distributed`` processes, and the metrics' base class built on that.
+"""Sum (or gather) metric state across ``torch.distributed`` processes, and the summed metrics' base class.
 
-Every metric keeps its whole state as sums (a confusion matrix, per-class PQ counts, IoU sums), so the
-result on N processes is the sum of the N states: one ``all_reduce`` and no gathering of predictions.
+Most metrics keep their whole state as sums (a confusion matrix, per-class PQ counts, IoU sums), so the
+result on N processes is the sum of the N states: one ``all_reduce`` and no gathering of predictions. COCO AP
+is the exception: its per-image records are gathered.
 """
 
 from __future__ import annotations
@@ -64,3 +65,15 @@ class SummedMetric:
         reduced = type(self)(**self.settings)
         reduced.sums = sum_across_processes(self.sums, device)
         return reduced
+
+
+def gather_across_processes(state: Any) -> list[Any]:
+    """Every process's ``state`` (any picklable object), in rank order; ``[state]`` when not distributed.
+
+    For metrics that are not sums (COCO AP needs every image's detections).
+    """
+    if not is_distributed():
+        return [state]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, state)
+    return gathered

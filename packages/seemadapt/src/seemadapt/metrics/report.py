@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .grounding import GroundingResults
+from .instance import InstanceResults
 from .panoptic import PanopticResults, PQScore
 from .semantic import SemanticResults
 
-Results = SemanticResults | PanopticResults | GroundingResults
+Results = SemanticResults | PanopticResults | InstanceResults | GroundingResults
 ResultsLike = Results | Mapping[str, Results]
 
 
@@ -72,6 +73,21 @@ def _panoptic_table(r: PanopticResults, digits: int) -> str:
     return summary + "\n\n" + per_class
 
 
+def _instance_table(r: InstanceResults, digits: int) -> str:
+    summary = _table(
+        ["AP", "AP50", "AP75", "APs", "APm", "APl"],
+        [[_pct(v, digits) for v in (r.ap, r.ap50, r.ap75, r.ap_small, r.ap_medium, r.ap_large)]],
+    )
+    per_class = _table(
+        ["class", "AP", "AP50", "AP75", "GT instances", "detections"],
+        [
+            [c.name, *(_pct(v, digits) for v in (c.ap, c.ap50, c.ap75)), str(c.num_gt), str(c.num_detections)]
+            for c in r.per_class
+        ],
+    )
+    return summary + "\n\n" + per_class
+
+
 def _grounding_table(r: GroundingResults, digits: int) -> str:
     header = ["mIoU", "cIoU", *(f"P@{t:g}" for t in r.precision), "pairs"]
     row = [_pct(r.miou, digits), _pct(r.ciou, digits), *(_pct(v, digits) for v in r.precision.values())]
@@ -83,10 +99,13 @@ def _one_table(results: Results, digits: int) -> str:
         return _semantic_table(results, digits)
     if isinstance(results, PanopticResults):
         return _panoptic_table(results, digits)
+    if isinstance(results, InstanceResults):
+        return _instance_table(results, digits)
     if isinstance(results, GroundingResults):
         return _grounding_table(results, digits)
     raise TypeError(
-        f"format_table() takes SemanticResults, PanopticResults, GroundingResults or a mapping of them, "
+        f"format_table() takes SemanticResults, PanopticResults, InstanceResults, GroundingResults or a mapping "
+        "of them, "
         f"got {type(results).__name__}."
     )
 
@@ -117,7 +136,7 @@ def to_json(results: ResultsLike, path: str | Path | None = None, indent: int = 
     """
     if isinstance(results, Mapping):
         payload = {str(name): r.to_dict() for name, r in results.items()}
-    elif isinstance(results, (SemanticResults, PanopticResults, GroundingResults)):
+    elif isinstance(results, (SemanticResults, PanopticResults, InstanceResults, GroundingResults)):
         payload = results.to_dict()
     else:
         raise TypeError(f"to_json() takes metric results or a mapping of them, got {type(results).__name__}.")

@@ -99,6 +99,15 @@ def resized_size(size: Size, short_edge: int, max_size: int | None) -> Size:
     return (int(height * scale + 0.5), int(width * scale + 0.5))
 
 
+def padded_size_of(size: Size, size_divisibility: int) -> Size:
+    """``size`` rounded up to multiples of ``size_divisibility``: the padded size of a batch whose largest image
+    height and width are ``size`` (of an image batched alone: its own size)."""
+    return (
+        math.ceil(size[0] / size_divisibility) * size_divisibility,
+        math.ceil(size[1] / size_divisibility) * size_divisibility,
+    )
+
+
 def batch_images(
     images: Sequence[Tensor],
     pixel_mean: Tensor,
@@ -137,8 +146,7 @@ def batch_images(
         prepared.append(x)
         sizes.append((int(x.shape[-2]), int(x.shape[-1])))
         originals.append(original)
-    height = math.ceil(max(h for h, _ in sizes) / size_divisibility) * size_divisibility
-    width = math.ceil(max(w for _, w in sizes) / size_divisibility) * size_divisibility
+    height, width = padded_size_of((max(h for h, _ in sizes), max(w for _, w in sizes)), size_divisibility)
     tensor = torch.zeros(len(prepared), 3, height, width, device=device, dtype=dtype)
     for index, x in enumerate(prepared):
         tensor[index, :, : x.shape[-2], : x.shape[-1]] = x

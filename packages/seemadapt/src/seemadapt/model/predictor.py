@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import Tensor
 
 from seemadapt.model import interactive
-from seemadapt.model.images import ImageInput, as_image_list
+from seemadapt.model.images import ImageBatch, ImageInput, as_image_list, padded_size_of
 from seemadapt.model.postprocess import (
     DETECTIONS_PER_IMAGE,
     instance_inference,
@@ -38,7 +38,14 @@ from seemadapt.model.prompts import (
 if TYPE_CHECKING:
     from seemadapt.model.seem import SEEM
 
-__all__ = ["TASKS", "PostprocessOptions", "SEEMPredictor", "Task", "postprocess_image"]
+__all__ = [
+    "TASKS",
+    "PostprocessOptions",
+    "SEEMPredictor",
+    "Task",
+    "ground_features",
+    "postprocess_image",
+]
 
 Task = Literal["semantic", "panoptic", "instance"]
 TASKS: tuple[str, ...] = ("semantic", "panoptic", "instance")
@@ -73,10 +80,11 @@ def thing_ids(classes: Sequence[str], thing_classes: Sequence[str | int] | None)
     return ids
 
 
-def _check_tasks(task: str | Sequence[str]) -> tuple[str, ...]:
-    """One task or a list of tasks (duplicates dropped, order kept), each one of :data:`TASKS`."""
+def _check_tasks(task: str | Sequence[str], allow_none: bool = False) -> tuple[str, ...]:
+    """One task or a list of tasks (duplicates dropped, order kept), each one of :data:`TASKS`; an empty list
+    only with ``allow_none`` (grounding alone)."""
     tasks = (task,) if isinstance(task, str) else tuple(dict.fromkeys(str(t) for t in task))
-    if not tasks:
+    if not tasks and not allow_none:
         raise ValueError(f"predict: task must name at least one of {TASKS}.")
     for name in tasks:
         if name not in TASKS:
@@ -91,6 +99,73 @@ def _check_classes(classes: Sequence[str]) -> list[str]:
     if len(set(classes)) != len(classes):
         raise ValueError(f"predict: classes must be unique, got {classes}.")
     return classes
+
+
+def _check_grounding(grounding: Sequence[str | Sequence[str] | None], count: int) -> list[list[str]]:
+    """``predict``'s ``grounding``: one entry per image (a sentence, a list of them, or None) -> sentence lists."""
+    if isinstance(grounding, str) or len(grounding) != count:
+        raise ValueError(
+            f"predict: grounding needs one entry per image ({count}): a sentence, a list of sentences or None."
+        )
+    return [
+        [] if entry is None else [entry] if isinstance(entry, str) else [str(s) for s in entry]
+        for entry in grounding
+    ]
+
+
+def ground_features(
+    model: SEEM,
+    batch: ImageBatch,
+    features: tuple[Tensor, list[Tensor]],
+    sentences: Sequence[Sequence[str]],
+    threshold: float = 0.0,
+) -> list[dict[str, Tensor] | None]:
+    """Grounding of every image of ``batch`` that has sentences, from its already computed ``features``
+    (``mask_features``, multi-scale maps): one decoder call for those images, so the backbone and pixel decoder
+    are not run again. ``None`` for images without sentences.
+
+    Each image's sentences are encoded on their own and its tokens padded (and masked) to the longest image's, so an
+    image gets what :meth:`SEEMPredictor.ground` gives it alone on the same features.
+    """
+    lang = model.language_encoder
+    rows = [b for b, texts in enumerate(sentences) if texts]
+    results: list[dict[str, Tensor] | None] = [None] * len(sentences)
+    if not rows:
+        return results
+    encodings = [lang.encode(list(sentences[b]), normalize=False, token_level=True) for b in rows]
+    valid = [e.tokens[e.attention_mask.bool()] for e in encodings]  # [T_b, D] each
+    tokens = valid[0].new_zeros(max(len(t) for t in valid), len(rows), valid[0].shape[-1])
+    padding = torch.ones(len(rows), tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    for i, image_tokens in enumerate(valid):
+        tokens[: len(image_tokens), i] = image_tokens
+        padding[i, : len(image_tokens)] = False
+    mask_features, multi_scale = features
+    if len(rows) != len(batch):
+        index = torch.tensor(rows, device=mask_features.device)
+        mask_features, multi_scale = mask_features[index], [x[index] for x in multi_scale]
+    outputs = model.sem_seg_head.predictor(
+        multi_scale,
+        mask_features,
+        None,
+        grounding_tokens=tokens,
+        grounding_padding_mask=padding,
+        task="grounding_eval",
+    )
+    for i, (b, encoding) in enumerate(zip(rows, encodings)):
+        indices, scores = match_grounding(outputs["pred_gtexts"][i], encoding.sentence, lang.logit_scale)
+        logits = resize_mask_logits(
+            outputs["pred_gmasks"][i][indices],
+            batch.padded_size,
+            batch.image_sizes[b],
+            batch.original_sizes[b],
+        )
+        results[b] = {
+            "masks": logits > threshold,
+            "mask_logits": logits,
+            "scores": scores,
+            "query_indices": indices,
+        }
+    return results
 
 
 @dataclass(frozen=True)
@@ -191,10 +266,11 @@ class SEEMPredictor:
         top_k: int = DETECTIONS_PER_IMAGE,
         object_mask_threshold: float | None = None,
         overlap_threshold: float | None = None,
+        grounding: Sequence[str | Sequence[str] | None] | None = None,
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """Open-vocabulary segmentation: see :meth:`seemadapt.model.seem.SEEM.predict`."""
         model = self.model
-        tasks = _check_tasks(task)
+        tasks = _check_tasks(task, allow_none=grounding is not None)
         classes = _check_classes(classes)
         decoder_config = model.config.decoder
         options = PostprocessOptions(
@@ -209,25 +285,57 @@ class SEEMPredictor:
             top_k=top_k,
         )
         image_list, single = as_image_list(images)
+        sentences = None if grounding is None else _check_grounding(grounding, len(image_list))
+        sizes = {"short_edge": short_edge, "max_size": max_size}
         with evaluating(model):
             # Text embeddings are made outside inference mode: they are cached and may later meet autograd.
-            class_embs = model.class_embeddings(classes, mode="eval")
+            class_embs = model.class_embeddings(classes, mode="eval") if tasks else None
             with torch.inference_mode():
-                batch = model.preprocess(image_list, short_edge=short_edge, max_size=max_size)
+                batch = model.preprocess(image_list, **sizes)
                 mask_features, multi_scale, _ = model.encode_image(batch)
-                outputs = model.sem_seg_head.predictor(multi_scale, mask_features, class_embs, task="seg")
-                class_logits = outputs["pred_logits"].float()
-                results = []
-                for b in range(len(batch)):
-                    masks = resize_mask_logits(
-                        outputs["pred_masks"][b],
-                        batch.padded_size,
-                        batch.image_sizes[b],
-                        batch.original_sizes[b],
+                results: list[dict[str, Any]] = [{} for _ in range(len(batch))]
+                if tasks:
+                    outputs = model.sem_seg_head.predictor(multi_scale, mask_features, class_embs, task="seg")
+                    class_logits = outputs["pred_logits"].float()
+                    for b in range(len(batch)):
+                        masks = resize_mask_logits(
+                            outputs["pred_masks"][b],
+                            batch.padded_size,
+                            batch.image_sizes[b],
+                            batch.original_sizes[b],
+                        )
+                        results[b] = postprocess_image(class_logits[b], masks, options)
+                if sentences is not None:
+                    grounded = self._ground_batch(
+                        image_list, batch, (mask_features, multi_scale), sentences, sizes
                     )
-                    per_task = postprocess_image(class_logits[b], masks, options)
-                    results.append(per_task[task] if isinstance(task, str) else per_task)
+                    for result, grounded_image in zip(results, grounded):
+                        result["grounding"] = grounded_image
+        if isinstance(task, str) and grounding is None:
+            results = [result[task] for result in results]
         return results[0] if single else results
+
+    def _ground_batch(
+        self,
+        image_list: list[Tensor],
+        batch: ImageBatch,
+        features: tuple[Tensor, list[Tensor]],
+        sentences: list[list[str]],
+        sizes: dict[str, int | None],
+    ) -> list[dict[str, Tensor] | None]:
+        """``predict``'s grounding: from the batch's features for every image whose padding is the one it gets
+        alone (same features as :meth:`ground`), through :meth:`ground` for the others (a batch of mixed sizes)."""
+        divisibility = self.model.config.size_divisibility
+        alone = [
+            padded_size_of(size, divisibility) != batch.padded_size and bool(texts)
+            for size, texts in zip(batch.image_sizes, sentences)
+        ]
+        shared = [[] if own else texts for own, texts in zip(alone, sentences)]
+        results = ground_features(self.model, batch, features, shared)
+        for b, own in enumerate(alone):
+            if own:
+                results[b] = self.ground(image_list[b], sentences[b], **sizes)
+        return results
 
     def ground(
         self,
@@ -246,28 +354,11 @@ class SEEMPredictor:
         sentences = [sentences] if isinstance(sentences, str) else [str(s) for s in sentences]
         if not sentences:
             raise ValueError("ground: needs at least one sentence.")
-        lang = model.language_encoder
         with evaluating(model), torch.inference_mode():
             batch = model.preprocess(image_list, short_edge=short_edge, max_size=max_size)
             mask_features, multi_scale, _ = model.encode_image(batch)
-            encoding = lang.encode(sentences, normalize=False, token_level=True)
-            tokens = encoding.tokens[encoding.attention_mask.bool()][:, None]  # [T, 1, D]
-            outputs = model.sem_seg_head.predictor(
-                multi_scale, mask_features, None, grounding_tokens=tokens, task="grounding_eval"
-            )
-            indices, scores = match_grounding(outputs["pred_gtexts"][0], encoding.sentence, lang.logit_scale)
-            logits = resize_mask_logits(
-                outputs["pred_gmasks"][0][indices],
-                batch.padded_size,
-                batch.image_sizes[0],
-                batch.original_sizes[0],
-            )
-        return {
-            "masks": logits > threshold,
-            "mask_logits": logits,
-            "scores": scores,
-            "query_indices": indices,
-        }
+            grounded = ground_features(model, batch, (mask_features, multi_scale), [sentences], threshold)
+        return cast(dict[str, Tensor], grounded[0])  # one image with sentences: never None
 
     def segment(  # noqa: PLR0913 (the public signature of SEEM.segment: one argument per prompt kind and option)
         self,

@@ -299,6 +299,11 @@ class SEEM(nn.Module):
             ``short_edge``, ``max_size``: optional resize before the network (detectron2 ``ResizeShortestEdge``).
             ``top_k``: instances per image (default 100). ``object_mask_threshold`` / ``overlap_threshold``: panoptic thresholds
                 (default: the config's, 0.8 / 0.8).
+            ``grounding``: one entry per image (a sentence, a list of sentences, or ``None``): each result then is
+                ``{task: ..., "grounding": what :meth:`ground` gives for those sentences, or None}`` (``task`` may be
+                ``[]`` for grounding alone). The backbone and pixel decoder run once for both; an image whose padding
+                in the batch differs from its own (images of mixed sizes) is grounded by :meth:`ground`, so the masks
+                are always those of :meth:`ground` (up to float rounding of the batched network).
 
         Runs in eval mode (restoring the caller's mode afterwards) under ``torch.inference_mode``; tensors are
         returned on the model's device.

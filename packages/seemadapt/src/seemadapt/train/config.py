@@ -78,7 +78,8 @@ class TrainConfig:
         save_total_limit: checkpoints kept (the newest ones); the best adapters are kept apart.
         best_metric: evaluation key that picks the best checkpoint (higher is better), e.g. ``"miou"``.
         eval_batch_size, eval_tasks, eval_image_size: passed to :func:`seemadapt.evaluation.evaluate`
-            (``eval_image_size``: shortest edge the images are resized to inside the model; ``None`` = own size).
+            (``eval_tasks``: any of ``semantic``, ``panoptic``, ``instance``, e.g. with ``best_metric="ap"`` for mask
+            AP; ``eval_image_size``: shortest edge the images are resized to inside the model; ``None`` = own size).
         tracker: ``"tensorboard"`` (default), ``"wandb"`` or ``None``; project_name: the tracker's run name.
         resume_from: ``"latest"`` (newest complete checkpoint in ``output_dir``, or a fresh start if none) or a
             checkpoint folder.

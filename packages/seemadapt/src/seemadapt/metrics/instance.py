@@ -1,0 +1,249 @@
+"""Instance segmentation: COCO mask AP of thing classes, scored by pycocotools' ``COCOeval``.
+
+Ground truth comes from panoptic annotations: every segment of a thing category is one instance (its mask is its
+pixels in the id map, its area their count), crowd segments (``iscrowd=1``) are COCO crowd regions (a detection on one
+is ignored, neither TP nor FP). Predictions are ``(masks, scores, labels)``, e.g. ``predict(task="instance")``;
+detections of stuff categories are dropped. Each image's masks are kept as COCO RLE (small), and ``compute`` runs
+``COCOeval(iouType="segm")`` with the default parameters (IoU 0.50:0.95, 101 recall points, 100 detections per
+image), so the numbers are COCO's: AP, AP50, AP75, AP for small / medium / large objects, and per-class AP.
+
+Unlike the other metrics AP is not a sum: ``all_reduce`` gathers every process's images instead of summing.
+A category without ground-truth instances has no AP (NaN) and is left out of the averages, as in COCO.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from seemadapt.metrics.distributed import gather_across_processes
+from seemadapt.metrics.panoptic import OFFSET, VOID
+
+__all__ = ["InstanceClassResult", "InstanceMetrics", "InstanceResults"]
+
+#: COCOeval's area ranges, in the order of ``params.areaRng``: all, small, medium, large.
+_AREAS = ("all", "small", "medium", "large")
+
+
+@dataclass(frozen=True)
+class InstanceClassResult:
+    """AP of one thing category (NaN without ground-truth instances)."""
+
+    category_id: int
+    name: str
+    ap: float
+    ap50: float
+    ap75: float
+    num_gt: int
+    num_detections: int
+
+
+@dataclass(frozen=True)
+class InstanceResults:
+    """COCO mask AP (fractions; NaN when no category has ground truth)."""
+
+    ap: float
+    ap50: float
+    ap75: float
+    ap_small: float
+    ap_medium: float
+    ap_large: float
+    per_class: tuple[InstanceClassResult, ...]
+    num_images: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": "instance",
+            "ap": self.ap,
+            "ap50": self.ap50,
+            "ap75": self.ap75,
+            "ap_small": self.ap_small,
+            "ap_medium": self.ap_medium,
+            "ap_large": self.ap_large,
+            "num_images": self.num_images,
+            "per_class": {
+                c.name: {
+                    "category_id": c.category_id,
+                    "ap": c.ap,
+                    "ap50": c.ap50,
+                    "ap75": c.ap75,
+                    "num_gt": c.num_gt,
+                    "num_detections": c.num_detections,
+                }
+                for c in self.per_class
+            },
+        }
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _encode(masks: Any) -> list[dict[str, Any]]:
+    """COCO RLEs of bool masks ``[N, H, W]`` (tensor or array)."""
+    if isinstance(masks, torch.Tensor):
+        # [N, W, H] C-contiguous is [H, W, N] Fortran-contiguous, the layout pycocotools wants: one copy only.
+        array = masks.detach().transpose(1, 2).to(torch.uint8).contiguous().cpu().numpy()
+    else:
+        array = np.ascontiguousarray(np.asarray(masks, dtype=np.uint8).transpose(0, 2, 1))
+    return mask_utils.encode(array.transpose(2, 1, 0))
+
+
+class InstanceMetrics:
+    """Streaming COCO mask AP over images (see the module docstring).
+
+    Args:
+        categories: ``[{"id", "name", "isthing"}, ...]`` as for :class:`~seemadapt.metrics.PanopticMetrics`;
+            only thing categories are scored.
+    """
+
+    def __init__(self, categories: Sequence[Mapping[str, Any]]) -> None:
+        things = [c for c in categories if bool(c["isthing"])]
+        self.category_ids = tuple(int(c["id"]) for c in things)
+        self.category_names = tuple(str(c["name"]) for c in things)
+        if len(set(self.category_ids)) != len(self.category_ids):
+            raise ValueError(f"categories have duplicate ids: {list(self.category_ids)}.")
+        self.known = {int(c["id"]) for c in categories}
+        self.images: list[tuple[tuple[int, int], list[dict[str, Any]], list[dict[str, Any]]]] = []
+        """Per image ``((height, width), ground-truth annotations, detections)``, COCO dicts without ids."""
+
+    def reset(self) -> None:
+        self.images.clear()
+
+    def update(
+        self, masks: Any, scores: Any, labels: Any, gt_ids: Any, gt_segments: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Score one image: predicted ``masks`` bool ``[N, H, W]``, ``scores [N]``, ``labels [N]`` (category ids)
+        against the panoptic ground truth ``gt_ids [H, W]`` (0 = void) and its ``segments_info``."""
+        gt_map = _to_numpy(gt_ids)
+        if gt_map.ndim != 2 or (gt_map.size and (gt_map.min() < VOID or gt_map.max() >= OFFSET)):
+            raise ValueError(f"gt_ids must be an [H, W] segment-id map, got shape {gt_map.shape}.")
+        labels_a = _to_numpy(labels).astype(np.int64).reshape(-1)
+        scores_a = _to_numpy(scores).astype(np.float64).reshape(-1)
+        if tuple(masks.shape[1:]) != gt_map.shape or not len(masks) == len(scores_a) == len(labels_a):
+            raise ValueError(
+                f"masks {tuple(masks.shape)}, scores {scores_a.shape} and labels {labels_a.shape} must describe the "
+                f"same N instances at the ground truth's size {gt_map.shape}."
+            )
+        keep = np.isin(labels_a, self.category_ids)
+        detections = []
+        if keep.any():
+            index = np.nonzero(keep)[0]
+            kept = (
+                masks[torch.from_numpy(index)]
+                if isinstance(masks, torch.Tensor)
+                else np.asarray(masks)[index]
+            )
+            for rle, label, score in zip(_encode(kept), labels_a[index], scores_a[index]):
+                detections.append(
+                    {"category_id": int(label), "segmentation": rle, "score": float(score), "iscrowd": 0}
+                )
+        self.images.append((gt_map.shape, self._ground_truth(gt_map, gt_segments), detections))
+
+    def _ground_truth(
+        self, gt_map: np.ndarray, segments: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """One COCO annotation per thing segment with pixels (a segment a resize erased is no instance)."""
+        for seg in segments:
+            if int(seg["category_id"]) not in self.known:
+                raise ValueError(
+                    f"gt segment {seg['id']} has category_id {seg['category_id']}, not a category."
+                )
+        things = [s for s in segments if int(s["category_id"]) in self.category_ids]
+        if not things:
+            return []
+        masks = np.stack([gt_map == int(s["id"]) for s in things])
+        present = masks.reshape(len(things), -1).any(axis=1)
+        return [
+            {"category_id": int(s["category_id"]), "segmentation": rle, "iscrowd": int(s.get("iscrowd", 0))}
+            for s, rle, keep in zip(things, _encode(masks), present)
+            if keep
+        ]
+
+    def merge(self, other: InstanceMetrics) -> InstanceMetrics:
+        """Add another accumulator's images (same categories) to this one; returns ``self``."""
+        if not isinstance(other, InstanceMetrics) or other.category_ids != self.category_ids:
+            raise ValueError("merge() needs an InstanceMetrics with the same categories.")
+        self.images.extend(other.images)
+        return self
+
+    def all_reduce(self) -> InstanceMetrics:
+        """A new accumulator holding every ``torch.distributed`` process's images (call on all)."""
+        reduced = InstanceMetrics([])
+        reduced.category_ids, reduced.category_names, reduced.known = (
+            self.category_ids,
+            self.category_names,
+            set(self.known),
+        )
+        for images in gather_across_processes(self.images):
+            reduced.images.extend(images)
+        return reduced
+
+    def compute(self) -> InstanceResults:
+        """COCO AP of the images so far (``COCOeval`` runs here, quietly)."""
+        evaluation = self._coco_eval() if self.images and self.category_ids else None
+        precision = None if evaluation is None else evaluation.eval["precision"]  # [T, R, K, A, M]
+
+        def mean(t: slice | int = slice(None), k: slice | int = slice(None), area: int = 0) -> float:
+            if precision is None:
+                return math.nan
+            values = precision[t, :, k, area, -1]
+            valid = values[values > -1]
+            return float(valid.mean()) if valid.size else math.nan
+
+        counts_gt, counts_dt = self._counts()
+        per_class = tuple(
+            InstanceClassResult(
+                cid, name, mean(k=k), mean(t=0, k=k), mean(t=5, k=k), counts_gt[k], counts_dt[k]
+            )
+            for k, (cid, name) in enumerate(zip(self.category_ids, self.category_names))
+        )
+        small, medium, large = (mean(area=_AREAS.index(a)) for a in _AREAS[1:])
+        return InstanceResults(
+            mean(), mean(t=0), mean(t=5), small, medium, large, per_class, len(self.images)
+        )
+
+    def _counts(self) -> tuple[list[int], list[int]]:
+        """Non-crowd ground-truth instances and detections per category."""
+        index = {cid: k for k, cid in enumerate(self.category_ids)}
+        gt, dt = [0] * len(index), [0] * len(index)
+        for _, truths, detections in self.images:
+            for a in truths:
+                gt[index[a["category_id"]]] += 1 - a["iscrowd"]
+            for d in detections:
+                dt[index[d["category_id"]]] += 1
+        return gt, dt
+
+    def _coco_eval(self) -> COCOeval:
+        """``COCOeval`` run on the stored images (image ids 1..n, annotation ids from 1)."""
+        gt, dt = [], []
+        images = []
+        for image_id, ((height, width), truths, detections) in enumerate(self.images, start=1):
+            images.append({"id": image_id, "height": height, "width": width})
+            for kind, out in ((truths, gt), (detections, dt)):
+                for annotation in kind:
+                    area = float(mask_utils.area(annotation["segmentation"]))
+                    out.append({**annotation, "image_id": image_id, "id": len(out) + 1, "area": area})
+        categories = [{"id": cid} for cid in self.category_ids]
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            coco_gt, coco_dt = COCO(), COCO()
+            coco_gt.dataset = {"images": images, "categories": categories, "annotations": gt}
+            coco_dt.dataset = {"images": images, "categories": categories, "annotations": dt}
+            coco_gt.createIndex()
+            coco_dt.createIndex()
+            evaluation = COCOeval(coco_gt, coco_dt, iouType="segm")
+            evaluation.params.imgIds = [image["id"] for image in images]
+            evaluation.params.catIds = list(self.category_ids)
+            evaluation.evaluate()
+            evaluation.accumulate()
+        return evaluation
