@@ -120,25 +120,49 @@ def _reference_probs(query, key, text_len, text_first):
     return split_joint(rows, text_len, text_first)
 
 
+class _LowRank(torch.nn.Module):
+    """A LoRA-like projection: its output is more than its weight's, so it cannot be sliced by heads."""
+
+    def __init__(self, base: torch.nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        generator = torch.Generator().manual_seed(0)
+        self.down = torch.randn(base.in_features, 2, generator=generator)
+        self.up = torch.randn(2, base.out_features, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + x @ self.down @ self.up
+
+
+@pytest.mark.parametrize("variant", ["all_heads", "head_by_head", "lora_like"])
 @pytest.mark.parametrize("block", ["joint", "single"])
-def test_captured_probabilities_are_the_models_softmax(pipe, block):
+def test_captured_probabilities_are_the_models_softmax(pipe, block, variant):
+    """Also when the capture projects one head at a time (a tiny chunk budget), and when a LoRA-like query
+    projection makes it project all heads at once."""
     flux = "Flux" in type(pipe).__name__
     if block == "single" and not flux:
         pytest.skip("SD3 has no single-stream blocks")
     name = "transformer_blocks.1.attn" if block == "joint" else "single_transformer_blocks.0.attn"
     module = pipe.transformer.get_submodule(name)
-    original = module.processor
+    original, to_q = module.processor, module.to_q
     spy = _Spy(original)
     module.set_processor(spy)
     windows = {"joint_blocks": (0.5, 1.0), "single_blocks": None} if block == "joint" else {
         "joint_blocks": None, "single_blocks": (0.0, 0.5)}  # fmt: skip
-    store = DiTStore(1, (8, 8), 1, step_indices=(0, 1), **windows)
+    chunk = 16 * 2**20 if variant == "all_heads" else 1
+    store = DiTStore(1, (8, 8), 1, step_indices=(0, 1), chunk_bytes=chunk, **windows)
+    if variant == "lora_like":
+        module.to_q = _LowRank(to_q)
+    layer = next(x for x in dit_layers(pipe.transformer) if x.name == name)
+    groups = JointCaptureProcessor(original, store, layer).head_groups(module, 1, 64 + 333)
+    assert len(groups) == (module.heads if variant == "head_by_head" else 1)
     try:
         run_pipeline(
             pipe, ["a photo of mold"], [0], num_inference_steps=2, height=128, width=128, store=store
         )
     finally:
         module.set_processor(original)
+        module.to_q = to_q
     query, key = spy.calls[0]
     cond = slice(query.shape[0] - 1, None)  # SD3: [uncond, cond]; FLUX: [cond]
     i2t, i2i = _reference_probs(query[cond], key[cond], store.text_len, flux)
