@@ -18,6 +18,7 @@ from diffsynth.dit_attention import (
     pool_columns,
     pool_rows,
     renormalize_rows,
+    sliceable,
     split_joint,
     window_indices,
 )
@@ -154,7 +155,7 @@ def test_captured_probabilities_are_the_models_softmax(pipe, block, variant):
     if variant == "lora_like":
         module.to_q = _LowRank(to_q)
     layer = next(x for x in dit_layers(pipe.transformer) if x.name == name)
-    groups = JointCaptureProcessor(original, store, layer).head_groups(module, 1, 64 + 333)
+    groups = JointCaptureProcessor(original, store, layer).head_groups(module, torch.zeros(1, 1), 64 + 333)
     assert len(groups) == (module.heads if variant == "head_by_head" else 1)
     try:
         run_pipeline(
@@ -169,6 +170,17 @@ def test_captured_probabilities_are_the_models_softmax(pipe, block, variant):
     assert list(store.counts) == [name] and store.counts[name] == 1
     torch.testing.assert_close(store.cross_mean(), i2t, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(store.self_mean(renormalize=False), i2i, atol=1e-5, rtol=1e-4)
+
+
+def test_projections_that_cannot_be_sliced_run_whole(pipe):
+    attn = pipe.transformer.get_submodule("transformer_blocks.0.attn")
+    assert sliceable(attn, torch.device("cpu"))
+    assert not sliceable(attn, torch.device("meta"))  # weights elsewhere than the states
+    attn.to_k._hf_hook = object()  # an accelerate offload hook loads the weight only when the layer is called
+    try:
+        assert not sliceable(attn, torch.device("cpu"))
+    finally:
+        del attn.to_k._hf_hook
 
 
 def test_captured_run_draws_the_plain_image_and_restores_processors(pipe):

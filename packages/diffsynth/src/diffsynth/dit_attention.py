@@ -281,10 +281,20 @@ def _projections(attn: Any) -> dict[str, tuple[Any, int, int]]:
     return plain | ({"text_k": (added, 0, 1)} if added is not None else {})
 
 
-def sliceable(attn: Any) -> bool:
-    """Whether every projection is a plain ``nn.Linear``, so a group of heads can be projected from its own
-    weight rows. A LoRA-wrapped or quantised layer is run whole instead (its output is more than its weight)."""
-    return all(type(linear) is torch.nn.Linear for linear, _, _ in _projections(attn).values())
+def sliceable(attn: Any, device: torch.device) -> bool:
+    """Whether every projection is a plain ``nn.Linear`` with a plain weight on ``device``, so a group of heads
+    can be projected from its own weight rows. Anything else is run whole: a LoRA-wrapped or quantised layer (its
+    output is more than its weight), or one whose weight an offload hook brings in only when it is called."""
+
+    def plain(linear: Any) -> bool:
+        return (
+            type(linear) is torch.nn.Linear
+            and type(linear.weight.data) is torch.Tensor
+            and linear.weight.device == device
+            and not hasattr(linear, "_hf_hook")
+        )
+
+    return all(plain(linear) for linear, _, _ in _projections(attn).values())
 
 
 def project(attn: Any, name: str, states: torch.Tensor, columns: slice | None) -> torch.Tensor:
@@ -362,15 +372,15 @@ class JointCaptureProcessor:
         ek = _norm(getattr(attn, "norm_added_k", None), text_k)
         return q, torch.cat([ek, k] if self.layer.text_first else [k, ek], dim=1)
 
-    def head_groups(self, attn: Any, batch: int, sequence: int) -> list[slice | None]:
-        """Output columns of the head groups to project at once: groups whose fp32 keys ``[B, T+N, h*d]`` fit a
-        quarter of the chunk budget, so the recomputed projections do not grow with the model's width (one group,
-        ``None``, when a projection cannot be sliced)."""
-        if not sliceable(attn):
+    def head_groups(self, attn: Any, states: torch.Tensor, sequence: int) -> list[slice | None]:
+        """Output columns of the head groups to project at once from ``states`` ``[B, S, D]``: groups whose fp32
+        keys ``[B, T+N, h*d]`` fit a quarter of the chunk budget, so the recomputed projections do not grow with the
+        model's width (one group, ``None``, when a projection cannot be sliced)."""
+        if not sliceable(attn, states.device):
             return [None]
         d = _head_dim(attn)
         width = int(attn.heads) * d
-        group = max(1, self.store.chunk_bytes // 4 // (batch * sequence * d * 4)) * d
+        group = max(1, self.store.chunk_bytes // 4 // (states.shape[0] * sequence * d * 4)) * d
         return [slice(c, min(width, c + group)) for c in range(0, width, group)]
 
     def capture(
@@ -394,7 +404,7 @@ class JointCaptureProcessor:
         d = _head_dim(attn)
         scale = float(getattr(attn, "scale", d**-0.5))
         sums = store.open(layer.name, hidden.device)
-        for columns in self.head_groups(attn, hidden.shape[0], n + text_len):
+        for columns in self.head_groups(attn, hidden, n + text_len):
             query, key = self._qk(attn, hidden, encoder, text_len, columns)
             if rotary is not None:  # FLUX: rotary embedding over [text, image] positions
                 cos, sin = rotary
