@@ -56,6 +56,19 @@ def test_pooling_keeps_row_mass_and_averages_cells():
     assert torch.equal(pool_rows(block, 4, 1), block) and torch.equal(pool_columns(block, (4, 4), 1), block)
 
 
+@pytest.mark.parametrize(("grid", "pool"), [((4, 6), 2), ((6, 9), 3)])
+def test_pooling_equals_average_pooling_of_the_grid(grid, pool):
+    """Against torch's avg_pool2d: rows pooled over query cells, columns (summed) over key cells."""
+    torch.manual_seed(0)
+    h, w = grid
+    block = torch.rand(2, h * w, h * w)
+    by_rows = torch.nn.functional.avg_pool2d(block.transpose(1, 2).reshape(2 * h * w, 1, h, w), pool)
+    expected_rows = by_rows.reshape(2, h * w, -1).transpose(1, 2)
+    torch.testing.assert_close(pool_rows(block, w, pool), expected_rows)
+    by_columns = torch.nn.functional.avg_pool2d(block.reshape(2 * h * w, 1, h, w), pool) * pool**2
+    torch.testing.assert_close(pool_columns(block, grid, pool), by_columns.reshape(2, h * w, -1))
+
+
 def test_renormalize_rows_removes_the_text_share():
     block = torch.tensor([[0.2, 0.2], [0.45, 0.45]])  # rows keep 40% / 90% of their mass on image keys
     torch.testing.assert_close(renormalize_rows(block), torch.full((2, 2), 0.5))

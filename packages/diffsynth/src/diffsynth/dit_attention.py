@@ -99,6 +99,17 @@ def split_joint(probs: torch.Tensor, text_len: int, text_first: bool) -> tuple[t
     return probs[..., image_len:], probs[..., :image_len]
 
 
+def _add_cells(cell: Callable[[int, int], torch.Tensor], pool: int) -> torch.Tensor:
+    """Sum of ``cell(a, c)`` over the ``pool x pool`` offsets of a cell: strided adds of views, many times faster
+    on CPU than a reduction over the small middle dimensions of a reshaped tensor (profiled at 1024 px)."""
+    total = cell(0, 0).clone()
+    for a in range(pool):
+        for c in range(pool):
+            if a or c:
+                total.add_(cell(a, c))
+    return total
+
+
 def pool_rows(rows: torch.Tensor, width: int, pool: int) -> torch.Tensor:
     """Average ``[B, R, S]`` query rows (``R`` = whole token rows of a ``width``-wide grid, a multiple of
     ``pool`` of them) over ``pool x pool`` cells: ``[B, R / pool^2, S]``."""
@@ -106,8 +117,9 @@ def pool_rows(rows: torch.Tensor, width: int, pool: int) -> torch.Tensor:
         return rows
     b, r, s = rows.shape
     bands = r // (pool * width)
-    cells = rows.reshape(b, bands, pool, width // pool, pool, s)
-    return cells.mean(dim=(2, 4)).reshape(b, bands * (width // pool), s)
+    cells = rows.unflatten(1, (bands, pool, width // pool, pool))
+    total = _add_cells(lambda a, c: cells[:, :, a, :, c], pool)
+    return total.div_(pool * pool).reshape(b, bands * (width // pool), s)
 
 
 def pool_columns(block: torch.Tensor, grid: tuple[int, int], pool: int) -> torch.Tensor:
@@ -116,8 +128,8 @@ def pool_columns(block: torch.Tensor, grid: tuple[int, int], pool: int) -> torch
         return block
     b, r, _ = block.shape
     h, w = grid
-    cells = block.reshape(b, r, h // pool, pool, w // pool, pool)
-    return cells.sum(dim=(3, 5)).reshape(b, r, (h // pool) * (w // pool))
+    cells = block.unflatten(2, (h // pool, pool, w // pool, pool))
+    return _add_cells(lambda a, c: cells[:, :, :, a, :, c], pool).reshape(b, r, (h // pool) * (w // pool))
 
 
 def renormalize_rows(block: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
