@@ -21,10 +21,23 @@ script) so freed tensors go back to the kernel and the numbers are not hidden by
 print the analytic footprint: the store's fp32 sums plus the chunk budget of the probability
 temporaries. Target: <= 64 MB extra per image.
 
+Per attention call (``--model sd3|flux``, one more plain and one more masked run after the timed ones; ``--reps 0``
+runs only these): the whole-run peak hides the capture's temporaries under whatever else peaks (the VAE at
+1024 px), so we also reset the peak at the entry of every attention call and read it at the exit: the plain
+processor's call (``plain``), the capture alone (``capture``: :meth:`JointCaptureProcessor.capture`, recomputed
+q/k and the softmax chunks) and the whole captured call (``captured``). The capture runs before the wrapped
+processor and frees its temporaries on return, so at any moment the masked run holds at most the plain run's
+memory + the running sums + one capture's temporaries: ``capture + sums`` bounds the extra peak on any device,
+whatever the run's peak is; ``captured - plain + sums`` (medians) is the extra when an attention call is the
+run's peak. Why this carries over to a GPU: with the mmap threshold the resident set follows the bytes of live
+tensors, which is what ``torch.cuda.max_memory_allocated`` counts; the capture allocates the same tensors there
+(the recomputed q/k in the model's dtype, so half of these CPU fp32 bytes in bf16; the fp32 logits chunks and sums
+alike). Its temporaries are bounded by ``chunk_mb`` (head groups and row bands), not by the model's width.
+
 Post-processing: refinement + upsampling + labelling time over the masked run's time. Target: <= 5%.
 
 Usage: ``uv run python benchmarks/bench_attention.py [--model sd15|sd3|flux] [--size 256] [--steps 3] [--reps 2]
-[--threads 1]``
+[--threads 1] [--heads 4]``; the 1024 px geometry (64x64 image tokens): ``--model flux --size 1024 --steps 1 --reps 1``.
 """
 
 from __future__ import annotations
@@ -34,6 +47,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 
@@ -53,6 +68,80 @@ def _reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+class CallPeaks:
+    """Peak resident set above the entry's, per call of patched methods (MB), grouped by label."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, list[float]] = {}
+
+    @contextmanager
+    def patch(self, cls: type, attr: str, label: str) -> Iterator[None]:
+        """Measure every call of ``cls.attr`` (class-level, so instances made during the block count too)."""
+        original: Callable = getattr(cls, attr)
+
+        def measured(instance, *args, **kwargs):
+            _reset_peak()
+            before = _status_kb("VmRSS")
+            try:
+                return original(instance, *args, **kwargs)
+            finally:
+                self.peaks.setdefault(label, []).append((_status_kb("VmHWM") - before) / 1024)
+
+        setattr(cls, attr, measured)
+        try:
+            yield
+        finally:
+            setattr(cls, attr, original)
+
+    def largest(self, label: str) -> float:
+        return max(self.peaks.get(label, [float("nan")]))
+
+    def median(self, label: str) -> float:
+        return statistics.median(self.peaks.get(label, [float("nan")]))
+
+
+def call_peaks(pipe, plain, masked) -> CallPeaks:
+    """One plain and one masked run with every attention call measured (see the module docstring)."""
+    from diffsynth.dit_attention import JointCaptureProcessor
+
+    probe = CallPeaks()
+    classes = {
+        type(m.processor) for m in pipe.transformer.modules() if getattr(m, "processor", None) is not None
+    }
+    with ExitStack() as stack:
+        for cls in classes:
+            stack.enter_context(probe.patch(cls, "__call__", "plain"))
+        plain_out = plain()
+    del plain_out
+    # The captured call's peak spans the capture (which resets the peak at its entry) and the wrapped call.
+    with (
+        probe.patch(JointCaptureProcessor, "__call__", "captured"),
+        probe.patch(JointCaptureProcessor, "capture", "capture"),
+    ):
+        masked_out = masked()
+    del masked_out
+    return probe
+
+
+def report_calls(probe: CallPeaks, store_bytes: int, batch: int) -> None:
+    """Print the per-attention-call peaks and the extra peak per image they imply."""
+    sums = store_bytes / 2**20
+    capture = probe.largest("capture")
+    counts = {k: len(v) for k, v in probe.peaks.items()}
+    print(
+        f"per attention call, peak above the call's entry (MB; calls {counts}): plain median "
+        f"{probe.median('plain'):.1f} / max {probe.largest('plain'):.1f}; captured median "
+        f"{probe.median('captured'):.1f} / max {probe.largest('captured'):.1f}; capture alone max {capture:.1f}"
+    )
+    # Medians: the first captured call also allocates the sums, later ones enter with them allocated.
+    at_call = probe.median("captured") - probe.median("plain") + sums
+    print(
+        f"         extra per image: bound on any device = capture alone + running sums {sums:.1f} = "
+        f"{(capture + sums) / batch:.1f} MB; when an attention call is the run's peak = captured - plain + "
+        f"sums = {at_call / batch:+.1f} MB   (target <= 64 MB/image)"
+    )
 
 
 def build_sd15(tokenizer_only: bool = False):
@@ -214,9 +303,16 @@ def _alternate(plain, masked, reps: int):
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (multiple of 64)")
+    parser.add_argument(
+        "--size", type=int, default=256, help="image side in pixels (multiple of 64; 16 for sd3/flux)"
+    )
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--reps", type=int, default=2, help="alternating plain/masked repetitions")
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=2,
+        help="alternating plain/masked repetitions (0: only the per-call memory probe of sd3/flux)",
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared box)"
     )
@@ -273,11 +369,12 @@ def build_runs(args: argparse.Namespace):
     def masked():
         return masker(prompts, classes, seeds)
 
+    warm = args.size if args.reps else min(args.size, 256)  # the memory probe needs no warm kernels
     with torch.no_grad():
         run_pipeline(
-            pipe, prompts[:1], [0], num_inference_steps=1, height=args.size, width=args.size, progress=False
+            pipe, prompts[:1], [0], num_inference_steps=1, height=warm, width=warm, progress=False
         )  # warm-up: lazy inits, allocator, kernels
-    return plain, masked, config, store_bytes
+    return pipe, plain, masked, config, store_bytes
 
 
 def report(rows, post_fraction, args: argparse.Namespace, chunk_mb: float, store_bytes: int) -> None:
@@ -311,11 +408,16 @@ def main() -> None:
     if os.environ.get(MMAP_ENV) is None:  # fix glibc's mmap threshold so freed tensors leave the RSS
         os.environ[MMAP_ENV] = "65536"
         os.execv(sys.executable, [sys.executable, *sys.argv])
-    plain, masked, config, store_bytes = build_runs(args)
-    rows, post_fraction, can_reset = _alternate(plain, masked, args.reps)
-    report(rows, post_fraction, args, config.chunk_mb, store_bytes)
-    if not can_reset:
+    if args.reps < 0 or (args.reps == 0 and args.model == "sd15"):
+        raise SystemExit("--reps must be >= 1 (or 0 with --model sd3|flux: memory probe only)")
+    pipe, plain, masked, config, store_bytes = build_runs(args)
+    if args.reps:
+        rows, post_fraction, _ = _alternate(plain, masked, args.reps)
+        report(rows, post_fraction, args, config.chunk_mb, store_bytes)
+    if not _reset_peak():
         print("note: /proc/self/clear_refs not writable here; memory numbers unavailable")
+    elif args.model != "sd15":
+        report_calls(call_peaks(pipe, plain, masked), store_bytes, args.batch)
 
 
 if __name__ == "__main__":

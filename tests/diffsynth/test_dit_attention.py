@@ -18,6 +18,7 @@ from diffsynth.dit_attention import (
     pool_columns,
     pool_rows,
     renormalize_rows,
+    sliceable,
     split_joint,
     window_indices,
 )
@@ -53,6 +54,19 @@ def test_pooling_keeps_row_mass_and_averages_cells():
     assert summed.shape == (2, 4, 4)
     torch.testing.assert_close(summed.sum(-1), torch.ones(2, 4))
     assert torch.equal(pool_rows(block, 4, 1), block) and torch.equal(pool_columns(block, (4, 4), 1), block)
+
+
+@pytest.mark.parametrize(("grid", "pool"), [((4, 6), 2), ((6, 9), 3)])
+def test_pooling_equals_average_pooling_of_the_grid(grid, pool):
+    """Against torch's avg_pool2d: rows pooled over query cells, columns (summed) over key cells."""
+    torch.manual_seed(0)
+    h, w = grid
+    block = torch.rand(2, h * w, h * w)
+    by_rows = torch.nn.functional.avg_pool2d(block.transpose(1, 2).reshape(2 * h * w, 1, h, w), pool)
+    expected_rows = by_rows.reshape(2, h * w, -1).transpose(1, 2)
+    torch.testing.assert_close(pool_rows(block, w, pool), expected_rows)
+    by_columns = torch.nn.functional.avg_pool2d(block.reshape(2 * h * w, 1, h, w), pool) * pool**2
+    torch.testing.assert_close(pool_columns(block, grid, pool), by_columns.reshape(2, h * w, -1))
 
 
 def test_renormalize_rows_removes_the_text_share():
@@ -120,31 +134,66 @@ def _reference_probs(query, key, text_len, text_first):
     return split_joint(rows, text_len, text_first)
 
 
+class _LowRank(torch.nn.Module):
+    """A LoRA-like projection: its output is more than its weight's, so it cannot be sliced by heads."""
+
+    def __init__(self, base: torch.nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        generator = torch.Generator().manual_seed(0)
+        self.down = torch.randn(base.in_features, 2, generator=generator)
+        self.up = torch.randn(2, base.out_features, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + x @ self.down @ self.up
+
+
+@pytest.mark.parametrize("variant", ["all_heads", "head_by_head", "lora_like"])
 @pytest.mark.parametrize("block", ["joint", "single"])
-def test_captured_probabilities_are_the_models_softmax(pipe, block):
+def test_captured_probabilities_are_the_models_softmax(pipe, block, variant):
+    """Also when the capture projects one head at a time (a tiny chunk budget), and when a LoRA-like query
+    projection makes it project all heads at once."""
     flux = "Flux" in type(pipe).__name__
     if block == "single" and not flux:
         pytest.skip("SD3 has no single-stream blocks")
     name = "transformer_blocks.1.attn" if block == "joint" else "single_transformer_blocks.0.attn"
     module = pipe.transformer.get_submodule(name)
-    original = module.processor
+    original, to_q = module.processor, module.to_q
     spy = _Spy(original)
     module.set_processor(spy)
     windows = {"joint_blocks": (0.5, 1.0), "single_blocks": None} if block == "joint" else {
         "joint_blocks": None, "single_blocks": (0.0, 0.5)}  # fmt: skip
-    store = DiTStore(1, (8, 8), 1, step_indices=(0, 1), **windows)
+    chunk = 16 * 2**20 if variant == "all_heads" else 1
+    store = DiTStore(1, (8, 8), 1, step_indices=(0, 1), chunk_bytes=chunk, **windows)
+    if variant == "lora_like":
+        module.to_q = _LowRank(to_q)
+    layer = next(x for x in dit_layers(pipe.transformer) if x.name == name)
+    groups = JointCaptureProcessor(original, store, layer).head_groups(module, torch.zeros(1, 1), 64 + 333)
+    assert len(groups) == (module.heads if variant == "head_by_head" else 1)
     try:
         run_pipeline(
             pipe, ["a photo of mold"], [0], num_inference_steps=2, height=128, width=128, store=store
         )
     finally:
         module.set_processor(original)
+        module.to_q = to_q
     query, key = spy.calls[0]
     cond = slice(query.shape[0] - 1, None)  # SD3: [uncond, cond]; FLUX: [cond]
     i2t, i2i = _reference_probs(query[cond], key[cond], store.text_len, flux)
     assert list(store.counts) == [name] and store.counts[name] == 1
     torch.testing.assert_close(store.cross_mean(), i2t, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(store.self_mean(renormalize=False), i2i, atol=1e-5, rtol=1e-4)
+
+
+def test_projections_that_cannot_be_sliced_run_whole(pipe):
+    attn = pipe.transformer.get_submodule("transformer_blocks.0.attn")
+    assert sliceable(attn, torch.device("cpu"))
+    assert not sliceable(attn, torch.device("meta"))  # weights elsewhere than the states
+    attn.to_k._hf_hook = object()  # an accelerate offload hook loads the weight only when the layer is called
+    try:
+        assert not sliceable(attn, torch.device("cpu"))
+    finally:
+        del attn.to_k._hf_hook
 
 
 def test_captured_run_draws_the_plain_image_and_restores_processors(pipe):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusion3Pipeline
 
 from diffsynth import AttentionMasker, MaskerConfig, generate, settings_of
-from diffsynth.dit_masks import dit_pool
+from diffsynth.dit_attention import DiTStore
+from diffsynth.dit_masks import dit_pool, dit_soft_maps
 from diffsynth.pipelines import load_pipeline, run_pipeline
+from diffsynth.prompts import TokenSpan
 from diffsynth.testing import tiny_pipeline
 from diffsynth.testing_dit import tiny_dit_pipeline
 
@@ -79,8 +82,40 @@ def test_unsupported_pipeline_class_is_named():
     class KandinskyPipeline:
         components = None
 
-    with pytest.raises(ValueError, match=r"KandinskyPipeline cannot be captured.*FluxPipeline"):
+    named = r"KandinskyPipeline cannot be captured.*StableDiffusion3Pipeline.*FluxPipeline"
+    with pytest.raises(ValueError, match=named):
         load_pipeline(KandinskyPipeline())
+    with pytest.raises(ValueError, match=named):
+        AttentionMasker(KandinskyPipeline(), _config())
+    with pytest.raises(ValueError, match=named):
+        generate(["mold"], 1, KandinskyPipeline(), num_inference_steps=1, progress=False)
+
+
+def test_an_img2img_pipeline_object_draws_both_modes(pipe):
+    img2img_pipe = tiny_pipeline("flux" if "Flux" in type(pipe).__name__ else "sd3", img2img=True)
+    masker = AttentionMasker(img2img_pipe, _config(num_inference_steps=4))
+    (plain,) = AttentionMasker(pipe, _config(num_inference_steps=4))(PROMPTS[1:], CLASSES[1:], [0])
+    (text,) = masker(PROMPTS[1:], CLASSES[1:], [0])
+    assert text.metadata["mode"] == "txt2img" and text.metadata["steps_executed"] == 4
+    np.testing.assert_array_equal(np.asarray(text.image), np.asarray(plain.image))  # same components
+    init = np.full((128, 128, 3), 128, dtype=np.uint8)
+    (image,) = masker(PROMPTS[1:], CLASSES[1:], [0], init_images=[init], strength=0.5)
+    assert image.metadata["mode"] == "img2img" and image.metadata["steps_captured"] == [0, 1]
+    assert (image.label_map == 0).any()
+
+
+def test_prompt_limits_at_the_pipelines_default_sequence_lengths():
+    """T5 limit = the default max_sequence_length (SD3 256, FLUX 512); SD3's CLIP limit is 77. FLUX's CLIP only
+    feeds the pooled vector (its class columns are T5 positions), so FLUX accepts prompts over 77 CLIP tokens."""
+    words = "a photo of mold on a wall "  # 7 CLIP and 7 T5 tokens
+    sd3, flux = (AttentionMasker(tiny_pipeline(kind), _config()) for kind in ("sd3", "flux"))
+    with pytest.raises(ValueError, match=r"prompt 'a photo of mold.*is 8[0-9] CLIP tokens.*limit of 77"):
+        sd3.token_spans(words * 12, ["mold"])
+    with pytest.raises(ValueError, match=r"prompt 'a photo of mold.*is 2[0-9][0-9] T5 tokens.*limit of 256"):
+        sd3.token_spans(words * 40, ["mold"])
+    assert flux.token_spans(words * 40, ["mold"])[0].positions[:2] == (3, 10)
+    with pytest.raises(ValueError, match=r"prompt 'a photo of mold.*is [0-9]+ T5 tokens.*limit of 512"):
+        flux.token_spans(words * 80, ["mold"])
 
 
 def test_unsupported_settings_are_refused():
@@ -124,3 +159,44 @@ def test_generate_accepts_a_dit_model():
     assert settings["dit"]["max_sequence_length"] == 512 and settings["dit"]["renormalize"] is True
     with pytest.raises(ValueError, match=r"prompt '.*' is .* T5 tokens, over the text encoder's limit of 4"):
         generate(["mold"], 1, "tiny-flux", max_sequence_length=4, **options)
+
+
+def _hand_made_store(i2t: torch.Tensor, i2i: torch.Tensor, grid: tuple[int, int]) -> DiTStore:
+    """A one-image store holding one captured call with the given ``[N, T]`` and ``[N, N]`` blocks."""
+    store = DiTStore(1, grid, 1)
+    store.begin_step(1, 0, text_len=i2t.shape[-1])
+    sums = store.open("block", torch.device("cpu"))
+    sums[0][0].copy_(i2t)
+    sums[1][0].copy_(i2i)
+    return store
+
+
+@pytest.mark.parametrize("tau", [0, 1, 4])
+def test_tau_and_renormalisation_on_hand_made_blocks(tau):
+    """tau counts random-walk steps on the pooled grid (tau=0: the raw I2T class maps). Renormalised, the maps do
+    not depend on how much of each image row's mass went to text keys; unrenormalised they do (when tau > 0)."""
+    grid, spans = (4, 4), [[TokenSpan("a", ((0,),)), TokenSpan("b", ((1, 2),))]]
+    torch.manual_seed(0)
+    probs = (3 * torch.randn(16, 3 + 16)).softmax(dim=-1)  # image-query rows of a joint softmax [text, image]
+    image_share = torch.rand(16, 1) + 0.2  # another model: rows attend more or less to text, same image shape
+    stores = [
+        _hand_made_store(probs[:, :3], probs[:, 3:], grid),
+        _hand_made_store(probs[:, :3], probs[:, 3:] * image_share, grid),
+    ]
+    (renormalized, raw), (rescaled, _) = (dit_soft_maps(s, spans, (8, 8), tau, True) for s in stores)
+    torch.testing.assert_close(renormalized[0], rescaled[0])
+    if tau == 0:
+        torch.testing.assert_close(renormalized[0], raw[0])
+    else:
+        assert not torch.allclose(renormalized[0], raw[0], atol=1e-3)
+        as_is = [dit_soft_maps(s, spans, (8, 8), tau, False)[0][0] for s in stores]
+        assert not torch.allclose(as_is[0], as_is[1], atol=1e-3)
+
+
+def test_sd3_without_t5_uses_the_clip_columns():
+    """diffusers' low-memory SD3 (``text_encoder_3=None``) puts zeros at the T5 positions: CLIP spans only."""
+    components = {**tiny_pipeline("sd3").components, "text_encoder_3": None, "tokenizer_3": None}
+    pipe = StableDiffusion3Pipeline(**components)
+    (result,) = AttentionMasker(pipe, _config())(PROMPTS[1:], CLASSES[1:], [0])
+    assert result.metadata["token_spans"] == [{"name": "pipe", "positions": [3]}]  # <start> a dark pipe
+    assert (result.label_map == 0).any()

@@ -99,6 +99,17 @@ def split_joint(probs: torch.Tensor, text_len: int, text_first: bool) -> tuple[t
     return probs[..., image_len:], probs[..., :image_len]
 
 
+def _add_cells(cell: Callable[[int, int], torch.Tensor], pool: int) -> torch.Tensor:
+    """Sum of ``cell(a, c)`` over the ``pool x pool`` offsets of a cell: strided adds of views, many times faster
+    on CPU than a reduction over the small middle dimensions of a reshaped tensor (profiled at 1024 px)."""
+    total = cell(0, 0).clone()
+    for a in range(pool):
+        for c in range(pool):
+            if a or c:
+                total.add_(cell(a, c))
+    return total
+
+
 def pool_rows(rows: torch.Tensor, width: int, pool: int) -> torch.Tensor:
     """Average ``[B, R, S]`` query rows (``R`` = whole token rows of a ``width``-wide grid, a multiple of
     ``pool`` of them) over ``pool x pool`` cells: ``[B, R / pool^2, S]``."""
@@ -106,8 +117,9 @@ def pool_rows(rows: torch.Tensor, width: int, pool: int) -> torch.Tensor:
         return rows
     b, r, s = rows.shape
     bands = r // (pool * width)
-    cells = rows.reshape(b, bands, pool, width // pool, pool, s)
-    return cells.mean(dim=(2, 4)).reshape(b, bands * (width // pool), s)
+    cells = rows.unflatten(1, (bands, pool, width // pool, pool))
+    total = _add_cells(lambda a, c: cells[:, :, a, :, c], pool)
+    return total.div_(pool * pool).reshape(b, bands * (width // pool), s)
 
 
 def pool_columns(block: torch.Tensor, grid: tuple[int, int], pool: int) -> torch.Tensor:
@@ -116,8 +128,8 @@ def pool_columns(block: torch.Tensor, grid: tuple[int, int], pool: int) -> torch
         return block
     b, r, _ = block.shape
     h, w = grid
-    cells = block.reshape(b, r, h // pool, pool, w // pool, pool)
-    return cells.sum(dim=(3, 5)).reshape(b, r, (h // pool) * (w // pool))
+    cells = block.unflatten(2, (h // pool, pool, w // pool, pool))
+    return _add_cells(lambda a, c: cells[:, :, :, a, :, c], pool).reshape(b, r, (h // pool) * (w // pool))
 
 
 def renormalize_rows(block: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -137,9 +149,11 @@ def accumulate_joint(
     pool: int,
     chunk_bytes: int,
     attention_mask: torch.Tensor | None = None,
+    total_heads: int | None = None,
 ) -> None:
     """Add ``mean_h softmax(scale q k^T)`` of image queries ``[B, H, N, d]`` against all keys ``[B, H, T+N, d]``,
-    split and pooled, into ``sums = (I2T [B, Np, T], I2I [B, Np, Np])`` (fp32).
+    split and pooled, into ``sums = (I2T [B, Np, T], I2I [B, Np, Np])`` (fp32). ``total_heads``: the mean's
+    denominator when these ``H`` heads are one group of the layer's heads (default ``H``).
 
     Exact per head (each head's softmax runs over all its keys), done in groups of heads and bands of ``pool``
     token rows so that the fp32 keys of a group and the fp32 logits of a band each fit half of ``chunk_bytes``.
@@ -163,7 +177,7 @@ def accumulate_joint(
                 logits.add_(attention_mask.float())
             logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
             logits.div_(logits.sum(dim=-1, keepdim=True))
-            probs = logits.sum(dim=1).div_(heads)  # this group's share of the head mean: [B, rows, T + N]
+            probs = logits.sum(dim=1).div_(total_heads or heads)  # this group's share of the head mean
             del logits
             text, image = split_joint(probs, text_len, text_first)
             p0, p1 = (r0 // band) * pooled_w, (r1 // band) * pooled_w
@@ -267,19 +281,44 @@ def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     return x.unflatten(-1, (-1, head_dim))
 
 
-def _image_qk(attn: Any, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query and key projections of the image stream (of the whole sequence in a single-stream block)."""
+def _projections(attn: Any) -> dict[str, tuple[Any, int, int]]:
+    """``name -> (linear, part, parts)``: where the image query/key and the text key come out of the block's
+    projections (``part`` of ``parts`` equal slices of the output; fused blocks have one ``[q|k|v]`` linear)."""
     if getattr(attn, "fused_projections", False):
-        q, k, _ = attn.to_qkv(states).chunk(3, dim=-1)
-        return q, k
-    return attn.to_q(states), attn.to_k(states)
+        fused = {"q": (attn.to_qkv, 0, 3), "k": (attn.to_qkv, 1, 3)}
+        added = getattr(attn, "to_added_qkv", None)
+        return fused | ({"text_k": (added, 1, 3)} if added is not None else {})
+    plain = {"q": (attn.to_q, 0, 1), "k": (attn.to_k, 0, 1)}
+    added = getattr(attn, "add_k_proj", None)
+    return plain | ({"text_k": (added, 0, 1)} if added is not None else {})
 
 
-def _text_keys(attn: Any, states: torch.Tensor) -> torch.Tensor:
-    """Key projection of the text stream of a joint block (text queries are not needed)."""
-    if getattr(attn, "fused_projections", False):
-        return attn.to_added_qkv(states).chunk(3, dim=-1)[1]
-    return attn.add_k_proj(states)
+def sliceable(attn: Any, device: torch.device) -> bool:
+    """Whether every projection is a plain ``nn.Linear`` with a plain weight on ``device``, so a group of heads
+    can be projected from its own weight rows. Anything else is run whole: a LoRA-wrapped or quantised layer (its
+    output is more than its weight), or one whose weight an offload hook brings in only when it is called."""
+
+    def plain(linear: Any) -> bool:
+        return (
+            type(linear) is torch.nn.Linear
+            and type(linear.weight.data) is torch.Tensor
+            and linear.weight.device == device
+            and not hasattr(linear, "_hf_hook")
+        )
+
+    return all(plain(linear) for linear, _, _ in _projections(attn).values())
+
+
+def project(attn: Any, name: str, states: torch.Tensor, columns: slice | None) -> torch.Tensor:
+    """Output ``columns`` (heads ``h0*d:h1*d``; None: all) of the ``name`` projection (q, k or text_k)."""
+    linear, part, parts = _projections(attn)[name]
+    if columns is None:
+        out = linear(states)
+        return out.chunk(parts, dim=-1)[part] if parts > 1 else out
+    offset = part * (linear.out_features // parts)
+    rows = slice(offset + columns.start, offset + columns.stop)
+    bias = None if linear.bias is None else linear.bias[rows]
+    return torch.nn.functional.linear(states, linear.weight[rows], bias)
 
 
 def _norm(module: Any, x: torch.Tensor) -> torch.Tensor:
@@ -312,7 +351,7 @@ class JointCaptureProcessor:
     ) -> Any:
         if self.store.active:
             with torch.no_grad():
-                self._capture(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+                self.capture(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if image_rotary_emb is not None:
             kwargs["image_rotary_emb"] = image_rotary_emb
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
@@ -326,19 +365,37 @@ class JointCaptureProcessor:
         raise RuntimeError(f"{self.layer.name}: attention batch {total} is neither {b} nor {2 * b} images.")
 
     def _qk(
-        self, attn: Any, hidden: torch.Tensor, encoder: torch.Tensor | None, text_len: int
+        self,
+        attn: Any,
+        hidden: torch.Tensor,
+        encoder: torch.Tensor | None,
+        text_len: int,
+        columns: slice | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image queries ``[B, N, H, d]`` and all keys ``[B, T+N, H, d]`` in the layer's joint order, normalised."""
+        """Image queries ``[B, N, h, d]`` and all keys ``[B, T+N, h, d]`` of the heads in ``columns`` (None: all),
+        in the layer's joint order, normalised (the q/k norms act on each head's ``d`` features)."""
         d = _head_dim(attn)
-        q, k = (_heads(x, d) for x in _image_qk(attn, hidden))
-        q, k = _norm(attn.norm_q, q), _norm(attn.norm_k, k)
+        image = hidden[:, text_len:] if self.layer.stream == "single" else hidden  # single: [text, image]
+        q = _norm(attn.norm_q, _heads(project(attn, "q", image, columns), d))
+        k = _norm(attn.norm_k, _heads(project(attn, "k", hidden, columns), d))
         if self.layer.stream == "single":
-            return q[:, text_len:], k  # one sequence [text, image]: keep the image queries
-        ek = _norm(getattr(attn, "norm_added_k", None), _heads(_text_keys(attn, encoder), d))
-        keys = torch.cat([ek, k] if self.layer.text_first else [k, ek], dim=1)
-        return q, keys
+            return q, k
+        text_k = _heads(project(attn, "text_k", encoder, columns), d)
+        ek = _norm(getattr(attn, "norm_added_k", None), text_k)
+        return q, torch.cat([ek, k] if self.layer.text_first else [k, ek], dim=1)
 
-    def _capture(
+    def head_groups(self, attn: Any, states: torch.Tensor, sequence: int) -> list[slice | None]:
+        """Output columns of the head groups to project at once from ``states`` ``[B, S, D]``: groups whose fp32
+        keys ``[B, T+N, h*d]`` fit a quarter of the chunk budget, so the recomputed projections do not grow with the
+        model's width (one group, ``None``, when a projection cannot be sliced)."""
+        if not sliceable(attn, states.device):
+            return [None]
+        d = _head_dim(attn)
+        width = int(attn.heads) * d
+        group = max(1, self.store.chunk_bytes // 4 // (states.shape[0] * sequence * d * 4)) * d
+        return [slice(c, min(width, c + group)) for c in range(0, width, group)]
+
+    def capture(
         self,
         attn: Any,
         hidden: torch.Tensor,
@@ -346,32 +403,39 @@ class JointCaptureProcessor:
         attention_mask: torch.Tensor | None,
         rotary: Any,
     ) -> None:
+        """Add this call's conditional joint softmax to the store (no output); public so that its memory can be
+        measured apart from the wrapped processor's (``benchmarks/bench_attention.py``)."""
         store, layer = self.store, self.layer
         cond = self._cond(hidden.shape[0])
         text_len = int(store.text_len or 0)
-        query, key = self._qk(attn, hidden[cond], encoder[cond] if encoder is not None else None, text_len)
-        n = query.shape[1]
+        hidden, encoder = hidden[cond], encoder[cond] if encoder is not None else None
+        n = hidden.shape[1] - (text_len if layer.stream == "single" else 0)
         if n != store.grid[0] * store.grid[1]:
             raise RuntimeError(f"{layer.name}: {n} image tokens, but the store expects a {store.grid} grid.")
-        if rotary is not None:  # FLUX: rotary embedding over [text, image] positions
-            cos, sin = rotary
-            query = apply_rotary_emb(query, (cos[text_len:], sin[text_len:]), sequence_dim=1)
-            key = apply_rotary_emb(key, (cos, sin), sequence_dim=1)
         mask = attention_mask[cond][..., -n:, :] if attention_mask is not None else None
-        scale = float(getattr(attn, "scale", _head_dim(attn) ** -0.5))
-        sums = store.open(layer.name, query.device)
-        accumulate_joint(
-            sums,
-            query.transpose(1, 2),
-            key.transpose(1, 2),
-            scale,
-            text_len,
-            layer.text_first,
-            store.grid,
-            store.pool,
-            store.chunk_bytes,
-            mask,
-        )
+        d = _head_dim(attn)
+        scale = float(getattr(attn, "scale", d**-0.5))
+        sums = store.open(layer.name, hidden.device)
+        for columns in self.head_groups(attn, hidden, n + text_len):
+            query, key = self._qk(attn, hidden, encoder, text_len, columns)
+            if rotary is not None:  # FLUX: rotary embedding over [text, image] positions
+                cos, sin = rotary
+                query = apply_rotary_emb(query, (cos[text_len:], sin[text_len:]), sequence_dim=1)
+                key = apply_rotary_emb(key, (cos, sin), sequence_dim=1)
+            accumulate_joint(
+                sums,
+                query.transpose(1, 2),
+                key.transpose(1, 2),
+                scale,
+                text_len,
+                layer.text_first,
+                store.grid,
+                store.pool,
+                store.chunk_bytes,
+                mask,
+                int(attn.heads),
+            )
+            del query, key
 
 
 @contextmanager

@@ -71,13 +71,21 @@ def _t5_spans(
 def joint_token_spans(
     pipe: Any, prompt: str, classes: Sequence[str], max_sequence_length: int
 ) -> list[TokenSpan]:
-    """Spans of ``classes`` in the joint-attention text sequence of an SD3 or FLUX pipeline."""
-    t5 = pipe.tokenizer_3 if hasattr(pipe, "tokenizer_3") else pipe.tokenizer_2
-    check_prompt_length(t5, prompt, max_sequence_length, "T5")
+    """Spans of ``classes`` in the joint-attention text sequence of an SD3 or FLUX pipeline.
+
+    SD3 loaded without T5 (``text_encoder_3=None``, diffusers' low-memory recipe) feeds zeros at the T5 positions,
+    which carry no class: the spans are then the CLIP positions only.
+    """
     if not hasattr(pipe, "tokenizer_3"):  # FLUX: T5 only
-        return _t5_spans(t5, prompt, classes, max_sequence_length, 0)
+        check_prompt_length(pipe.tokenizer_2, prompt, max_sequence_length, "T5")
+        return _t5_spans(pipe.tokenizer_2, prompt, classes, max_sequence_length, 0)
+    t5 = pipe.tokenizer_3 if getattr(pipe, "text_encoder_3", None) is not None else None
+    if t5 is not None:
+        check_prompt_length(t5, prompt, max_sequence_length, "T5")
     clip_limit = int(pipe.tokenizer.model_max_length)
     check_prompt_length(pipe.tokenizer, prompt, clip_limit, "CLIP")
     clip = class_token_spans([pipe.tokenizer, pipe.tokenizer_2], prompt, classes)
+    if t5 is None:
+        return clip
     t5_spans = _t5_spans(t5, prompt, classes, max_sequence_length, clip_limit)
     return [TokenSpan(c.name, c.occurrences + t.occurrences) for c, t in zip(clip, t5_spans)]

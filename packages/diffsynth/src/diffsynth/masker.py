@@ -39,7 +39,14 @@ from diffsynth.masks import (
     to_grid,
     upsample,
 )
-from diffsynth.pipelines import default_size, is_sdxl, load_pipeline, run_pipeline, validate_size
+from diffsynth.pipelines import (
+    check_supported,
+    default_size,
+    is_sdxl,
+    load_pipeline,
+    run_pipeline,
+    validate_size,
+)
 from diffsynth.prompts import (
     TokenSpan,
     class_prompt,
@@ -275,6 +282,7 @@ class AttentionMasker:
         self.config = config or MaskerConfig()
         if isinstance(pipeline, str | os.PathLike) or load_kwargs:
             pipeline = load_pipeline(pipeline, progress=self.config.progress, **load_kwargs)
+        check_supported(pipeline)
         self.pipe = pipeline
         if is_dit(pipeline):
             self._init_dit()

@@ -85,6 +85,16 @@ _SUPPORTED = (
 )
 
 
+def check_supported(pipe: Any) -> None:
+    """Raise, naming the class and the supported ones, unless ``pipe`` is a pipeline diffsynth can capture
+    (checked up front: other classes would fail later with an unrelated attribute error)."""
+    if not any(cls.__name__ in _SUPPORTED for cls in type(pipe).__mro__):
+        raise ValueError(
+            f"pipeline of type {type(pipe).__name__} cannot be captured; diffsynth supports "
+            f"{', '.join(_SUPPORTED)}."
+        )
+
+
 def resolve_dtype(dtype: Any = None, torch_dtype: Any = None) -> torch.dtype | None:
     """``dtype`` and ``torch_dtype`` are aliases (diffusers says ``torch_dtype``); strings like "fp16" work."""
     if dtype is not None and torch_dtype is not None and resolve_dtype(dtype) != resolve_dtype(torch_dtype):
@@ -205,10 +215,7 @@ def load_pipeline(
     elif isinstance(model, str | os.PathLike):
         pipe = _from_pretrained(str(model), resolved, safety_checker, **from_pretrained_kwargs)
     elif hasattr(model, "components"):
-        if not any(cls.__name__ in _SUPPORTED for cls in type(model).__mro__):
-            raise ValueError(
-                f"pipeline of type {type(model).__name__} cannot be captured; diffsynth supports {', '.join(_SUPPORTED)}."
-            )
+        check_supported(model)
         pipe = text2img(model)
     else:
         raise TypeError(
