@@ -87,6 +87,29 @@ def test_channel_spatial_adapter_trains_from_the_first_step():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
+def test_channel_spatial_adapter_convs_are_channels_last_and_compute_as_with_nchw_weights():
+    """Its convs read channels-last views; channels-last weights spare torch the weight and gradient copies (the
+    gradient arrives in the weight's layout) and change no value, forward or backward."""
+    torch.manual_seed(0)
+    adapter = ChannelSpatialAdapter(32)
+    nn.init.normal_(adapter.spatial[2].weight, std=0.1)
+    plain = ChannelSpatialAdapter(32)
+    plain.load_state_dict(adapter.state_dict())
+    plain.spatial.to(memory_format=torch.contiguous_format)
+    x = torch.randn(2, 9, 8, 32)
+    target = torch.randn_like(x)
+    for module in (adapter, plain):
+        (module(x) * target).sum().backward()
+    for (name, param), (_, reference) in zip(
+        adapter.spatial.named_parameters(), plain.spatial.named_parameters(), strict=True
+    ):
+        assert param.is_contiguous(memory_format=torch.channels_last), name
+        assert reference.is_contiguous() and not reference.is_contiguous(memory_format=torch.channels_last)
+        assert param.grad.stride() == param.stride(), name
+        assert torch.equal(param, reference) and torch.equal(param.grad, reference.grad), name
+    assert torch.equal(adapter(x), plain(x))
+
+
 def test_channel_spatial_adapter_rejects_channels_first_input():
     with pytest.raises(ValueError, match="channels-last"):
         ChannelSpatialAdapter(16)(torch.randn(2, 16, 8, 8))

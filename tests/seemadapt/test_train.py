@@ -3,6 +3,7 @@ overfitting to a high mIoU, and saved adapters that reload to identical predicti
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -35,6 +36,7 @@ from seemadapt.train import (
 )
 from seemadapt.train.checkpoints import STATE_FILE, find_checkpoint
 from seemadapt.train.eval_hook import pick_metric
+from seemadapt.train.optim import match_state_layout
 from seemadapt.train.step import non_finite_outputs
 
 STRATEGY_NAMES = [
@@ -191,6 +193,29 @@ def test_param_groups_cover_exactly_the_trainable_parameters_with_the_right_deca
         assert group["lr"] == pytest.approx(expected)
 
 
+def test_match_state_layout_gives_optimizer_state_the_parameter_layout():
+    """The fused AdamW walks memory flat: a state tensor in another layout than its parameter (a checkpoint from
+    before the adapter convs became channels-last) must be re-laid before the step, values unchanged."""
+    torch.manual_seed(0)
+    grads = [torch.randn(6, 4, 3, 3) for _ in range(3)]
+    old = torch.nn.Parameter(torch.randn(6, 4, 3, 3))
+    old_optimizer = torch.optim.AdamW([old], lr=0.1, fused=True)
+    old.grad = grads[0].clone()
+    old_optimizer.step()
+    new = torch.nn.Parameter(old.detach().clone().contiguous(memory_format=torch.channels_last))
+    new_optimizer = torch.optim.AdamW([new], lr=0.1, fused=True)
+    new_optimizer.load_state_dict(copy.deepcopy(old_optimizer.state_dict()))  # contiguous exp_avg(_sq)
+    assert new_optimizer.state[new]["exp_avg"].is_contiguous()
+    assert match_state_layout(new_optimizer) == 2 and match_state_layout(new_optimizer) == 0
+    assert new_optimizer.state[new]["exp_avg"].stride() == new.stride()
+    torch.testing.assert_close(new_optimizer.state[new]["exp_avg"], old_optimizer.state[old]["exp_avg"])
+    for g in grads[1:]:
+        for optimizer, p in ((old_optimizer, old), (new_optimizer, new)):
+            p.grad = torch.empty_like(p).copy_(g)  # in the parameter's layout, as autograd gives it
+            optimizer.step()
+    assert torch.equal(new.detach(), old.detach())
+
+
 def test_optimizer_needs_trainable_parameters():
     model = SEEM.from_config("tiny").requires_grad_(False)
     with pytest.raises(ValueError, match="apply_adapters"):
@@ -237,7 +262,8 @@ def test_build_targets_pads_masks_like_the_images_and_skips_empty_grounding():
     outputs = {"padded_size": (64, 64), "grounding_class_embs": [torch.randn(1, 8), torch.randn(1, 8)]}
     targets = build_targets([with_text, without], outputs, torch.device("cpu"))
     assert targets[0]["masks"].shape == (2, 64, 64)
-    assert torch.equal(targets[0]["masks"][:, :50, :60], masks)
+    assert targets[0]["masks"].dtype == torch.float32  # converted once, not at every matcher/criterion read
+    assert torch.equal(targets[0]["masks"][:, :50, :60], masks.float())
     assert not targets[0]["masks"][:, 50:].any() and not targets[0]["masks"][:, :, 60:].any()
     assert targets[0]["labels"].tolist() == [1, 0]
     assert targets[0]["grounding_masks"].shape == (1, 64, 64)

@@ -47,10 +47,11 @@ class Attention(nn.Module):
         if attn_mask is not None:
             # A finite minimum instead of -inf: partially blocked rows are unchanged (exp underflows to exactly 0),
             # fully blocked rows become uniform and are then zeroed, so no NaN ever appears (forward or backward).
-            scores = scores.masked_fill(attn_mask, torch.finfo(scores.dtype).min)
+            # In place: ``scores`` is the matmul's fresh output, which autograd does not keep (saves a copy).
+            scores.masked_fill_(attn_mask, torch.finfo(scores.dtype).min)
         weights = scores.softmax(dim=-1)
         if attn_mask is not None:
-            weights = weights.masked_fill(attn_mask, 0.0)
+            weights = torch.where(attn_mask, 0.0, weights)  # softmax keeps its output: a new tensor, one pass
         out = (weights @ v).transpose(0, 1).reshape(len_q, batch, dim)
         return self.out_proj(out)
 

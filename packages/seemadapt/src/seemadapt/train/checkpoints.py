@@ -139,7 +139,8 @@ class CheckpointWeights:
     def save_hook(self, models: list, weights: list, output_dir: str) -> None:
         keep = self.keys()
         for i, state in enumerate(weights):
-            weights[i] = {k: v for k, v in state.items() if self.strip(k) in keep}
+            # safetensors refuses strided tensors (the adapters' channels-last conv weights)
+            weights[i] = {k: v.contiguous() for k, v in state.items() if self.strip(k) in keep}
 
     def load_hook(self, models: list, input_dir: str) -> None:
         path = Path(input_dir) / "model.safetensors"

@@ -20,7 +20,14 @@ from seemadapt.adapters import adapter_report
 from seemadapt.adapters.strategies import default_lr
 from seemadapt.train.config import TrainConfig
 
-__all__ = ["LRSchedule", "build_optimizer", "build_scheduler", "no_decay_names", "param_groups"]
+__all__ = [
+    "LRSchedule",
+    "build_optimizer",
+    "build_scheduler",
+    "match_state_layout",
+    "no_decay_names",
+    "param_groups",
+]
 
 _NORM_TYPES = (
     nn.BatchNorm1d,
@@ -112,6 +119,28 @@ def build_optimizer(
             p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"]
         )
     return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=config.betas, eps=config.eps, fused=fused)
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> int:
+    """Give every per-parameter state tensor (``exp_avg`` ...) its parameter's strides; returns how many changed.
+
+    The fused AdamW kernel walks parameter, gradient and state as flat memory, so a state saved with another layout
+    (a checkpoint written before the backbone adapters' conv weights became channels-last) would be updated
+    element-for-wrong-element without an error. Call it after loading an optimizer state.
+    """
+    changed = 0
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+                    changed += 1
+    return changed
 
 
 class LRSchedule:

@@ -105,8 +105,8 @@ def compute_losses(
         return {f"output {name}": torch.tensor(math.nan, device=device) for name in bad}
     targets = build_targets(batch, outputs, device, grounding=config.grounding)
     if gt_spatial is not None:
-        for target, masks in zip(targets, gt_spatial, strict=True):
-            target["gt_spatial_masks"] = masks
+        for target, masks in zip(targets, gt_spatial, strict=True):  # float once, as build_targets' masks
+            target["gt_spatial_masks"] = masks.float()
     return criterion(outputs, targets, logit_scale=outputs["logit_scale"], generator=generator)
 
 

@@ -30,9 +30,10 @@ def build_targets(
 ) -> list[dict[str, Any]]:
     """:class:`~seemadapt.train.matcher.SEEMTarget` dicts from :class:`~seemadapt.data.SEEMTrainMapper` outputs.
 
-    Masks are zero-padded to ``outputs["padded_size"]``; grounding targets take the EOT embeddings the model
-    computed for the texts (``outputs["grounding_class_embs"]``) and the mapper's hashes (identical targets share
-    one: same sentence, or same class in class mode). An image whose grounding has no mask (the mapper's
+    Masks are zero-padded to ``outputs["padded_size"]`` and float32: the matcher and the criterion point-sample them
+    at every prediction layer, and converting once here spares a copy at each of those reads. Grounding targets take
+    the EOT embeddings the model computed for the texts (``outputs["grounding_class_embs"]``) and the mapper's hashes
+    (identical targets share one: same sentence, or same class in class mode). An image whose grounding has no mask (the mapper's
     ``["none"]``) has ``grounding_masks=None`` and is left out of the grounding losses.
     """
     size = tuple(outputs["padded_size"])
@@ -43,7 +44,7 @@ def build_targets(
         masks = getattr(masks, "tensor", masks)
         target: dict[str, Any] = {
             "labels": instances.gt_classes.to(device=device, dtype=torch.long),
-            "masks": pad_masks(masks.to(device), size),
+            "masks": pad_masks(masks.to(device=device, dtype=torch.float32), size),
         }
         if grounding:
             target.update(_grounding_target(record, outputs["grounding_class_embs"][b], b, size, device))
@@ -57,7 +58,7 @@ def _grounding_target(
     g = record["groundings"]
     g_masks = g["masks"]
     has = g_masks is not None and len(g_masks) > 0
-    padded = pad_masks(g_masks.to(device), size) if has else None
+    padded = pad_masks(g_masks.to(device=device, dtype=torch.float32), size) if has else None
     if has and (embs is None or len(embs) != len(g_masks)):
         raise ValueError(
             f"image {record.get('file_name', index)}: {len(g_masks)} grounding masks but "

@@ -63,7 +63,7 @@ from seemadapt.train.config import TrainConfig
 from seemadapt.train.criterion import SEEMCriterion
 from seemadapt.train.eval_hook import Evaluator, flatten_metrics, record_evaluation
 from seemadapt.train.loader import train_batches
-from seemadapt.train.optim import LRSchedule, build_optimizer, build_scheduler
+from seemadapt.train.optim import LRSchedule, build_optimizer, build_scheduler, match_state_layout
 from seemadapt.train.preflight import preflight
 from seemadapt.train.run import Run, save_adapter_folder
 from seemadapt.train.step import (
@@ -252,7 +252,7 @@ class Trainer:
         set_train_mode(self.model, True)
         CheckpointWeights(self._checkpoint_keys).register(accelerator)
         if config.resume_from is not None:
-            self._resume(accelerator, scheduler)
+            self._resume(accelerator, optimizer, scheduler)
         if config.tracker is not None:
             accelerator.init_trackers(config.project_name, config=_tracker_config(config))
         try:
@@ -266,7 +266,7 @@ class Trainer:
         set_train_mode(self.model, False)
         return self._finish(accelerator)
 
-    def _resume(self, accelerator: Any, scheduler: Any) -> None:
+    def _resume(self, accelerator: Any, optimizer: Any, scheduler: Any) -> None:
         """Load the checkpoint ``config.resume_from`` names (if any) into the prepared objects and the state."""
         config = self.config
         checkpoint = find_checkpoint(self.output_dir, config.resume_from)
@@ -275,6 +275,7 @@ class Trainer:
             return
         saved = verify_checkpoint(checkpoint, STATE_FILE, accelerator.num_processes)
         accelerator.load_state(str(checkpoint), strict=False)
+        match_state_layout(optimizer)
         self.state = TrainState.from_dict(saved)
         # The current config decides the run length (a resumed run may be extended).
         for schedule in scheduler.scheduler.lr_lambdas:
