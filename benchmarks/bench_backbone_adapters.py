@@ -5,7 +5,7 @@ apart by a cue its pretraining did not need, so that a frozen backbone's feature
 
 - ``texture``: three things of one colour, one shape per class, told apart by stripes / checker / dots;
 - ``camo``: the same textures, at the wall's own colour (objects stand out by texture alone);
-- ``lowcon``: flat objects a few grey levels off the wall's colour (one channel each), under the same noise;
+- ``lowcon``: flat objects 20 grey levels off the wall's colour (one channel each), under its mottling and noise;
 - ``invert``: the usual mold / stain / pipe / wall scenes with inverted colours (a domain shift).
 
 For each task and seed, ``--pair`` (the same head placement with and without backbone adapters, at the default lr)
