@@ -65,7 +65,10 @@ def task_scenes(task: str, num_images: int, seed: int) -> datasets.Dataset:
     classes = tuple(looks) if looks else ("mold", "stain", "pipe", "wall")
     data = make_toy_scenes(num_images, classes=classes, stuff=("wall",), seed=seed, looks=looks)
     if looks is None:
-        data = data.map(lambda row: {"image": 255 - np.asarray(row["image"])}, features=data.features)
+        data = data.map(
+            lambda row: {"image": (255 - np.asarray(row["image"], np.int16)).astype(np.uint8)},
+            features=data.features,
+        )
     return data
 
 
