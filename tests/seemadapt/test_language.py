@@ -362,3 +362,16 @@ def test_a_dataset_class_named_background_differs_from_the_no_object_slot():
     embeddings = encoder.class_embeddings(["mold", "background"], mode="eval")
     assert embeddings.shape[0] == 3
     assert float(embeddings[1] @ embeddings[2]) < 0.999  # not the same text, so not the same embedding
+
+
+def test_class_of_template_words_only_is_refused(tokenizer: SEEMTokenizer) -> None:
+    """With class-word initialisation (the tiny preset) a class named only with template words ("a photo") has
+    nothing left to embed: it must be refused by name, not trained at zero and scored NaN."""
+    encoder = LanguageEncoder(tiny_config().language, tokenizer=tokenizer)
+    assert encoder.config.class_word_init
+    named = encoder.class_embeddings(["cat", "a photo cat"], mode="eval")
+    assert torch.isfinite(named).all()
+    for mode in ("eval", "train"):
+        encoder.clear_cache()
+        with pytest.raises(ValueError, match=r"zero embedding for the prompt '[^']*a photo"):
+            encoder.class_embeddings(["cat", "a photo"], mode=mode, rng=random.Random(0))

@@ -52,6 +52,23 @@ def l2_normalize(x: Tensor) -> Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + NORM_EPS)
 
 
+def require_nonzero(embeddings: Tensor, prompts: Sequence[str]) -> Tensor:
+    """``embeddings`` unchanged, or an error naming the prompt whose embedding is exactly zero.
+
+    A trained encoder never gives zero; the ``tiny`` preset's class-word initialisation does for a class name made
+    only of prompt-template words (its embeddings are silenced), which would otherwise train nothing and score NaN.
+    """
+    zero = (embeddings.detach() == 0).all(dim=-1)
+    if bool(zero.any()):
+        prompt = prompts[int(zero.nonzero()[0, 0])]
+        raise ValueError(
+            f"The text encoder gives a zero embedding for the prompt {prompt!r}: with class_word_init (the tiny "
+            "preset) the prompt templates' own words are silenced, so a class name made only of them ('a', 'the', "
+            "'photo', ...) has no words left. Fix: rename that class with a word of its own (e.g. 'region a')."
+        )
+    return embeddings
+
+
 class TextEncoding(NamedTuple):
     """Token-level output: ``sentence`` ``[n, D]`` (EOT token), ``tokens`` ``[n, L, D]`` (zero where
     ``attention_mask`` is 0) and ``attention_mask`` ``[n, L]`` (1 for SOT..EOT), ``L`` = the longest text."""
@@ -356,6 +373,7 @@ class LanguageEncoder(nn.Module):
             # Full precision even inside a caller's autocast region: the bank is cached and reused everywhere.
             with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
                 embeddings = self.encode_ids(self.tokenize(prompts).input_ids, normalize=True)
+            require_nonzero(embeddings, prompts)
             bank.update(zip(missing, embeddings.split(len(PROMPT_TEMPLATES))))
         return [bank[text] for text in class_texts]
 
@@ -391,7 +409,7 @@ class LanguageEncoder(nn.Module):
             banks = self.template_embeddings(texts)
             return torch.stack([bank[index] for bank, index in zip(banks, indices)])
         prompts = [PROMPT_TEMPLATES[index].format(text) for text, index in zip(texts, indices)]
-        return self.encode(prompts, normalize=True)  # type: ignore[return-value]
+        return require_nonzero(self.encode(prompts, normalize=True), prompts)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ similarity
 
