@@ -47,8 +47,10 @@ class Attention(nn.Module):
         if attn_mask is not None:
             # A finite minimum instead of -inf: partially blocked rows are unchanged (exp underflows to exactly 0),
             # fully blocked rows become uniform and are then zeroed, so no NaN ever appears (forward or backward).
-            # In place: ``scores`` is the matmul's fresh output, which autograd does not keep (saves a copy).
-            scores.masked_fill_(attn_mask, torch.finfo(scores.dtype).min)
+            # In place on a detached alias: ``scores`` is the matmul's fresh output, which autograd does not keep,
+            # and the softmax's output is exactly 0 at blocked keys (and its rows are zeroed where all are blocked),
+            # so their gradient is already 0 without masked_fill's backward (a copy of the scores' gradient).
+            scores.detach().masked_fill_(attn_mask, torch.finfo(scores.dtype).min)
         weights = scores.softmax(dim=-1)
         if attn_mask is not None:
             weights = torch.where(attn_mask, 0.0, weights)  # softmax keeps its output: a new tensor, one pass
