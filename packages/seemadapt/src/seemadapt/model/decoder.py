@@ -338,8 +338,12 @@ class SEEMDecoder(nn.Module):
                     f"{self.config.hidden_dim} (SEEM v1 has no decoder input projection)."
                 )
             sizes.append((x.shape[-2], x.shape[-1]))
-            pos.append(self.pe_layer(x).flatten(2).permute(2, 0, 1))
-            src.append((x.flatten(2) + self.level_embed.weight[level][None, :, None]).permute(2, 0, 1))
+            # Seq-first and contiguous once per level: every cross-attention layer projects them, and a permuted
+            # view would be copied by each projection (and its gradient reshaped back in backward).
+            pos.append(self.pe_layer(x).flatten(2).permute(2, 0, 1).contiguous())
+            src.append(
+                (x.flatten(2) + self.level_embed.weight[level][None, :, None]).permute(2, 0, 1).contiguous()
+            )
         return src, pos, sizes
 
     def _predict(
