@@ -339,6 +339,26 @@ def test_attention_matches_torch_and_zeroes_fully_blocked_rows():
     assert torch.equal(query.grad[1], torch.zeros(2, 16))
 
 
+@pytest.mark.parametrize("key_bias_after_matmul", [False, True])
+def test_attention_gradients_match_torch_with_blocked_keys(key_bias_after_matmul):
+    """The mask is applied outside autograd: blocked keys must still get no gradient (softmax gives them none)."""
+    torch.manual_seed(0)
+    ours = Attention(16, 4, key_bias_after_matmul=key_bias_after_matmul)
+    reference = nn.MultiheadAttention(16, 4)
+    reference.load_state_dict(ours.state_dict())
+    query, key = torch.randn(3, 2, 16), torch.randn(5, 2, 16)
+    mask = torch.rand(8, 3, 5) < 0.5
+    mask[:, :, 0] = False
+    grads = []
+    for module in (ours, reference):
+        inputs = (query.clone().requires_grad_(True), key.clone().requires_grad_(True))
+        out = module(inputs[0], inputs[1], inputs[1], attn_mask=mask)
+        out = out[0] if isinstance(out, tuple) else out
+        grads.append(torch.autograd.grad(out.square().sum(), (*inputs, module.in_proj_weight)))
+    for got, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
 def test_cross_attention_unblocks_fully_blocked_rows(decoder64, monkeypatch):
     """Predictions that are off everywhere (every row blocked) must act like predictions that are on everywhere."""
     features, _, classes = inputs(torch.float64)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from seemadapt.model.config import focall_config, focalt_config, tiny_config
-from seemadapt.model.pixel_decoder import Conv2d, TransformerEncoderPixelDecoder
+from seemadapt.model.pixel_decoder import Conv2d, TransformerEncoderPixelDecoder, add_upsampled
 from seemadapt.model.position_encoding import PositionEmbeddingSine
 
 RESEARCH = Path(__file__).resolve().parent / "data"  # copies of shared/research/seem_focal{t,l}_v1_keys.txt
@@ -118,6 +119,21 @@ def test_missing_feature_raises(tiny_decoder):
     del features["res3"]
     with pytest.raises(KeyError, match="res3"):
         tiny_decoder(features)
+
+
+@pytest.mark.parametrize(("small", "large"), [((4, 6), (8, 12)), ((3, 5), (7, 9))])
+def test_add_upsampled_equals_nearest_interpolation_bit_for_bit(small, large):
+    """Values and both gradients equal ``x + F.interpolate(y, mode="nearest")`` exactly (2x and fallback sizes)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 5, *large), torch.randn(2, 5, *small)
+    grad = torch.randn(2, 5, *large)
+    results = []
+    for fn in (add_upsampled, lambda a, b: a + F.interpolate(b, size=a.shape[-2:], mode="nearest")):
+        inputs = (x.clone().requires_grad_(True), y.clone().requires_grad_(True))
+        out = fn(*inputs)
+        results.append((out, *torch.autograd.grad(out, inputs, grad)))
+    for got, expected in zip(*results, strict=True):
+        assert torch.equal(got, expected)
 
 
 def test_conv2d_applies_norm_then_activation_and_names_norm():

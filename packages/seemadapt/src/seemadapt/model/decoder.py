@@ -338,8 +338,12 @@ class SEEMDecoder(nn.Module):
                     f"{self.config.hidden_dim} (SEEM v1 has no decoder input projection)."
                 )
             sizes.append((x.shape[-2], x.shape[-1]))
-            pos.append(self.pe_layer(x).flatten(2).permute(2, 0, 1))
-            src.append((x.flatten(2) + self.level_embed.weight[level][None, :, None]).permute(2, 0, 1))
+            # Seq-first and contiguous once per level: every cross-attention layer projects them, and a permuted
+            # view would be copied by each projection (and its gradient reshaped back in backward).
+            pos.append(self.pe_layer(x).flatten(2).permute(2, 0, 1).contiguous())
+            src.append(
+                (x.flatten(2) + self.level_embed.weight[level][None, :, None]).permute(2, 0, 1).contiguous()
+            )
         return src, pos, sizes
 
     def _predict(
@@ -375,17 +379,20 @@ class SEEMDecoder(nn.Module):
         grounding: bool,
     ) -> dict[str, Any]:
         objects = ranges["queries_object"]
-        out: dict[str, Any] = {"pred_masks": prediction["masks"][:, objects]}
+        # split, not slices: the ranges tile the sequence, so backward concatenates the parts' gradients once
+        # instead of padding each slice's gradient to the full mask stack and adding them up
+        masks = dict(zip(ranges, prediction["masks"].split([r.stop - r.start for r in ranges.values()], 1)))
+        out: dict[str, Any] = {"pred_masks": masks["queries_object"]}
         if prediction["logits"] is not None:
             out["pred_logits"] = prediction["logits"]
         if grounding or prompts is not None:
             out["pred_captions"] = prediction["captions"][:, objects]
         if grounding:
-            out["pred_gmasks"] = prediction["masks"][:, ranges["queries_grounding"]]
+            out["pred_gmasks"] = masks["queries_grounding"]
             out["pred_gtexts"] = prediction["captions"][:, ranges["queries_grounding"]]
         if prompts is not None:
             spatial = ranges["queries_spatial"]
-            out["pred_smasks"] = prediction["masks"][:, spatial]
+            out["pred_smasks"] = masks["queries_spatial"]
             out["pred_stexts"] = prediction["captions"][:, spatial]
             out["pred_smaskembs"] = prediction["mask_embs"][:, spatial]
             out["pred_pspatials"] = prompts.mean_pos

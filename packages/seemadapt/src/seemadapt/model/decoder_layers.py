@@ -20,13 +20,18 @@ class Attention(nn.Module):
 
     A query whose row of ``attn_mask`` (bool, True = blocked) blocks every key gets a zero attention output instead
     of NaN (the official code's ``nan_to_num`` after the softmax): padded text tokens rely on it.
+
+    ``key_bias_after_matmul``: add the key/value biases after the projection's matmul instead of fusing them into it
+    (``addmm``). Cross-attention sets it: its memory used to arrive as a permuted view, for which ``F.linear`` takes
+    that path, so its outputs stay bit-identical now that the memory is contiguous (the fused sum rounds differently).
     """
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, key_bias_after_matmul: bool = False) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"Attention: dim ({dim}) must be divisible by num_heads ({num_heads}).")
         self.num_heads = num_heads
+        self.key_bias_after_matmul = key_bias_after_matmul
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
@@ -41,14 +46,20 @@ class Attention(nn.Module):
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
         q = F.linear(query, w_q, b_q).reshape(len_q, batch * self.num_heads, head_dim).transpose(0, 1)
-        k = F.linear(key, w_k, b_k).reshape(len_k, batch * self.num_heads, head_dim).transpose(0, 1)
-        v = F.linear(value, w_v, b_v).reshape(len_k, batch * self.num_heads, head_dim).transpose(0, 1)
+        if self.key_bias_after_matmul:
+            k, v = (key @ w_k.t()).add_(b_k), (value @ w_v.t()).add_(b_v)
+        else:
+            k, v = F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+        k = k.reshape(len_k, batch * self.num_heads, head_dim).transpose(0, 1)
+        v = v.reshape(len_k, batch * self.num_heads, head_dim).transpose(0, 1)
         scores = (q * head_dim**-0.5) @ k.transpose(1, 2)
         if attn_mask is not None:
             # A finite minimum instead of -inf: partially blocked rows are unchanged (exp underflows to exactly 0),
             # fully blocked rows become uniform and are then zeroed, so no NaN ever appears (forward or backward).
-            # In place: ``scores`` is the matmul's fresh output, which autograd does not keep (saves a copy).
-            scores.masked_fill_(attn_mask, torch.finfo(scores.dtype).min)
+            # In place on a detached alias: ``scores`` is the matmul's fresh output, which autograd does not keep,
+            # and the softmax's output is exactly 0 at blocked keys (and its rows are zeroed where all are blocked),
+            # so their gradient is already 0 without masked_fill's backward (a copy of the scores' gradient).
+            scores.detach().masked_fill_(attn_mask, torch.finfo(scores.dtype).min)
         weights = scores.softmax(dim=-1)
         if attn_mask is not None:
             weights = torch.where(attn_mask, 0.0, weights)  # softmax keeps its output: a new tensor, one pass
@@ -67,7 +78,7 @@ class CrossAttentionLayer(nn.Module):
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
-        self.multihead_attn = Attention(dim, num_heads)
+        self.multihead_attn = Attention(dim, num_heads, key_bias_after_matmul=True)
         self.norm = nn.LayerNorm(dim)
         _xavier_matrices(self)
 

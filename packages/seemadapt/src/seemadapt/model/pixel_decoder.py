@@ -13,7 +13,9 @@ official state dict loads with ``strict=True``. Data flow (top-down)::
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -51,6 +53,38 @@ def c2_xavier_fill(module: nn.Conv2d) -> None:
     nn.init.kaiming_uniform_(module.weight, a=1)
     if module.bias is not None:
         nn.init.zeros_(module.bias)
+
+
+class _AddUpsampled2x(torch.autograd.Function):
+    """``x + nearest_upsample_2x(y)`` as a broadcast add over ``[B, C, h, 2, w, 2]`` views of ``x``.
+
+    Torch's CPU nearest kernel copies a many-channel map to channels-last and back (one full-size copy per FPN
+    level); repeating each pixel is a broadcast. The backward sums each 2x2 block of the gradient in the order of
+    ``upsample_nearest2d_backward`` (row by row), so ``y``'s gradient is bit-identical too (a ``sum`` reduction is not).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor) -> Tensor:
+        batch, channels, height, width = y.shape
+        blocks = x.view(batch, channels, height, 2, width, 2)
+        return (blocks + y[:, :, :, None, :, None]).view(x.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        batch, channels, height, width = grad.shape
+        blocks = grad.reshape(batch, channels, height // 2, 2, width // 2, 2)
+        grad_y = blocks[:, :, :, 0, :, 0] + blocks[:, :, :, 0, :, 1]
+        grad_y = (grad_y + blocks[:, :, :, 1, :, 0]) + blocks[:, :, :, 1, :, 1]
+        return grad, grad_y
+
+
+def add_upsampled(x: Tensor, y: Tensor) -> Tensor:
+    """``x + F.interpolate(y, size=x.shape[-2:], mode="nearest")``, same values and gradients, without the upsampled
+    map when ``x`` is contiguous and exactly twice ``y``'s size (the FPN's case)."""
+    height, width = y.shape[-2:]
+    if x.shape[-2:] == (2 * height, 2 * width) and x.shape[:2] == y.shape[:2] and x.is_contiguous():
+        return _AddUpsampled2x.apply(x, y)
+    return x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -156,6 +190,6 @@ class TransformerEncoderPixelDecoder(nn.Module):
             ("res2", self.adapter_1, self.layer_1),
         ):
             x = lateral(features[name])
-            y = output(x + F.interpolate(y, size=x.shape[-2:], mode="nearest"))
+            y = output(add_upsampled(x, y))
             multi_scale.append(y)
         return self.mask_features(y), multi_scale[:3]
