@@ -10,6 +10,11 @@ make the capture's share *larger* than in the real models (attention and capture
 projections and MLPs with its square), so the time ratio is a conservative bound. The captured blocks are the
 MaskerConfig defaults (the second half of the joint blocks, no single-stream block).
 
+Real width (``--heads 24``) fits a CPU at reduced depth: ``--layers N`` (sd3: N joint blocks) or ``--layers J,S``
+(flux: J joint, S single-stream blocks). The default windows then capture the same fraction of blocks as at full
+depth (sd3: any even N, 1/2; flux: 1 of 2+4 = 0.167 against 10 of 57 = 0.175); the script prints both fractions
+and an analytic count of multiply-accumulates, capture against plain, per block and for the whole transformer.
+
 Time: plain and masked runs alternate in one process (same seeds, same steps); we report the median wall
 and CPU time of each and their ratio. Target: masked <= 1.10 x plain.
 
@@ -36,8 +41,15 @@ alike). Its temporaries are bounded by ``chunk_mb`` (head groups and row bands),
 
 Post-processing: refinement + upsampling + labelling time over the masked run's time. Target: <= 5%.
 
+``--time-only`` keeps glibc's default malloc (no re-execution; memory numbers not meaningful, no per-call probe):
+with the mmap threshold every temporary of the capture is a fresh mapping that page-faults, which a long-running
+process does not pay.
+``--profile`` runs one plain and one masked call under torch.profiler instead of the timed runs (capture calls are
+labelled ``capture``).
+
 Usage: ``uv run python benchmarks/bench_attention.py [--model sd15|sd3|flux] [--size 256] [--steps 3] [--reps 2]
-[--threads 1] [--heads 4]``; the 1024 px geometry (64x64 image tokens): ``--model flux --size 1024 --steps 1 --reps 1``.
+[--threads 1] [--heads 4] [--layers N|J,S] [--time-only] [--profile]``; the 1024 px geometry (64x64 image
+tokens): ``--model flux --size 1024 --steps 1 --reps 1``; real width: ``--model sd3 --heads 24 --layers 4``.
 """
 
 from __future__ import annotations
