@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from seemadapt.model.postprocess import (
+    ARGMAX_COPY_ROWS,
+    argmax_first_dim,
     instance_inference,
     match_grounding,
     panoptic_inference,
@@ -172,6 +174,27 @@ def test_instance_top_k_pairs_scores_and_thing_filter():
     assert set(only_class0["labels"].tolist()) == {0}
     assert len(only_class0["labels"]) == 3  # every query paired with class 0
     assert only_class0["scores"].min() == 0  # the empty mask scores 0
+
+
+def test_instance_pairs_are_identical_whether_few_or_most_queries_are_used():
+    # top_k=2 uses at most 2 of 12 queries (their masks are copied out); every pair uses all 12 (scored in place).
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 4, generator=generator) * 3
+    masks = torch.randn(12, 9, 7, generator=generator) * 4
+    probs = masks.sigmoid()
+    few = instance_inference(logits, masks, top_k=2)
+    every = instance_inference(logits, masks, top_k=12 * 3, mask_probs=probs)
+    assert torch.equal(every["scores"], instance_inference(logits, masks, top_k=12 * 3)["scores"])
+    for mask, score, label in zip(few["masks"], few["scores"], few["labels"]):
+        same = (every["labels"] == label) & (every["scores"] == score)
+        assert any(torch.equal(mask, other) for other in every["masks"][same])
+
+
+@pytest.mark.parametrize("rows", [1, 3, ARGMAX_COPY_ROWS, ARGMAX_COPY_ROWS + 1])
+def test_argmax_first_dim_is_torch_argmax_with_ties_and_nan(rows):
+    x = torch.randint(0, 3, (rows, 6, 5)).float()  # many ties
+    x[-1, 0, 0] = float("nan")
+    assert torch.equal(argmax_first_dim(x), x.argmax(dim=0))
 
 
 # ------------------------------------------------------------------------------------------------ grounding

@@ -20,6 +20,7 @@ from seemadapt.model import interactive
 from seemadapt.model.images import ImageBatch, ImageInput, as_image_list, padded_size_of
 from seemadapt.model.postprocess import (
     DETECTIONS_PER_IMAGE,
+    argmax_first_dim,
     instance_inference,
     match_grounding,
     panoptic_inference,
@@ -189,7 +190,7 @@ def postprocess_image(class_logits: Tensor, masks: Tensor, options: PostprocessO
     for task in options.tasks:
         if task == "semantic":
             sem_seg = semantic_inference(class_logits, masks, mask_probs=probs)
-            out[task] = {"sem_seg": sem_seg, "labels": sem_seg.argmax(dim=0)}
+            out[task] = {"sem_seg": sem_seg, "labels": argmax_first_dim(sem_seg)}
         elif task == "panoptic":
             panoptic_seg, segments = panoptic_inference(
                 class_logits,
