@@ -185,7 +185,9 @@ def test_tau_and_renormalisation_on_hand_made_blocks(tau):
     ]
     (renormalized, raw), (rescaled, _) = (dit_soft_maps(s, spans, (8, 8), tau, True) for s in stores)
     torch.testing.assert_close(renormalized[0], rescaled[0])
-    if tau == 0:  # the refined maps keep the bicubic overshoot for labelling; the raw ones are clamped for display
+    if (
+        tau == 0
+    ):  # the refined maps keep the bicubic overshoot for labelling; the raw ones are clamped for display
         torch.testing.assert_close(renormalized[0].clamp(0, 1), raw[0])
     else:
         assert not torch.allclose(renormalized[0], raw[0], atol=1e-3)
