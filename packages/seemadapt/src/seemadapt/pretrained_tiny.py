@@ -17,6 +17,7 @@ model). Cache root: ``cache_dir``, else ``$SEEMADAPT_PRETRAINED_TINY``, else the
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -24,21 +25,34 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from seemadapt.adapters import AdapterPlacement
 from seemadapt.data.cache import default_cache_dir
 from seemadapt.finetuning import finetune
 from seemadapt.model.seem import SEEM
 from seemadapt.toyworld import make_toy_scenes
+from seemadapt.train.run import Run
 
-__all__ = ["PRETRAIN_CLASSES", "PRETRAIN_STUFF", "PretrainRecipe", "pretrained_tiny", "pretrained_tiny_path"]
+__all__ = [
+    "PRETRAIN_CLASSES",
+    "PRETRAIN_STUFF",
+    "TOY_STEPS",
+    "PretrainRecipe",
+    "finetune_toy",
+    "pretrained_tiny",
+    "pretrained_tiny_path",
+]
 
 PRETRAIN_CLASSES = ("disc", "box", "triangle", "ring", "plank", "sponge", "sky", "floor")
 PRETRAIN_STUFF = ("sky", "floor")
 #: Everything but the text encoder trains (SEEM keeps its text encoder frozen).
 TRAIN_ALL = {"train_full": ["backbone", "sem_seg_head.pixel_decoder", "sem_seg_head.predictor"]}
 ENV_CACHE = "SEEMADAPT_PRETRAINED_TINY"
+#: Optimizer steps of the toy fine-tuning recipe (:func:`finetune_toy`) that the learning tests and benchmarks use.
+TOY_STEPS = 80
 
 
 @dataclass(frozen=True)
@@ -85,27 +99,65 @@ def _train(recipe: PretrainRecipe, workdir: Path) -> SEEM:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic on every machine size
     try:
-        run = finetune(
+        run = _quiet_finetune(
             data,
-            model="tiny",
-            strategy=TRAIN_ALL,
+            "tiny",
+            TRAIN_ALL,
+            workdir / "run",
+            cache_dir=str(workdir / "data"),
             max_steps=recipe.steps,
             batch_size=recipe.batch_size,
             image_size=recipe.size,
             lr=recipe.lr,
             seed=recipe.seed,
-            num_workers=0,
-            tracker=None,
-            progress=False,
-            eval_every=0,
-            save_every=0,
-            log_every=recipe.steps,
-            output_dir=str(workdir / "run"),
-            cache_dir=str(workdir / "data"),
         )
     finally:
         torch.set_num_threads(threads)
     return run.model
+
+
+def _quiet_finetune(train: Any, model: SEEM | str, strategy: Any, output_dir: Path, **overrides: Any) -> Run:
+    """:func:`finetune` with no tracker, progress bar, evaluation, checkpoint or data loader worker (small CPU
+    runs: they would cost more than the training)."""
+    return finetune(
+        train,
+        model=model,
+        strategy=strategy,
+        num_workers=0,
+        tracker=None,
+        progress=False,
+        eval_every=0,
+        save_every=0,
+        log_every=overrides["max_steps"],
+        output_dir=str(output_dir),
+        **overrides,
+    )
+
+
+def finetune_toy(
+    base: SEEM,
+    train: Any,
+    strategy: str | AdapterPlacement | dict[str, Any],
+    *,
+    steps: int = TOY_STEPS,
+    seed: int = 0,
+    workdir: str | os.PathLike | None = None,
+    **overrides: Any,
+) -> Run:
+    """Fine-tune a copy of ``base`` on toy ``train`` scenes: the one recipe of the learning tests and benchmarks.
+
+    ``steps`` steps of batch 4 at 96 px, at the strategy's default lr unless ``overrides`` (``TrainConfig`` fields)
+    say otherwise; ``strategy="full"`` trains everything but the text encoder (:data:`TRAIN_ALL`). The run's files
+    go to ``workdir`` (default: a temporary folder, removed on return; the model stays in memory); the training
+    set is registered under ``cache_dir`` (an override; default: the seemadapt cache, which outlives the run, as
+    detectron2's catalog keeps pointing at it for the next run on the same data).
+    """
+    strategy = TRAIN_ALL if strategy == "full" else strategy
+    settings = {"max_steps": steps, "batch_size": 4, "image_size": 96, "seed": seed, **overrides}
+    if workdir is not None:
+        return _quiet_finetune(train, copy.deepcopy(base), strategy, Path(workdir) / "run", **settings)
+    with tempfile.TemporaryDirectory(prefix="seemadapt-toy-") as tmp:
+        return _quiet_finetune(train, copy.deepcopy(base), strategy, Path(tmp), **settings)
 
 
 def pretrained_tiny(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ __all__ = ["LOOKS", "Look", "look_for", "make_toy_scenes"]
 
 SHAPES = ("ellipse", "rectangle", "triangle", "bar", "blob")
 TEXTURES = ("solid", "stripes", "checker", "dots", "mottled")
+MID_GREY = 127.5  # the centre of ``contrast`` (-1: the colour negative)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ def _scene(
     categories: Sequence[Category],
     looks: Mapping[str, Look],
     max_objects: int,
+    contrast: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     width, height = size
     image = np.zeros((height, width, 3), dtype=np.float32)
@@ -154,6 +157,8 @@ def _scene(
     segments = [s for s in segments if s["id"] in present and (ids == s["id"]).sum() >= 16]
     ids[~np.isin(ids, [s["id"] for s in segments])] = 0
     image += rng.normal(0.0, 6.0, size=image.shape)
+    if contrast != 1.0:  # a camera-like domain shift of the whole picture (1: the pixels stay bit-identical)
+        image = MID_GREY + (image - MID_GREY) * contrast
     return np.clip(image, 0, 255).astype(np.uint8), ids, segments
 
 
@@ -166,6 +171,7 @@ def make_toy_scenes(
     *,
     looks: Mapping[str, Look] | None = None,
     max_objects: int = 3,
+    contrast: float = 1.0,
     source: str = "real",
     image_id_start: int = 0,
 ) -> datasets.Dataset:
@@ -174,10 +180,13 @@ def make_toy_scenes(
     Every class in ``stuff`` is background (the first fills the image, a second the lower third); every other
     class is a thing, drawn 1..``max_objects`` times per image with its :class:`Look` (``looks`` overrides
     :func:`look_for`), later objects occluding earlier ones. Each thing gets a grounding sentence
-    (``"the <name>"``). ``source`` tags the rows (``"real"``: the domain one fine-tunes for).
+    (``"the <name>"``). ``contrast`` scales every pixel's distance from mid-grey (a domain shift: 0.25 is a dim,
+    washed-out copy, -1 the colour negative). ``source`` tags the rows (``"real"``: the domain one fine-tunes for).
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}.")
+    if not math.isfinite(contrast):
+        raise ValueError(f"contrast must be a finite number, got {contrast}.")
     names = [str(c) for c in classes]
     if len(set(names)) != len(names):
         raise ValueError(f"classes must be distinct, got {names}.")
@@ -194,7 +203,7 @@ def make_toy_scenes(
     rows = []
     for i in range(num_images):
         rng = np.random.default_rng([seed, i, 16])
-        image, ids, segments = _scene(rng, (width, height), categories, all_looks, max_objects)
+        image, ids, segments = _scene(rng, (width, height), categories, all_looks, max_objects, contrast)
         grounding = [
             {"segment_id": s["id"], "sentences": [f"the {names[s['category_id']]}"]}
             for s in segments
