@@ -13,17 +13,15 @@ Timings are CPU seconds of this process (the machine may be shared); its load av
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
-import tempfile
 import time
 
 import torch
 
 import seemadapt
 from seemadapt.adapters.strategies import STRATEGIES as THESIS_STRATEGIES
-from seemadapt.pretrained_tiny import TRAIN_ALL, pretrained_tiny
+from seemadapt.pretrained_tiny import TOY_STEPS, finetune_toy, pretrained_tiny
 from seemadapt.toyworld import make_toy_scenes
 
 STRATEGIES = [*THESIS_STRATEGIES, "full"]  # the four thesis strategies, then everything but the text encoder
@@ -31,33 +29,17 @@ CLASSES = ("mold", "stain", "pipe", "wall")
 
 
 def finetune_and_score(
-    base, train, test, strategy: str, seed: int, steps: int, **overrides
+    base, train, test, strategy, seed: int, steps: int, **overrides
 ) -> tuple[dict, object]:
-    """Fine-tune a copy of ``base`` on ``train`` (``"full"`` = everything but the text encoder), score it on ``test``.
+    """Fine-tune a copy of ``base`` on ``train`` with the learning tests' recipe
+    (:func:`seemadapt.pretrained_tiny.finetune_toy`), score it on ``test``.
 
     Returns held-out mIoU, PQ and this process's CPU seconds, and the fine-tuned model. Also used by
-    ``bench_backbone_adapters.py``, so both measure the same recipe.
+    ``bench_backbone_adapters.py``.
     """
     start = time.process_time()
-    with tempfile.TemporaryDirectory() as tmp:
-        run = seemadapt.finetune(
-            train,
-            model=copy.deepcopy(base),
-            strategy=TRAIN_ALL if strategy == "full" else strategy,
-            max_steps=steps,
-            batch_size=4,
-            image_size=96,
-            seed=seed,
-            num_workers=0,
-            tracker=None,
-            progress=False,
-            eval_every=0,
-            save_every=0,
-            log_every=steps,
-            output_dir=tmp,
-            **overrides,
-        )
-        result = seemadapt.evaluate(run.model, test, batch_size=4, progress=False)
+    run = finetune_toy(base, train, strategy, steps=steps, seed=seed, **overrides)
+    result = seemadapt.evaluate(run.model, test, batch_size=4, progress=False)
     row = {"miou": result.metrics["miou"], "pq": result.metrics.get("pq", 0.0)}
     return {**row, "cpu_s": time.process_time() - start}, run.model
 
@@ -66,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=TOY_STEPS)
     parser.add_argument("--lrs", default="1e-4,3e-4,1e-3")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
