@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 import uuid
@@ -125,6 +126,19 @@ def test_reregistration_is_a_noop_and_conflicts_need_overwrite(toy, tmp_path, na
     finally:
         unregister(second)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([root.name, Path(spec_of(name).root).name])
+
+
+def test_reregistration_after_the_cache_folder_was_deleted_writes_it_again(toy, tmp_path, name):
+    first = tmp_path / "first"
+    register(toy, name, cache_dir=first)
+    shutil.rmtree(first)  # e.g. a temporary cache_dir removed after the first run
+    register(toy, name, cache_dir=tmp_path / "second")
+    root = Path(spec_of(name).root)
+    assert root.parent == tmp_path / "second" and len(DatasetCatalog.get(name)) == len(toy)
+    assert all(Path(record["file_name"]).is_file() for record in DatasetCatalog.get(name))
+    shutil.rmtree(root)  # the same folder deleted: registering rewrites it, no dead entry
+    register(toy, name, cache_dir=tmp_path / "second")
+    assert all(Path(record["file_name"]).is_file() for record in DatasetCatalog.get(name))
 
 
 def test_names_are_validated(toy, tmp_path, name):

@@ -422,26 +422,29 @@ def register(
         overwrite: replace an existing registration of ``name`` that holds other content (else an error).
         num_workers: threads that decode and write rows.
 
-    Registering the same content under the same name again is a no-op.
+    Registering the same content under the same name from the same cache folder again is a no-op; if that folder
+    was deleted since, or another ``cache_dir`` is given, the dataset is written there and registered anew.
     """
     name = _check_name(name)
     ds = load_source(dataset, split=split, categories=categories)
     check_features(ds.features, name=name)
     cats = read_categories(ds)
     key = _content_key(ds, cats)
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "datasets"
+    root = base / key
     if name in DatasetCatalog.list():
-        current = getattr(MetadataCatalog.get(name), "seemadapt_key", None)
-        if current == key:
-            return name
-        if not overwrite:
+        meta = MetadataCatalog.get(name)
+        if getattr(meta, "seemadapt_key", None) != key and not overwrite:
             raise ValueError(
                 f"dataset {name!r} is already registered with different content; pass overwrite=True to replace it, "
                 "or register under another name."
             )
+        if getattr(meta, "seemadapt_root", None) == str(root) and (root / _MANIFEST).is_file():
+            return name
+        # Other content (overwrite=True), another cache_dir, or the registered folder was deleted since (e.g. a
+        # temporary cache_dir): register again from the requested folder instead of failing later in the loader.
         unregister(name)
-    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "datasets"
     base.mkdir(parents=True, exist_ok=True)
-    root = base / key
     if not (root / _MANIFEST).is_file():
         if root.exists():
             shutil.rmtree(root)  # an incomplete folder (no manifest) from a crashed run
