@@ -17,6 +17,7 @@ from diffsynth.dit_attention import (
     dit_layers,
     pool_columns,
     pool_rows,
+    project,
     renormalize_rows,
     sliceable,
     split_joint,
@@ -76,17 +77,23 @@ def test_renormalize_rows_removes_the_text_share():
 
 
 @pytest.mark.parametrize("text_first", [True, False])
-@pytest.mark.parametrize("chunk_bytes", [1, 2**20])
-def test_accumulate_joint_equals_the_dense_softmax(text_first, chunk_bytes):
+@pytest.mark.parametrize("chunk_bytes", [1, 20_000, 2**20])  # one head and band / all heads, 2 bands / all
+@pytest.mark.parametrize("mask_rows", [None, 1, "all"])
+def test_accumulate_joint_equals_the_dense_softmax(text_first, chunk_bytes, mask_rows):
+    """Also from strided views of ``[B, S, H, d]`` projections (as the processor passes them) and with an
+    additive attention mask, per query row or broadcast over the rows."""
     torch.manual_seed(0)
     b, heads, d, text, grid, pool = 2, 3, 4, 5, (4, 6), 2
     n = grid[0] * grid[1]
-    query, key = torch.randn(b, heads, n, d), torch.randn(b, heads, text + n, d)
-    probs = torch.softmax(query @ key.transpose(-1, -2) * 0.5, dim=-1).mean(1)
+    query = torch.randn(b, n, heads, d).transpose(1, 2)
+    key = torch.randn(b, text + n, heads, d).transpose(1, 2)
+    mask = None if mask_rows is None else torch.randn(b, 1, n if mask_rows == "all" else 1, text + n)
+    logits = query @ key.transpose(-1, -2) * 0.5
+    probs = torch.softmax(logits if mask is None else logits + mask, dim=-1).mean(1)
     i2t_ref, i2i_ref = split_joint(probs, text, text_first)
     np_ = (grid[0] // pool) * (grid[1] // pool)
     sums = (torch.zeros(b, np_, text), torch.zeros(b, np_, np_))
-    accumulate_joint(sums, query, key, 0.5, text, text_first, grid, pool, chunk_bytes)
+    accumulate_joint(sums, query, key, 0.5, text, text_first, grid, pool, chunk_bytes, mask)
     torch.testing.assert_close(sums[0], pool_rows(i2t_ref, grid[1], pool))
     torch.testing.assert_close(sums[1], pool_columns(pool_rows(i2i_ref, grid[1], pool), grid, pool))
     torch.testing.assert_close(sums[0].sum(-1) + sums[1].sum(-1), torch.ones(b, np_))
@@ -148,11 +155,40 @@ class _LowRank(torch.nn.Module):
         return self.base(x) + x @ self.down @ self.up
 
 
+class _Detached(torch.nn.Module):
+    """The same projection as ``base``, but another module: the capture's hooks on ``base`` do not see it."""
+
+    def __init__(self, base: torch.nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.base.weight, self.base.bias)
+
+
+class _Unhooked:
+    """Runs the wrapped processor with ``to_k`` swapped for a :class:`_Detached` copy, so that the capture does
+    not get the block's keys from its hooks and must project q and k on its own."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, attn, *args, **kwargs):
+        to_k = attn.to_k
+        attn.to_k = _Detached(to_k)
+        try:
+            return self.inner(attn, *args, **kwargs)
+        finally:
+            attn.to_k = to_k
+
+
+@pytest.mark.parametrize("source", ["block", "own"])
 @pytest.mark.parametrize("variant", ["all_heads", "head_by_head", "lora_like"])
 @pytest.mark.parametrize("block", ["joint", "single"])
-def test_captured_probabilities_are_the_models_softmax(pipe, block, variant):
-    """Also when the capture projects one head at a time (a tiny chunk budget), and when a LoRA-like query
-    projection makes it project all heads at once."""
+def test_captured_probabilities_are_the_models_softmax(pipe, block, variant, source):
+    """From the block's own q / k projection outputs (no projection of the capture's own) and, when the wrapped
+    processor does not call the hooked projections, from projections of its own; also one head at a time (a
+    tiny chunk budget), and with a LoRA-like query projection (the capture then projects all heads at once)."""
     flux = "Flux" in type(pipe).__name__
     if block == "single" and not flux:
         pytest.skip("SD3 has no single-stream blocks")
@@ -160,7 +196,7 @@ def test_captured_probabilities_are_the_models_softmax(pipe, block, variant):
     module = pipe.transformer.get_submodule(name)
     original, to_q = module.processor, module.to_q
     spy = _Spy(original)
-    module.set_processor(spy)
+    module.set_processor(spy if source == "block" else _Unhooked(spy))
     windows = {"joint_blocks": (0.5, 1.0), "single_blocks": None} if block == "joint" else {
         "joint_blocks": None, "single_blocks": (0.0, 0.5)}  # fmt: skip
     chunk = 16 * 2**20 if variant == "all_heads" else 1
@@ -171,12 +207,14 @@ def test_captured_probabilities_are_the_models_softmax(pipe, block, variant):
     groups = JointCaptureProcessor(original, store, layer).head_groups(module, torch.zeros(1, 1), 64 + 333)
     assert len(groups) == (module.heads if variant == "head_by_head" else 1)
     try:
-        run_pipeline(
-            pipe, ["a photo of mold"], [0], num_inference_steps=2, height=128, width=128, store=store
-        )
+        with mock.patch("diffsynth.dit_attention.project", wraps=project) as projections:
+            run_pipeline(
+                pipe, ["a photo of mold"], [0], num_inference_steps=2, height=128, width=128, store=store
+            )
     finally:
         module.set_processor(original)
         module.to_q = to_q
+    assert projections.called == (source == "own")
     query, key = spy.calls[0]
     cond = slice(query.shape[0] - 1, None)  # SD3: [uncond, cond]; FLUX: [cond]
     i2t, i2i = _reference_probs(query[cond], key[cond], store.text_len, flux)

@@ -153,10 +153,13 @@ def accumulate_joint(
 ) -> None:
     """Add ``mean_h softmax(scale q k^T)`` of image queries ``[B, H, N, d]`` against all keys ``[B, H, T+N, d]``,
     split and pooled, into ``sums = (I2T [B, Np, T], I2I [B, Np, Np])`` (fp32). ``total_heads``: the mean's
-    denominator when these ``H`` heads are one group of the layer's heads (default ``H``).
+    denominator when these ``H`` heads are one group of the layer's heads (default ``H``). ``attention_mask``:
+    added to the logits, ``[B, 1 | H, 1 | N, T+N]``.
 
     Exact per head (each head's softmax runs over all its keys), done in groups of heads and bands of ``pool``
     token rows so that the fp32 keys of a group and the fp32 logits of a band each fit half of ``chunk_bytes``.
+    The logits and their head sum live in two buffers reused by every band (``out=``): allocating them per band
+    cost as much CPU time as the softmax, in page faults.
     """
     b, heads, n, d = query.shape
     w = grid[1]
@@ -164,22 +167,28 @@ def accumulate_joint(
     band = pool * w
     half = max(1, chunk_bytes // 2)
     group = max(1, min(heads, half // max(1, b * columns * d * 4)))
+    rows = min(n, band * max(1, half // max(1, b * group * band * columns * 4)))
+    logits_buffer = torch.empty(b * group * rows * columns, dtype=torch.float32, device=query.device)
+    mean_buffer = torch.empty(b * rows * columns, dtype=torch.float32, device=query.device)
     i2t, i2i = sums
     pooled_w = w // pool
     for h0 in range(0, heads, group):
         h1 = min(heads, h0 + group)
-        k_t = key[:, h0:h1].float().transpose(-1, -2)
-        rows_per_chunk = band * max(1, half // max(1, b * (h1 - h0) * band * columns * 4))
-        for r0 in range(0, n, rows_per_chunk):
-            r1 = min(n, r0 + rows_per_chunk)
-            logits = torch.matmul(query[:, h0:h1, r0:r1].float() * scale, k_t)
+        q = query[:, h0:h1].float().mul(scale).contiguous()
+        k_t = key[:, h0:h1].float().contiguous().transpose(-1, -2)
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            logits = logits_buffer[: b * (h1 - h0) * (r1 - r0) * columns].view(b, h1 - h0, r1 - r0, columns)
+            torch.matmul(q[:, :, r0:r1], k_t, out=logits)
             if attention_mask is not None:
-                logits.add_(attention_mask.float())
-            logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
-            logits.div_(logits.sum(dim=-1, keepdim=True))
-            probs = logits.sum(dim=1).div_(total_heads or heads)  # this group's share of the head mean
-            del logits
-            text, image = split_joint(probs, text_len, text_first)
+                mask = attention_mask if attention_mask.shape[-2] == 1 else attention_mask[..., r0:r1, :]
+                logits.add_(mask.float())
+            torch.softmax(logits, dim=-1, out=logits)  # in place: one fused pass
+            mean = torch.sum(
+                logits, dim=1, out=mean_buffer[: b * (r1 - r0) * columns].view(b, r1 - r0, columns)
+            )
+            mean.div_(total_heads or heads)
+            text, image = split_joint(mean, text_len, text_first)
             p0, p1 = (r0 // band) * pooled_w, (r1 // band) * pooled_w
             i2t[:, p0:p1].add_(pool_rows(text, w, pool))
             i2i[:, p0:p1].add_(pool_columns(pool_rows(image, w, pool), grid, pool))
@@ -331,9 +340,48 @@ def _head_dim(attn: Any) -> int:
     return int(head_dim) if head_dim else attn.inner_dim // attn.heads
 
 
+class _Taps:
+    """Forward hooks on a block's q / k projections for one call of its processor: they hand the outputs the
+    block computes anyway to ``ready`` as soon as all are there (before the block's SDPA), so that the capture
+    does not project q and k a second time. The outputs are read, never changed, so the block's output stays
+    bit for bit the plain one. ``done``: ``ready`` accepted them (else the capture projects on its own)."""
+
+    def __init__(self, attn: Any, ready: Callable[[dict[str, torch.Tensor]], bool]) -> None:
+        self.sources = _projections(attn)
+        self.ready = ready
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.done = False
+        names: dict[int, list[str]] = {}
+        for name, (linear, _, _) in self.sources.items():
+            names.setdefault(id(linear), []).append(name)
+        self.handles = [
+            linear.register_forward_hook(self._hook(names[id(linear)]))
+            for linear in {id(linear): linear for linear, _, _ in self.sources.values()}.values()
+        ]
+
+    def _hook(self, names: list[str]) -> Callable[..., None]:
+        def seen(_module: Any, _args: Any, output: Any) -> None:
+            if self.done or not isinstance(output, torch.Tensor):
+                return
+            for name in names:
+                parts, part = self.sources[name][2], self.sources[name][1]
+                self.outputs.setdefault(name, output.chunk(parts, dim=-1)[part] if parts > 1 else output)
+            if len(self.outputs) == len(self.sources):
+                outputs, self.outputs = self.outputs, {}
+                self.done = self.ready(outputs)
+
+        return seen
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.outputs = {}
+
+
 class JointCaptureProcessor:
     """Wraps a DiT block's processor: the output is the wrapped processor's, untouched; inside the step window
-    the conditional image queries' joint softmax is added into the store."""
+    the conditional image queries' joint softmax is added into the store, from the block's own q / k projections
+    when the wrapped processor calls them (:class:`_Taps`), else from projections of its own after the call."""
 
     def __init__(self, inner: Any, store: DiTStore, layer: DiTLayer) -> None:
         self.inner = inner
@@ -349,12 +397,19 @@ class JointCaptureProcessor:
         image_rotary_emb: Any = None,
         **kwargs: Any,
     ) -> Any:
-        if self.store.active:
-            with torch.no_grad():
-                self.capture(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if image_rotary_emb is not None:
             kwargs["image_rotary_emb"] = image_rotary_emb
-        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        if not self.store.active:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        args = (attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        taps = _Taps(attn, lambda outputs: self.capture(*args, projected=outputs))
+        try:
+            out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        finally:
+            taps.remove()
+        if not taps.done:
+            self.capture(*args)
+        return out
 
     def _cond(self, total: int) -> slice:
         b = self.store.batch_size
@@ -365,36 +420,67 @@ class JointCaptureProcessor:
         raise RuntimeError(f"{self.layer.name}: attention batch {total} is neither {b} nor {2 * b} images.")
 
     def _qk(
+        self, attn: Any, source: Callable[[str, slice | None], torch.Tensor], columns: slice | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image queries ``[B, N, h, d]`` and all keys ``[B, T+N, h, d]`` of the heads in ``columns`` (None: all),
+        in the layer's joint order, normalised (the q/k norms act on each head's ``d`` features). ``source(name,
+        columns)``: the q (image rows), k or text_k projection's output columns."""
+        d = _head_dim(attn)
+        q = _norm(attn.norm_q, _heads(source("q", columns), d))
+        k = _norm(attn.norm_k, _heads(source("k", columns), d))
+        if self.layer.stream == "single":
+            return q, k
+        ek = _norm(getattr(attn, "norm_added_k", None), _heads(source("text_k", columns), d))
+        return q, torch.cat([ek, k] if self.layer.text_first else [k, ek], dim=1)
+
+    def _group_columns(self, attn: Any, batch: int, sequence: int) -> list[slice]:
+        """Output columns of head groups whose fp32 keys ``[B, T+N, h*d]`` fit a quarter of the chunk budget, so
+        the capture's temporaries do not grow with the model's width."""
+        d = _head_dim(attn)
+        width = int(attn.heads) * d
+        group = max(1, self.store.chunk_bytes // 4 // (batch * sequence * d * 4)) * d
+        return [slice(c, min(width, c + group)) for c in range(0, width, group)]
+
+    def head_groups(self, attn: Any, states: torch.Tensor, sequence: int) -> list[slice | None]:
+        """Head groups (:meth:`_group_columns`) to project at once from ``states`` ``[B, S, D]`` when the capture
+        projects on its own; one group, ``None``, when a projection cannot be sliced (:func:`sliceable`)."""
+        if not sliceable(attn, states.device):
+            return [None]
+        return list(self._group_columns(attn, states.shape[0], sequence))
+
+    def _sources(
         self,
         attn: Any,
         hidden: torch.Tensor,
         encoder: torch.Tensor | None,
-        text_len: int,
-        columns: slice | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image queries ``[B, N, h, d]`` and all keys ``[B, T+N, h, d]`` of the heads in ``columns`` (None: all),
-        in the layer's joint order, normalised (the q/k norms act on each head's ``d`` features)."""
-        d = _head_dim(attn)
-        image = hidden[:, text_len:] if self.layer.stream == "single" else hidden  # single: [text, image]
-        q = _norm(attn.norm_q, _heads(project(attn, "q", image, columns), d))
-        k = _norm(attn.norm_k, _heads(project(attn, "k", hidden, columns), d))
-        if self.layer.stream == "single":
-            return q, k
-        text_k = _heads(project(attn, "text_k", encoder, columns), d)
-        ek = _norm(getattr(attn, "norm_added_k", None), text_k)
-        return q, torch.cat([ek, k] if self.layer.text_first else [k, ek], dim=1)
+        cond: slice,
+        projected: dict[str, torch.Tensor] | None,
+    ) -> tuple[Callable[[str, slice | None], torch.Tensor], list[slice | None]] | None:
+        """``(source, head groups)`` for :meth:`_qk`: conditional rows of the block's own projection outputs,
+        or (``projected`` None) projections of the conditional states; None when the outputs do not have the
+        expected shapes (the wrapped processor called the projections on something else)."""
+        text_len = int(self.store.text_len or 0)
+        image = (
+            slice(text_len, None) if self.layer.stream == "single" else slice(None)
+        )  # single: [text, image]
+        sequence = hidden.shape[1] + (encoder.shape[1] if encoder is not None else 0)
+        if projected is None:
+            inputs = {"q": hidden[cond][:, image], "k": hidden[cond]}
+            inputs |= {"text_k": encoder[cond]} if encoder is not None else {}
+            groups = self.head_groups(attn, hidden[cond], sequence)
+            return (lambda name, columns: project(attn, name, inputs[name], columns)), groups
+        expected = {"q": hidden.shape[:2], "k": hidden.shape[:2]}
+        expected |= {"text_k": encoder.shape[:2]} if encoder is not None else {}
+        if any(projected[name].shape[:2] != shape for name, shape in expected.items()):
+            return None
+        rows = {"q": image, "k": slice(None), "text_k": slice(None)}
 
-    def head_groups(self, attn: Any, states: torch.Tensor, sequence: int) -> list[slice | None]:
-        """Output columns of the head groups to project at once from ``states`` ``[B, S, D]``: groups whose fp32
-        keys ``[B, T+N, h*d]`` fit a quarter of the chunk budget, so the recomputed projections do not grow with the
-        model's width (one group, ``None``, when a projection cannot be sliced)."""
-        if not sliceable(attn, states.device):
-            return [None]
-        d = _head_dim(attn)
-        width = int(attn.heads) * d
-        group = max(1, self.store.chunk_bytes // 4 // (states.shape[0] * sequence * d * 4)) * d
-        return [slice(c, min(width, c + group)) for c in range(0, width, group)]
+        def source(name: str, columns: slice | None) -> torch.Tensor:
+            return projected[name][cond, rows[name], columns or slice(None)]
 
+        return source, list(self._group_columns(attn, hidden[cond].shape[0], sequence))
+
+    @torch.no_grad()
     def capture(
         self,
         attn: Any,
@@ -402,22 +488,26 @@ class JointCaptureProcessor:
         encoder: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         rotary: Any,
-    ) -> None:
-        """Add this call's conditional joint softmax to the store (no output); public so that its memory can be
-        measured apart from the wrapped processor's (``benchmarks/bench_attention.py``)."""
+        projected: dict[str, torch.Tensor] | None = None,
+    ) -> bool:
+        """Add this call's conditional joint softmax to the store, from the block's ``projected`` q / k outputs
+        (:class:`_Taps`) or projections of its own; False when ``projected`` cannot be used (nothing added).
+        Public so that its memory can be measured apart from the wrapped processor's (``bench_attention.py``)."""
         store, layer = self.store, self.layer
         cond = self._cond(hidden.shape[0])
         text_len = int(store.text_len or 0)
-        hidden, encoder = hidden[cond], encoder[cond] if encoder is not None else None
         n = hidden.shape[1] - (text_len if layer.stream == "single" else 0)
         if n != store.grid[0] * store.grid[1]:
             raise RuntimeError(f"{layer.name}: {n} image tokens, but the store expects a {store.grid} grid.")
+        found = self._sources(attn, hidden, encoder, cond, projected)
+        if found is None:
+            return False
+        source, groups = found
         mask = attention_mask[cond][..., -n:, :] if attention_mask is not None else None
-        d = _head_dim(attn)
-        scale = float(getattr(attn, "scale", d**-0.5))
+        scale = float(getattr(attn, "scale", _head_dim(attn) ** -0.5))
         sums = store.open(layer.name, hidden.device)
-        for columns in self.head_groups(attn, hidden, n + text_len):
-            query, key = self._qk(attn, hidden, encoder, text_len, columns)
+        for columns in groups:
+            query, key = self._qk(attn, source, columns)
             if rotary is not None:  # FLUX: rotary embedding over [text, image] positions
                 cos, sin = rotary
                 query = apply_rotary_emb(query, (cos[text_len:], sin[text_len:]), sequence_dim=1)
@@ -436,6 +526,7 @@ class JointCaptureProcessor:
                 int(attn.heads),
             )
             del query, key
+        return True
 
 
 @contextmanager
