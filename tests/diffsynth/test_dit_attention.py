@@ -8,6 +8,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from diffusers.models.normalization import RMSNorm
 
 from diffsynth.dit_attention import (
     DiTStore,
@@ -156,56 +157,74 @@ class _LowRank(torch.nn.Module):
 
 
 class _Detached(torch.nn.Module):
-    """The same projection as ``base``, but another module: the capture's hooks on ``base`` do not see it."""
+    """Runs ``base``'s forward, but is another module: the capture's hooks on ``base`` do not see the call."""
 
-    def __init__(self, base: torch.nn.Linear) -> None:
+    def __init__(self, base: torch.nn.Module) -> None:
         super().__init__()
         self.base = base
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x, self.base.weight, self.base.bias)
+        return self.base.forward(x)
 
 
 class _Unhooked:
-    """Runs the wrapped processor with ``to_k`` swapped for a :class:`_Detached` copy, so that the capture does
-    not get the block's keys from its hooks and must project q and k on its own."""
+    """Runs the wrapped processor with ``to_k`` and ``norm_k`` swapped for :class:`_Detached` copies, so that the
+    capture does not get the block's keys from its hooks and must project q and k on its own."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
 
     def __call__(self, attn, *args, **kwargs):
-        to_k = attn.to_k
-        attn.to_k = _Detached(to_k)
+        to_k, norm_k = attn.to_k, attn.norm_k
+        attn.to_k, attn.norm_k = _Detached(to_k), _Detached(norm_k) if norm_k is not None else None
         try:
             return self.inner(attn, *args, **kwargs)
         finally:
-            attn.to_k = to_k
+            attn.to_k, attn.norm_k = to_k, norm_k
+
+
+def _add_qk_norms(attn) -> None:
+    """SD3.5's RMS q/k norms (random scales) on a block that has none: SD3's processor applies them to
+    ``[B, H, S, d]`` (after its transpose), FLUX's to ``[B, S, H, d]``."""
+    generator = torch.Generator().manual_seed(1)
+    for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
+        norm = RMSNorm(attn.head_dim if hasattr(attn, "head_dim") else attn.inner_dim // attn.heads, eps=1e-6)
+        norm.weight.data = torch.rand(norm.weight.shape, generator=generator) + 0.5
+        setattr(attn, name, norm)
 
 
 @pytest.mark.parametrize("source", ["block", "own"])
-@pytest.mark.parametrize("variant", ["all_heads", "head_by_head", "lora_like"])
+@pytest.mark.parametrize("variant", ["all_heads", "head_by_head", "lora_like", "qk_norm"])
 @pytest.mark.parametrize("block", ["joint", "single"])
 def test_captured_probabilities_are_the_models_softmax(pipe, block, variant, source):
-    """From the block's own q / k projection outputs (no projection of the capture's own) and, when the wrapped
-    processor does not call the hooked projections, from projections of its own; also one head at a time (a
-    tiny chunk budget), and with a LoRA-like query projection (the capture then projects all heads at once)."""
+    """From the block's own q / k tensors (no projection of the capture's own) and, when the wrapped processor
+    does not call the hooked modules, from projections of its own; also one head at a time (a tiny chunk
+    budget), with a LoRA-like query projection (the capture then projects all heads at once), and with q/k norms
+    on SD3 (SD3.5; FLUX has them anyway), one head at a time."""
     flux = "Flux" in type(pipe).__name__
     if block == "single" and not flux:
         pytest.skip("SD3 has no single-stream blocks")
+    if variant == "qk_norm" and flux:
+        pytest.skip("FLUX's blocks have q/k norms in every variant")
     name = "transformer_blocks.1.attn" if block == "joint" else "single_transformer_blocks.0.attn"
     module = pipe.transformer.get_submodule(name)
     original, to_q = module.processor, module.to_q
+    norms = {
+        name: getattr(module, name, None) for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
+    }
     spy = _Spy(original)
     module.set_processor(spy if source == "block" else _Unhooked(spy))
     windows = {"joint_blocks": (0.5, 1.0), "single_blocks": None} if block == "joint" else {
         "joint_blocks": None, "single_blocks": (0.0, 0.5)}  # fmt: skip
-    chunk = 16 * 2**20 if variant == "all_heads" else 1
+    chunk = 16 * 2**20 if variant in ("all_heads", "lora_like") else 1
     store = DiTStore(1, (8, 8), 1, step_indices=(0, 1), chunk_bytes=chunk, **windows)
     if variant == "lora_like":
         module.to_q = _LowRank(to_q)
+    if variant == "qk_norm":
+        _add_qk_norms(module)
     layer = next(x for x in dit_layers(pipe.transformer) if x.name == name)
     groups = JointCaptureProcessor(original, store, layer).head_groups(module, torch.zeros(1, 1), 64 + 333)
-    assert len(groups) == (module.heads if variant == "head_by_head" else 1)
+    assert len(groups) == (1 if chunk > 1 else module.heads)
     try:
         with mock.patch("diffsynth.dit_attention.project", wraps=project) as projections:
             run_pipeline(
@@ -214,6 +233,9 @@ def test_captured_probabilities_are_the_models_softmax(pipe, block, variant, sou
     finally:
         module.set_processor(original)
         module.to_q = to_q
+        for norm_name, norm in norms.items():
+            if hasattr(module, norm_name):
+                setattr(module, norm_name, norm)
     assert projections.called == (source == "own")
     query, key = spy.calls[0]
     cond = slice(query.shape[0] - 1, None)  # SD3: [uncond, cond]; FLUX: [cond]

@@ -8,9 +8,11 @@ and schnell have no unconditional batch).
 
 The model is not changed: a :class:`JointCaptureProcessor` wraps the block's own processor (whatever it is:
 ``JointAttnProcessor2_0``, ``FluxAttnProcessor``, a fused one) and calls it untouched for the output, so a
-captured run draws exactly the pixels of a plain one. Inside the step window it recomputes the image queries and
-all keys (two projections) and the softmax, row-chunked, averaged over heads at once and pooled to a coarse token
-grid before it is added to fp32 running sums. Never stored: per-head maps, per-layer maps, any ``[N, N]`` map at
+captured run draws exactly the pixels of a plain one. Inside the step window, forward hooks on the block's q / k
+projections read their outputs while the wrapped processor runs (a processor that does not call them gets the
+projections computed again, after its call); the capture computes the softmax of the image queries against all
+keys, row-chunked, averaged over heads at once and pooled to a coarse token grid before it is added to fp32
+running sums. Never stored: per-head maps, per-layer maps, any ``[N, N]`` map at
 the full token grid. The store holds ``[B, Np, Np]`` (I2I) and ``[B, Np, T]`` (I2T) with ``Np`` pooled tokens.
 
 Pooling: query rows are averaged over each ``pool x pool`` cell, key columns of the I2I block are summed, so a
@@ -138,6 +140,14 @@ def renormalize_rows(block: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return block / block.sum(dim=-1, keepdim=True).clamp_min(eps)
 
 
+def _head_sum(probs: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """Sum of ``[B, h, R, S]`` over its heads, into the front of ``buffer`` (one head: a view of it, no copy)."""
+    if probs.shape[1] == 1:
+        return probs[:, 0]
+    b, _, r, s = probs.shape
+    return torch.sum(probs, dim=1, out=buffer[: b * r * s].view(b, r, s))
+
+
 def accumulate_joint(
     sums: tuple[torch.Tensor, torch.Tensor],
     query: torch.Tensor,
@@ -169,7 +179,9 @@ def accumulate_joint(
     group = max(1, min(heads, half // max(1, b * columns * d * 4)))
     rows = min(n, band * max(1, half // max(1, b * group * band * columns * 4)))
     logits_buffer = torch.empty(b * group * rows * columns, dtype=torch.float32, device=query.device)
-    mean_buffer = torch.empty(b * rows * columns, dtype=torch.float32, device=query.device)
+    mean_buffer = torch.empty(
+        b * rows * columns if group > 1 else 0, dtype=torch.float32, device=query.device
+    )
     i2t, i2i = sums
     pooled_w = w // pool
     for h0 in range(0, heads, group):
@@ -184,10 +196,7 @@ def accumulate_joint(
                 mask = attention_mask if attention_mask.shape[-2] == 1 else attention_mask[..., r0:r1, :]
                 logits.add_(mask.float())
             torch.softmax(logits, dim=-1, out=logits)  # in place: one fused pass
-            mean = torch.sum(
-                logits, dim=1, out=mean_buffer[: b * (r1 - r0) * columns].view(b, r1 - r0, columns)
-            )
-            mean.div_(total_heads or heads)
+            mean = _head_sum(logits, mean_buffer).div_(total_heads or heads)
             text, image = split_joint(mean, text_len, text_first)
             p0, p1 = (r0 // band) * pooled_w, (r1 // band) * pooled_w
             i2t[:, p0:p1].add_(pool_rows(text, w, pool))
@@ -340,23 +349,56 @@ def _head_dim(attn: Any) -> int:
     return int(head_dim) if head_dim else attn.inner_dim // attn.heads
 
 
+def _norms(attn: Any) -> dict[str, Any]:
+    """The q / k norm applied to each projection's output (None: none)."""
+    return {"q": attn.norm_q, "k": attn.norm_k, "text_k": getattr(attn, "norm_added_k", None)}
+
+
+def tap_points(attn: Any) -> dict[str, tuple[Any, int, int, bool]]:
+    """``name -> (module, part, parts, normalised)``: where :class:`_Taps` reads the image q, the k and the text k
+    the block computes. The q/k norm when the block has one: its output is the tensor the processor keeps, so
+    holding it until the capture runs costs no memory (the raw projection output, held, would); else the
+    projection. Projections for all when one norm module serves two of them (its outputs could be mixed up)."""
+    projections = _projections(attn)
+    norms = {name: norm for name, norm in _norms(attn).items() if name in projections and norm is not None}
+    plain = {name: (linear, part, parts, False) for name, (linear, part, parts) in projections.items()}
+    if len({id(norm) for norm in norms.values()}) < len(norms):
+        return plain
+    return plain | {name: (norm, 0, 1, True) for name, norm in norms.items()}
+
+
+def _token_major(
+    tensor: torch.Tensor, shape: tuple[int, int, int, int], normalised: bool
+) -> torch.Tensor | None:
+    """A tapped tensor as a ``[B, S, H, d]`` (``shape``) view: a projection output is ``[B, S, H*d]``, a norm
+    output ``[B, S, H, d]`` (FLUX) or ``[B, H, S, d]`` (SD3's processor normalises after its transpose). None
+    when it is none of these, or when the two norm layouts cannot be told apart (``S == H``)."""
+    b, length, heads, d = shape
+    if not normalised:
+        return tensor.unflatten(-1, (heads, d)) if tensor.shape == (b, length, heads * d) else None
+    token_major, head_major = tensor.shape == (b, length, heads, d), tensor.shape == (b, heads, length, d)
+    if token_major == head_major:
+        return None
+    return tensor if token_major else tensor.transpose(1, 2)
+
+
 class _Taps:
-    """Forward hooks on a block's q / k projections for one call of its processor: they hand the outputs the
-    block computes anyway to ``ready`` as soon as all are there (before the block's SDPA), so that the capture
-    does not project q and k a second time. The outputs are read, never changed, so the block's output stays
-    bit for bit the plain one. ``done``: ``ready`` accepted them (else the capture projects on its own)."""
+    """Forward hooks at the :func:`tap_points` of a block for one call of its processor: they hand the tensors
+    the block computes anyway to ``ready`` as soon as all are there (before the block's SDPA), so that the
+    capture does not project q and k a second time. The tensors are read, never changed, so the block's output
+    stays bit for bit the plain one. ``done``: ``ready`` accepted them (else the capture projects on its own)."""
 
     def __init__(self, attn: Any, ready: Callable[[dict[str, torch.Tensor]], bool]) -> None:
-        self.sources = _projections(attn)
+        self.points = tap_points(attn)
         self.ready = ready
         self.outputs: dict[str, torch.Tensor] = {}
         self.done = False
-        names: dict[int, list[str]] = {}
-        for name, (linear, _, _) in self.sources.items():
-            names.setdefault(id(linear), []).append(name)
+        modules = {id(module): module for module, _, _, _ in self.points.values()}
         self.handles = [
-            linear.register_forward_hook(self._hook(names[id(linear)]))
-            for linear in {id(linear): linear for linear, _, _ in self.sources.values()}.values()
+            module.register_forward_hook(
+                self._hook([name for name, point in self.points.items() if point[0] is module])
+            )
+            for module in modules.values()
         ]
 
     def _hook(self, names: list[str]) -> Callable[..., None]:
@@ -364,9 +406,9 @@ class _Taps:
             if self.done or not isinstance(output, torch.Tensor):
                 return
             for name in names:
-                parts, part = self.sources[name][2], self.sources[name][1]
+                part, parts = self.points[name][1:3]
                 self.outputs.setdefault(name, output.chunk(parts, dim=-1)[part] if parts > 1 else output)
-            if len(self.outputs) == len(self.sources):
+            if len(self.outputs) == len(self.points):
                 outputs, self.outputs = self.outputs, {}
                 self.done = self.ready(outputs)
 
@@ -402,7 +444,7 @@ class JointCaptureProcessor:
         if not self.store.active:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
         args = (attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        taps = _Taps(attn, lambda outputs: self.capture(*args, projected=outputs))
+        taps = _Taps(attn, lambda tensors: self.capture(*args, tapped=tensors))
         try:
             out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
         finally:
@@ -420,17 +462,15 @@ class JointCaptureProcessor:
         raise RuntimeError(f"{self.layer.name}: attention batch {total} is neither {b} nor {2 * b} images.")
 
     def _qk(
-        self, attn: Any, source: Callable[[str, slice | None], torch.Tensor], columns: slice | None
+        self, source: Callable[[str, slice | None], torch.Tensor], columns: slice | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Image queries ``[B, N, h, d]`` and all keys ``[B, T+N, h, d]`` of the heads in ``columns`` (None: all),
-        in the layer's joint order, normalised (the q/k norms act on each head's ``d`` features). ``source(name,
-        columns)``: the q (image rows), k or text_k projection's output columns."""
-        d = _head_dim(attn)
-        q = _norm(attn.norm_q, _heads(source("q", columns), d))
-        k = _norm(attn.norm_k, _heads(source("k", columns), d))
+        in the layer's joint order. ``source(name, columns)``: the normalised q (image rows), k or text k of those heads
+        (:meth:`_sources`)."""
+        q, k = source("q", columns), source("k", columns)
         if self.layer.stream == "single":
             return q, k
-        ek = _norm(getattr(attn, "norm_added_k", None), _heads(source("text_k", columns), d))
+        ek = source("text_k", columns)
         return q, torch.cat([ek, k] if self.layer.text_first else [k, ek], dim=1)
 
     def _group_columns(self, attn: Any, batch: int, sequence: int) -> list[slice]:
@@ -454,31 +494,42 @@ class JointCaptureProcessor:
         hidden: torch.Tensor,
         encoder: torch.Tensor | None,
         cond: slice,
-        projected: dict[str, torch.Tensor] | None,
+        tapped: dict[str, torch.Tensor] | None,
     ) -> tuple[Callable[[str, slice | None], torch.Tensor], list[slice | None]] | None:
-        """``(source, head groups)`` for :meth:`_qk`: conditional rows of the block's own projection outputs,
-        or (``projected`` None) projections of the conditional states; None when the outputs do not have the
-        expected shapes (the wrapped processor called the projections on something else)."""
+        """``(source, head groups)`` for :meth:`_qk`, from the conditional rows of the ``tapped`` block tensors
+        (:func:`tap_points`), or (``tapped`` None) from projections of the conditional states; None when the
+        tapped tensors do not have the expected shapes (the processor called those modules on something else)."""
+        d, heads = _head_dim(attn), int(attn.heads)
         text_len = int(self.store.text_len or 0)
         image = (
             slice(text_len, None) if self.layer.stream == "single" else slice(None)
         )  # single: [text, image]
         sequence = hidden.shape[1] + (encoder.shape[1] if encoder is not None else 0)
-        if projected is None:
+        norms = _norms(attn)
+        if tapped is None:
             inputs = {"q": hidden[cond][:, image], "k": hidden[cond]}
             inputs |= {"text_k": encoder[cond]} if encoder is not None else {}
-            groups = self.head_groups(attn, hidden[cond], sequence)
-            return (lambda name, columns: project(attn, name, inputs[name], columns)), groups
-        expected = {"q": hidden.shape[:2], "k": hidden.shape[:2]}
-        expected |= {"text_k": encoder.shape[:2]} if encoder is not None else {}
-        if any(projected[name].shape[:2] != shape for name, shape in expected.items()):
-            return None
-        rows = {"q": image, "k": slice(None), "text_k": slice(None)}
 
-        def source(name: str, columns: slice | None) -> torch.Tensor:
-            return projected[name][cond, rows[name], columns or slice(None)]
+            def projected(name: str, columns: slice | None) -> torch.Tensor:
+                return _norm(norms[name], _heads(project(attn, name, inputs[name], columns), d))
 
-        return source, list(self._group_columns(attn, hidden[cond].shape[0], sequence))
+            return projected, self.head_groups(attn, hidden[cond], sequence)
+        lengths = {"q": hidden.shape[1], "k": hidden.shape[1]}
+        lengths |= {"text_k": encoder.shape[1]} if encoder is not None else {}
+        points, found = tap_points(attn), {}
+        for name, tensor in tapped.items():
+            normalised = points[name][3]
+            found[name] = _token_major(tensor, (hidden.shape[0], lengths.get(name, -1), heads, d), normalised)
+            if found[name] is None:
+                return None
+            norms[name] = None if normalised else norms[name]
+
+        def block(name: str, columns: slice | None) -> torch.Tensor:
+            assert columns is not None
+            rows = image if name == "q" else slice(None)
+            return _norm(norms[name], found[name][cond, rows, columns.start // d : columns.stop // d])
+
+        return block, list(self._group_columns(attn, hidden[cond].shape[0], sequence))
 
     @torch.no_grad()
     def capture(
@@ -488,10 +539,10 @@ class JointCaptureProcessor:
         encoder: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         rotary: Any,
-        projected: dict[str, torch.Tensor] | None = None,
+        tapped: dict[str, torch.Tensor] | None = None,
     ) -> bool:
-        """Add this call's conditional joint softmax to the store, from the block's ``projected`` q / k outputs
-        (:class:`_Taps`) or projections of its own; False when ``projected`` cannot be used (nothing added).
+        """Add this call's conditional joint softmax to the store, from the block's ``tapped`` q / k tensors
+        (:class:`_Taps`) or projections of its own; False when ``tapped`` cannot be used (nothing added).
         Public so that its memory can be measured apart from the wrapped processor's (``bench_attention.py``)."""
         store, layer = self.store, self.layer
         cond = self._cond(hidden.shape[0])
@@ -499,7 +550,7 @@ class JointCaptureProcessor:
         n = hidden.shape[1] - (text_len if layer.stream == "single" else 0)
         if n != store.grid[0] * store.grid[1]:
             raise RuntimeError(f"{layer.name}: {n} image tokens, but the store expects a {store.grid} grid.")
-        found = self._sources(attn, hidden, encoder, cond, projected)
+        found = self._sources(attn, hidden, encoder, cond, tapped)
         if found is None:
             return False
         source, groups = found
@@ -507,7 +558,7 @@ class JointCaptureProcessor:
         scale = float(getattr(attn, "scale", _head_dim(attn) ** -0.5))
         sums = store.open(layer.name, hidden.device)
         for columns in groups:
-            query, key = self._qk(attn, source, columns)
+            query, key = self._qk(source, columns)
             if rotary is not None:  # FLUX: rotary embedding over [text, image] positions
                 cos, sin = rotary
                 query = apply_rotary_emb(query, (cos[text_len:], sin[text_len:]), sequence_dim=1)
