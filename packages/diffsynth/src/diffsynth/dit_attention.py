@@ -196,11 +196,11 @@ def accumulate_joint(
                 mask = attention_mask if attention_mask.shape[-2] == 1 else attention_mask[..., r0:r1, :]
                 logits.add_(mask.float())
             torch.softmax(logits, dim=-1, out=logits)  # in place: one fused pass
-            mean = _head_sum(logits, mean_buffer).div_(total_heads or heads)
-            text, image = split_joint(mean, text_len, text_first)
+            text, image = split_joint(_head_sum(logits, mean_buffer), text_len, text_first)
             p0, p1 = (r0 // band) * pooled_w, (r1 // band) * pooled_w
-            i2t[:, p0:p1].add_(pool_rows(text, w, pool))
-            i2i[:, p0:p1].add_(pool_columns(pool_rows(image, w, pool), grid, pool))
+            share = 1.0 / (total_heads or heads)  # the head mean, applied to the small pooled tensors
+            i2t[:, p0:p1].add_(pool_rows(text, w, pool), alpha=share)
+            i2i[:, p0:p1].add_(pool_columns(pool_rows(image, w, pool), grid, pool), alpha=share)
 
 
 class DiTStore(StepWindow):
