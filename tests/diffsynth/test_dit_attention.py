@@ -79,16 +79,17 @@ def test_renormalize_rows_removes_the_text_share():
 
 @pytest.mark.parametrize("text_first", [True, False])
 @pytest.mark.parametrize("chunk_bytes", [1, 20_000, 2**20])  # one head and band / all heads, 2 bands / all
-@pytest.mark.parametrize("mask_rows", [None, 1, "all"])
+@pytest.mark.parametrize("mask_rows", [None, 1, "all", "per_head"])
 def test_accumulate_joint_equals_the_dense_softmax(text_first, chunk_bytes, mask_rows):
     """Also from strided views of ``[B, S, H, d]`` projections (as the processor passes them) and with an
-    additive attention mask, per query row or broadcast over the rows."""
+    additive attention mask, per query row (and per head) or broadcast over the rows."""
     torch.manual_seed(0)
     b, heads, d, text, grid, pool = 2, 3, 4, 5, (4, 6), 2
     n = grid[0] * grid[1]
     query = torch.randn(b, n, heads, d).transpose(1, 2)
     key = torch.randn(b, text + n, heads, d).transpose(1, 2)
-    mask = None if mask_rows is None else torch.randn(b, 1, n if mask_rows == "all" else 1, text + n)
+    mask_shape = {1: (b, 1, 1), "all": (b, 1, n), "per_head": (b, heads, n)}.get(mask_rows)
+    mask = None if mask_shape is None else torch.randn(*mask_shape, text + n)
     logits = query @ key.transpose(-1, -2) * 0.5
     probs = torch.softmax(logits if mask is None else logits + mask, dim=-1).mean(1)
     i2t_ref, i2i_ref = split_joint(probs, text, text_first)

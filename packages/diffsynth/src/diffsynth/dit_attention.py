@@ -9,8 +9,8 @@ and schnell have no unconditional batch).
 The model is not changed: a :class:`JointCaptureProcessor` wraps the block's own processor (whatever it is:
 ``JointAttnProcessor2_0``, ``FluxAttnProcessor``, a fused one) and calls it untouched for the output, so a
 captured run draws exactly the pixels of a plain one. Inside the step window, forward hooks on the block's q / k
-projections read their outputs while the wrapped processor runs (a processor that does not call them gets the
-projections computed again, after its call); the capture computes the softmax of the image queries against all
+norms (or, without norms, its q / k projections) read their outputs while the wrapped processor runs (a processor
+that does not call them gets the projections computed again, after its call); the capture computes the softmax of the image queries against all
 keys, row-chunked, averaged over heads at once and pooled to a coarse token grid before it is added to fp32
 running sums. Never stored: per-head maps, per-layer maps, any ``[N, N]`` map at
 the full token grid. The store holds ``[B, Np, Np]`` (I2I) and ``[B, Np, T]`` (I2T) with ``Np`` pooled tokens.
@@ -200,8 +200,8 @@ def accumulate_joint(
             logits = logits_buffer[: b * (h1 - h0) * (r1 - r0) * columns].view(b, h1 - h0, r1 - r0, columns)
             torch.matmul(q[:, :, r0:r1], k_t, out=logits)
             if attention_mask is not None:
-                mask = attention_mask if attention_mask.shape[-2] == 1 else attention_mask[..., r0:r1, :]
-                logits.add_(mask.float())
+                mask = attention_mask if attention_mask.shape[1] == 1 else attention_mask[:, h0:h1]
+                logits.add_((mask if mask.shape[-2] == 1 else mask[..., r0:r1, :]).float())
             torch.softmax(logits, dim=-1, out=logits)  # in place: one fused pass
             text, image = split_joint(_head_sum(logits, mean_buffer), text_len, text_first)
             p0, p1 = (r0 // band) * pooled_w, (r1 // band) * pooled_w
@@ -429,8 +429,8 @@ class _Taps:
 
 class JointCaptureProcessor:
     """Wraps a DiT block's processor: the output is the wrapped processor's, untouched; inside the step window
-    the conditional image queries' joint softmax is added into the store, from the block's own q / k projections
-    when the wrapped processor calls them (:class:`_Taps`), else from projections of its own after the call."""
+    the conditional image queries' joint softmax is added into the store, from the block's own q / k tensors
+    when the wrapped processor computes them (:class:`_Taps`), else from projections of its own after the call."""
 
     def __init__(self, inner: Any, store: DiTStore, layer: DiTLayer) -> None:
         self.inner = inner
