@@ -29,15 +29,17 @@ temporaries. Target: <= 64 MB extra per image.
 Per attention call (``--model sd3|flux``, one more plain and one more masked run after the timed ones; ``--reps 0``
 runs only these): the whole-run peak hides the capture's temporaries under whatever else peaks (the VAE at
 1024 px), so we also reset the peak at the entry of every attention call and read it at the exit: the plain
-processor's call (``plain``), the capture alone (``capture``: :meth:`JointCaptureProcessor.capture`, recomputed
-q/k and the softmax chunks) and the whole captured call (``captured``). The capture runs before the wrapped
-processor and frees its temporaries on return, so at any moment the masked run holds at most the plain run's
-memory + the running sums + one capture's temporaries: ``capture + sums`` bounds the extra peak on any device,
-whatever the run's peak is; ``captured - plain + sums`` (medians) is the extra when an attention call is the
-run's peak. Why this carries over to a GPU: with the mmap threshold the resident set follows the bytes of live
-tensors, which is what ``torch.cuda.max_memory_allocated`` counts; the capture allocates the same tensors there
-(the recomputed q/k in the model's dtype, so half of these CPU fp32 bytes in bf16; the fp32 logits chunks and sums
-alike). Its temporaries are bounded by ``chunk_mb`` (head groups and row bands), not by the model's width.
+processor's call (``plain``), the capture alone (``capture``: :meth:`JointCaptureProcessor.capture`, the head
+groups' q/k copies and the softmax buffers) and the whole captured call (``captured``). The capture runs inside
+the wrapped processor's call (in the forward hook of the last q/k tensor it needs, before the block's SDPA), holds
+only tensors the processor holds anyway and frees its temporaries on return, so at any moment the masked run
+holds at most the plain run's memory + the running sums + one capture's temporaries: ``capture + sums`` bounds
+the extra peak on any device, whatever the run's peak is; ``captured - plain + sums`` (medians) is the extra when
+an attention call is the run's peak. Why this carries over to a GPU: with the mmap threshold the resident set
+follows the bytes of live tensors, which is what ``torch.cuda.max_memory_allocated`` counts; the capture allocates
+the same tensors there (the normalised q/k of a head group in the model's dtype, so half of these CPU fp32 bytes
+in bf16; the fp32 logits buffer and sums alike). Its temporaries are bounded by ``chunk_mb`` (head groups and row
+bands), not by the model's width.
 
 Post-processing: refinement + upsampling + labelling time over the masked run's time. Target: <= 5%.
 

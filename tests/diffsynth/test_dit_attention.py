@@ -8,6 +8,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from diffusers.models.normalization import RMSNorm
 
 from diffsynth.dit_attention import (
     DiTStore,
@@ -17,6 +18,7 @@ from diffsynth.dit_attention import (
     dit_layers,
     pool_columns,
     pool_rows,
+    project,
     renormalize_rows,
     sliceable,
     split_joint,
@@ -76,17 +78,24 @@ def test_renormalize_rows_removes_the_text_share():
 
 
 @pytest.mark.parametrize("text_first", [True, False])
-@pytest.mark.parametrize("chunk_bytes", [1, 2**20])
-def test_accumulate_joint_equals_the_dense_softmax(text_first, chunk_bytes):
+@pytest.mark.parametrize("chunk_bytes", [1, 20_000, 2**20])  # one head and band / all heads, 2 bands / all
+@pytest.mark.parametrize("mask_rows", [None, 1, "all", "per_head"])
+def test_accumulate_joint_equals_the_dense_softmax(text_first, chunk_bytes, mask_rows):
+    """Also from strided views of ``[B, S, H, d]`` projections (as the processor passes them) and with an
+    additive attention mask, per query row (and per head) or broadcast over the rows."""
     torch.manual_seed(0)
     b, heads, d, text, grid, pool = 2, 3, 4, 5, (4, 6), 2
     n = grid[0] * grid[1]
-    query, key = torch.randn(b, heads, n, d), torch.randn(b, heads, text + n, d)
-    probs = torch.softmax(query @ key.transpose(-1, -2) * 0.5, dim=-1).mean(1)
+    query = torch.randn(b, n, heads, d).transpose(1, 2)
+    key = torch.randn(b, text + n, heads, d).transpose(1, 2)
+    mask_shape = {1: (b, 1, 1), "all": (b, 1, n), "per_head": (b, heads, n)}.get(mask_rows)
+    mask = None if mask_shape is None else torch.randn(*mask_shape, text + n)
+    logits = query @ key.transpose(-1, -2) * 0.5
+    probs = torch.softmax(logits if mask is None else logits + mask, dim=-1).mean(1)
     i2t_ref, i2i_ref = split_joint(probs, text, text_first)
     np_ = (grid[0] // pool) * (grid[1] // pool)
     sums = (torch.zeros(b, np_, text), torch.zeros(b, np_, np_))
-    accumulate_joint(sums, query, key, 0.5, text, text_first, grid, pool, chunk_bytes)
+    accumulate_joint(sums, query, key, 0.5, text, text_first, grid, pool, chunk_bytes, mask)
     torch.testing.assert_close(sums[0], pool_rows(i2t_ref, grid[1], pool))
     torch.testing.assert_close(sums[1], pool_columns(pool_rows(i2i_ref, grid[1], pool), grid, pool))
     torch.testing.assert_close(sums[0].sum(-1) + sums[1].sum(-1), torch.ones(b, np_))
@@ -148,35 +157,87 @@ class _LowRank(torch.nn.Module):
         return self.base(x) + x @ self.down @ self.up
 
 
-@pytest.mark.parametrize("variant", ["all_heads", "head_by_head", "lora_like"])
+class _Detached(torch.nn.Module):
+    """Runs ``base``'s forward, but is another module: the capture's hooks on ``base`` do not see the call."""
+
+    def __init__(self, base: torch.nn.Module) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.forward(x)
+
+
+class _Unhooked:
+    """Runs the wrapped processor with ``to_k`` and ``norm_k`` swapped for :class:`_Detached` copies, so that the
+    capture does not get the block's keys from its hooks and must project q and k on its own."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, attn, *args, **kwargs):
+        to_k, norm_k = attn.to_k, attn.norm_k
+        attn.to_k, attn.norm_k = _Detached(to_k), _Detached(norm_k) if norm_k is not None else None
+        try:
+            return self.inner(attn, *args, **kwargs)
+        finally:
+            attn.to_k, attn.norm_k = to_k, norm_k
+
+
+def _add_qk_norms(attn) -> None:
+    """SD3.5's RMS q/k norms (random scales) on a block that has none: SD3's processor applies them to
+    ``[B, H, S, d]`` (after its transpose), FLUX's to ``[B, S, H, d]``."""
+    generator = torch.Generator().manual_seed(1)
+    for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
+        norm = RMSNorm(attn.head_dim if hasattr(attn, "head_dim") else attn.inner_dim // attn.heads, eps=1e-6)
+        norm.weight.data = torch.rand(norm.weight.shape, generator=generator) + 0.5
+        setattr(attn, name, norm)
+
+
+@pytest.mark.parametrize("source", ["block", "own"])
+@pytest.mark.parametrize("variant", ["all_heads", "head_by_head", "lora_like", "qk_norm"])
 @pytest.mark.parametrize("block", ["joint", "single"])
-def test_captured_probabilities_are_the_models_softmax(pipe, block, variant):
-    """Also when the capture projects one head at a time (a tiny chunk budget), and when a LoRA-like query
-    projection makes it project all heads at once."""
+def test_captured_probabilities_are_the_models_softmax(pipe, block, variant, source):
+    """From the block's own q / k tensors (no projection of the capture's own) and, when the wrapped processor
+    does not call the hooked modules, from projections of its own; also one head at a time (a tiny chunk
+    budget), with a LoRA-like query projection (the capture then projects all heads at once), and with q/k norms
+    on SD3 (SD3.5; FLUX has them anyway), one head at a time."""
     flux = "Flux" in type(pipe).__name__
     if block == "single" and not flux:
         pytest.skip("SD3 has no single-stream blocks")
+    if variant == "qk_norm" and flux:
+        pytest.skip("FLUX's blocks have q/k norms in every variant")
     name = "transformer_blocks.1.attn" if block == "joint" else "single_transformer_blocks.0.attn"
     module = pipe.transformer.get_submodule(name)
     original, to_q = module.processor, module.to_q
+    norms = {
+        name: getattr(module, name, None) for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
+    }
     spy = _Spy(original)
-    module.set_processor(spy)
+    module.set_processor(spy if source == "block" else _Unhooked(spy))
     windows = {"joint_blocks": (0.5, 1.0), "single_blocks": None} if block == "joint" else {
         "joint_blocks": None, "single_blocks": (0.0, 0.5)}  # fmt: skip
-    chunk = 16 * 2**20 if variant == "all_heads" else 1
+    chunk = 16 * 2**20 if variant in ("all_heads", "lora_like") else 1
     store = DiTStore(1, (8, 8), 1, step_indices=(0, 1), chunk_bytes=chunk, **windows)
     if variant == "lora_like":
         module.to_q = _LowRank(to_q)
+    if variant == "qk_norm":
+        _add_qk_norms(module)
     layer = next(x for x in dit_layers(pipe.transformer) if x.name == name)
     groups = JointCaptureProcessor(original, store, layer).head_groups(module, torch.zeros(1, 1), 64 + 333)
-    assert len(groups) == (module.heads if variant == "head_by_head" else 1)
+    assert len(groups) == (1 if chunk > 1 else module.heads)
     try:
-        run_pipeline(
-            pipe, ["a photo of mold"], [0], num_inference_steps=2, height=128, width=128, store=store
-        )
+        with mock.patch("diffsynth.dit_attention.project", wraps=project) as projections:
+            run_pipeline(
+                pipe, ["a photo of mold"], [0], num_inference_steps=2, height=128, width=128, store=store
+            )
     finally:
         module.set_processor(original)
         module.to_q = to_q
+        for norm_name, norm in norms.items():
+            if hasattr(module, norm_name):
+                setattr(module, norm_name, norm)
+    assert projections.called == (source == "own")
     query, key = spy.calls[0]
     cond = slice(query.shape[0] - 1, None)  # SD3: [uncond, cond]; FLUX: [cond]
     i2t, i2i = _reference_probs(query[cond], key[cond], store.text_len, flux)

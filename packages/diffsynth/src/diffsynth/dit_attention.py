@@ -8,9 +8,11 @@ and schnell have no unconditional batch).
 
 The model is not changed: a :class:`JointCaptureProcessor` wraps the block's own processor (whatever it is:
 ``JointAttnProcessor2_0``, ``FluxAttnProcessor``, a fused one) and calls it untouched for the output, so a
-captured run draws exactly the pixels of a plain one. Inside the step window it recomputes the image queries and
-all keys (two projections) and the softmax, row-chunked, averaged over heads at once and pooled to a coarse token
-grid before it is added to fp32 running sums. Never stored: per-head maps, per-layer maps, any ``[N, N]`` map at
+captured run draws exactly the pixels of a plain one. Inside the step window, forward hooks on the block's q / k
+norms (or, without norms, its q / k projections) read their outputs while the wrapped processor runs (a processor
+that does not call them gets the projections computed again, after its call); the capture computes the softmax of the image queries against all
+keys, row-chunked, averaged over heads at once and pooled to a coarse token grid before it is added to fp32
+running sums. Never stored: per-head maps, per-layer maps, any ``[N, N]`` map at
 the full token grid. The store holds ``[B, Np, Np]`` (I2I) and ``[B, Np, T]`` (I2T) with ``Np`` pooled tokens.
 
 Pooling: query rows are averaged over each ``pool x pool`` cell, key columns of the I2I block are summed, so a
@@ -138,6 +140,20 @@ def renormalize_rows(block: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return block / block.sum(dim=-1, keepdim=True).clamp_min(eps)
 
 
+#: Target size of a chunk of fp32 logits (at least one band of ``pool`` token rows of one head): small enough that
+#: the softmax and the head sum read it from a core's L2 cache, not from memory. SD3 at 1024 px, one captured
+#: block on CPU: one head and 128 rows (2.2 MB) per chunk took about 10% less time than three heads (6.8 MB).
+BAND_BYTES = 2 * 2**20
+
+
+def _head_sum(probs: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """Sum of ``[B, h, R, S]`` over its heads, into the front of ``buffer`` (one head: a view of it, no copy)."""
+    if probs.shape[1] == 1:
+        return probs[:, 0]
+    b, _, r, s = probs.shape
+    return torch.sum(probs, dim=1, out=buffer[: b * r * s].view(b, r, s))
+
+
 def accumulate_joint(
     sums: tuple[torch.Tensor, torch.Tensor],
     query: torch.Tensor,
@@ -153,10 +169,14 @@ def accumulate_joint(
 ) -> None:
     """Add ``mean_h softmax(scale q k^T)`` of image queries ``[B, H, N, d]`` against all keys ``[B, H, T+N, d]``,
     split and pooled, into ``sums = (I2T [B, Np, T], I2I [B, Np, Np])`` (fp32). ``total_heads``: the mean's
-    denominator when these ``H`` heads are one group of the layer's heads (default ``H``).
+    denominator when these ``H`` heads are one group of the layer's heads (default ``H``). ``attention_mask``:
+    added to the logits, ``[B, 1 | H, 1 | N, T+N]``.
 
     Exact per head (each head's softmax runs over all its keys), done in groups of heads and bands of ``pool``
-    token rows so that the fp32 keys of a group and the fp32 logits of a band each fit half of ``chunk_bytes``.
+    token rows so that the fp32 keys of a group fit half of ``chunk_bytes`` and the fp32 logits of a chunk of
+    bands fit that half and :data:`BAND_BYTES` (at least one band).
+    The logits and their head sum live in two buffers reused by every band (``out=``): allocating them per band
+    cost as much CPU time as the softmax, in page faults.
     """
     b, heads, n, d = query.shape
     w = grid[1]
@@ -164,25 +184,30 @@ def accumulate_joint(
     band = pool * w
     half = max(1, chunk_bytes // 2)
     group = max(1, min(heads, half // max(1, b * columns * d * 4)))
+    rows = min(n, band * max(1, min(half, BAND_BYTES) // max(1, b * group * band * columns * 4)))
+    logits_buffer = torch.empty(b * group * rows * columns, dtype=torch.float32, device=query.device)
+    mean_buffer = torch.empty(
+        b * rows * columns if group > 1 else 0, dtype=torch.float32, device=query.device
+    )
     i2t, i2i = sums
     pooled_w = w // pool
     for h0 in range(0, heads, group):
         h1 = min(heads, h0 + group)
-        k_t = key[:, h0:h1].float().transpose(-1, -2)
-        rows_per_chunk = band * max(1, half // max(1, b * (h1 - h0) * band * columns * 4))
-        for r0 in range(0, n, rows_per_chunk):
-            r1 = min(n, r0 + rows_per_chunk)
-            logits = torch.matmul(query[:, h0:h1, r0:r1].float() * scale, k_t)
+        q = query[:, h0:h1].float().mul(scale).contiguous()
+        k_t = key[:, h0:h1].float().contiguous().transpose(-1, -2)
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            logits = logits_buffer[: b * (h1 - h0) * (r1 - r0) * columns].view(b, h1 - h0, r1 - r0, columns)
+            torch.matmul(q[:, :, r0:r1], k_t, out=logits)
             if attention_mask is not None:
-                logits.add_(attention_mask.float())
-            logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
-            logits.div_(logits.sum(dim=-1, keepdim=True))
-            probs = logits.sum(dim=1).div_(total_heads or heads)  # this group's share of the head mean
-            del logits
-            text, image = split_joint(probs, text_len, text_first)
+                mask = attention_mask if attention_mask.shape[1] == 1 else attention_mask[:, h0:h1]
+                logits.add_((mask if mask.shape[-2] == 1 else mask[..., r0:r1, :]).float())
+            torch.softmax(logits, dim=-1, out=logits)  # in place: one fused pass
+            text, image = split_joint(_head_sum(logits, mean_buffer), text_len, text_first)
             p0, p1 = (r0 // band) * pooled_w, (r1 // band) * pooled_w
-            i2t[:, p0:p1].add_(pool_rows(text, w, pool))
-            i2i[:, p0:p1].add_(pool_columns(pool_rows(image, w, pool), grid, pool))
+            share = 1.0 / (total_heads or heads)  # the head mean, applied to the small pooled tensors
+            i2t[:, p0:p1].add_(pool_rows(text, w, pool), alpha=share)
+            i2i[:, p0:p1].add_(pool_columns(pool_rows(image, w, pool), grid, pool), alpha=share)
 
 
 class DiTStore(StepWindow):
@@ -331,9 +356,81 @@ def _head_dim(attn: Any) -> int:
     return int(head_dim) if head_dim else attn.inner_dim // attn.heads
 
 
+def _norms(attn: Any) -> dict[str, Any]:
+    """The q / k norm applied to each projection's output (None: none)."""
+    return {"q": attn.norm_q, "k": attn.norm_k, "text_k": getattr(attn, "norm_added_k", None)}
+
+
+def tap_points(attn: Any) -> dict[str, tuple[Any, int, int, bool]]:
+    """``name -> (module, part, parts, normalised)``: where :class:`_Taps` reads the image q, the k and the text k
+    the block computes. The q/k norm when the block has one: its output is the tensor the processor keeps, so
+    holding it until the capture runs costs no memory (the raw projection output, held, would); else the
+    projection. Projections for all when one norm module serves two of them (its outputs could be mixed up)."""
+    projections = _projections(attn)
+    norms = {name: norm for name, norm in _norms(attn).items() if name in projections and norm is not None}
+    plain = {name: (linear, part, parts, False) for name, (linear, part, parts) in projections.items()}
+    if len({id(norm) for norm in norms.values()}) < len(norms):
+        return plain
+    return plain | {name: (norm, 0, 1, True) for name, norm in norms.items()}
+
+
+def _token_major(
+    tensor: torch.Tensor, shape: tuple[int, int, int, int], normalised: bool
+) -> torch.Tensor | None:
+    """A tapped tensor as a ``[B, S, H, d]`` (``shape``) view: a projection output is ``[B, S, H*d]``, a norm
+    output ``[B, S, H, d]`` (FLUX) or ``[B, H, S, d]`` (SD3's processor normalises after its transpose). None
+    when it is none of these, or when the two norm layouts cannot be told apart (``S == H``)."""
+    b, length, heads, d = shape
+    if not normalised:
+        return tensor.unflatten(-1, (heads, d)) if tensor.shape == (b, length, heads * d) else None
+    token_major, head_major = tensor.shape == (b, length, heads, d), tensor.shape == (b, heads, length, d)
+    if token_major == head_major:
+        return None
+    return tensor if token_major else tensor.transpose(1, 2)
+
+
+class _Taps:
+    """Forward hooks at the :func:`tap_points` of a block for one call of its processor: they hand the tensors
+    the block computes anyway to ``ready`` as soon as all are there (before the block's SDPA), so that the
+    capture does not project q and k a second time. The tensors are read, never changed, so the block's output
+    stays bit for bit the plain one. ``done``: ``ready`` accepted them (else the capture projects on its own)."""
+
+    def __init__(self, attn: Any, ready: Callable[[dict[str, torch.Tensor]], bool]) -> None:
+        self.points = tap_points(attn)
+        self.ready = ready
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.done = False
+        modules = {id(module): module for module, _, _, _ in self.points.values()}
+        self.handles = [
+            module.register_forward_hook(
+                self._hook([name for name, point in self.points.items() if point[0] is module])
+            )
+            for module in modules.values()
+        ]
+
+    def _hook(self, names: list[str]) -> Callable[..., None]:
+        def seen(_module: Any, _args: Any, output: Any) -> None:
+            if self.done or not isinstance(output, torch.Tensor):
+                return
+            for name in names:
+                part, parts = self.points[name][1:3]
+                self.outputs.setdefault(name, output.chunk(parts, dim=-1)[part] if parts > 1 else output)
+            if len(self.outputs) == len(self.points):
+                outputs, self.outputs = self.outputs, {}
+                self.done = self.ready(outputs)
+
+        return seen
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.outputs = {}
+
+
 class JointCaptureProcessor:
     """Wraps a DiT block's processor: the output is the wrapped processor's, untouched; inside the step window
-    the conditional image queries' joint softmax is added into the store."""
+    the conditional image queries' joint softmax is added into the store, from the block's own q / k tensors
+    when the wrapped processor computes them (:class:`_Taps`), else from projections of its own after the call."""
 
     def __init__(self, inner: Any, store: DiTStore, layer: DiTLayer) -> None:
         self.inner = inner
@@ -349,12 +446,19 @@ class JointCaptureProcessor:
         image_rotary_emb: Any = None,
         **kwargs: Any,
     ) -> Any:
-        if self.store.active:
-            with torch.no_grad():
-                self.capture(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if image_rotary_emb is not None:
             kwargs["image_rotary_emb"] = image_rotary_emb
-        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        if not self.store.active:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        args = (attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        taps = _Taps(attn, lambda tensors: self.capture(*args, tapped=tensors))
+        try:
+            out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        finally:
+            taps.remove()
+        if not taps.done:
+            self.capture(*args)
+        return out
 
     def _cond(self, total: int) -> slice:
         b = self.store.batch_size
@@ -365,36 +469,85 @@ class JointCaptureProcessor:
         raise RuntimeError(f"{self.layer.name}: attention batch {total} is neither {b} nor {2 * b} images.")
 
     def _qk(
+        self, source: Callable[[str, slice | None], torch.Tensor], columns: slice | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image queries ``[B, N, h, d]`` and all keys ``[B, T+N, h, d]`` of the heads in ``columns`` (None: all),
+        in the layer's joint order. ``source(name, columns)``: the normalised q (image rows), k or text k of those heads
+        (:meth:`_sources`)."""
+        q, k = source("q", columns), source("k", columns)
+        if self.layer.stream == "single":
+            return q, k
+        ek = source("text_k", columns)
+        return q, torch.cat([ek, k] if self.layer.text_first else [k, ek], dim=1)
+
+    def _band_heads(self, sequence: int) -> int:
+        """Heads whose fp32 logits of one band of ``pool`` token rows fit :data:`BAND_BYTES` (at least one)."""
+        band = self.store.pool * self.store.grid[1]
+        return max(1, BAND_BYTES // (self.store.batch_size * band * sequence * 4))
+
+    def _group_columns(self, attn: Any, batch: int, sequence: int, most: int | None = None) -> list[slice]:
+        """Output columns of head groups whose fp32 keys ``[B, T+N, h*d]`` fit a quarter of the chunk budget, so
+        the capture's temporaries do not grow with the model's width; at most ``most`` heads (when the q/k come
+        from the block, slicing them is free, so groups can be as small as the cache wants)."""
+        d = _head_dim(attn)
+        width = int(attn.heads) * d
+        group = (
+            max(1, min(most or int(attn.heads), self.store.chunk_bytes // 4 // (batch * sequence * d * 4)))
+            * d
+        )
+        return [slice(c, min(width, c + group)) for c in range(0, width, group)]
+
+    def head_groups(self, attn: Any, states: torch.Tensor, sequence: int) -> list[slice | None]:
+        """Head groups (:meth:`_group_columns`) to project at once from ``states`` ``[B, S, D]`` when the capture
+        projects on its own; one group, ``None``, when a projection cannot be sliced (:func:`sliceable`)."""
+        if not sliceable(attn, states.device):
+            return [None]
+        return list(self._group_columns(attn, states.shape[0], sequence))
+
+    def _sources(
         self,
         attn: Any,
         hidden: torch.Tensor,
         encoder: torch.Tensor | None,
-        text_len: int,
-        columns: slice | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image queries ``[B, N, h, d]`` and all keys ``[B, T+N, h, d]`` of the heads in ``columns`` (None: all),
-        in the layer's joint order, normalised (the q/k norms act on each head's ``d`` features)."""
-        d = _head_dim(attn)
-        image = hidden[:, text_len:] if self.layer.stream == "single" else hidden  # single: [text, image]
-        q = _norm(attn.norm_q, _heads(project(attn, "q", image, columns), d))
-        k = _norm(attn.norm_k, _heads(project(attn, "k", hidden, columns), d))
-        if self.layer.stream == "single":
-            return q, k
-        text_k = _heads(project(attn, "text_k", encoder, columns), d)
-        ek = _norm(getattr(attn, "norm_added_k", None), text_k)
-        return q, torch.cat([ek, k] if self.layer.text_first else [k, ek], dim=1)
+        cond: slice,
+        tapped: dict[str, torch.Tensor] | None,
+    ) -> tuple[Callable[[str, slice | None], torch.Tensor], list[slice | None]] | None:
+        """``(source, head groups)`` for :meth:`_qk`, from the conditional rows of the ``tapped`` block tensors
+        (:func:`tap_points`), or (``tapped`` None) from projections of the conditional states; None when the
+        tapped tensors do not have the expected shapes (the processor called those modules on something else)."""
+        d, heads = _head_dim(attn), int(attn.heads)
+        text_len = int(self.store.text_len or 0)
+        image = (
+            slice(text_len, None) if self.layer.stream == "single" else slice(None)
+        )  # single: [text, image]
+        sequence = hidden.shape[1] + (encoder.shape[1] if encoder is not None else 0)
+        norms = _norms(attn)
+        if tapped is None:
+            inputs = {"q": hidden[cond][:, image], "k": hidden[cond]}
+            inputs |= {"text_k": encoder[cond]} if encoder is not None else {}
 
-    def head_groups(self, attn: Any, states: torch.Tensor, sequence: int) -> list[slice | None]:
-        """Output columns of the head groups to project at once from ``states`` ``[B, S, D]``: groups whose fp32
-        keys ``[B, T+N, h*d]`` fit a quarter of the chunk budget, so the recomputed projections do not grow with the
-        model's width (one group, ``None``, when a projection cannot be sliced)."""
-        if not sliceable(attn, states.device):
-            return [None]
-        d = _head_dim(attn)
-        width = int(attn.heads) * d
-        group = max(1, self.store.chunk_bytes // 4 // (states.shape[0] * sequence * d * 4)) * d
-        return [slice(c, min(width, c + group)) for c in range(0, width, group)]
+            def projected(name: str, columns: slice | None) -> torch.Tensor:
+                return _norm(norms[name], _heads(project(attn, name, inputs[name], columns), d))
 
+            return projected, self.head_groups(attn, hidden[cond], sequence)
+        lengths = {"q": hidden.shape[1], "k": hidden.shape[1]}
+        lengths |= {"text_k": encoder.shape[1]} if encoder is not None else {}
+        points, found = tap_points(attn), {}
+        for name, tensor in tapped.items():
+            normalised = points[name][3]
+            found[name] = _token_major(tensor, (hidden.shape[0], lengths.get(name, -1), heads, d), normalised)
+            if found[name] is None:
+                return None
+            norms[name] = None if normalised else norms[name]
+
+        def block(name: str, columns: slice | None) -> torch.Tensor:
+            assert columns is not None
+            rows = image if name == "q" else slice(None)
+            return _norm(norms[name], found[name][cond, rows, columns.start // d : columns.stop // d])
+
+        return block, self._group_columns(attn, hidden[cond].shape[0], sequence, self._band_heads(sequence))
+
+    @torch.no_grad()
     def capture(
         self,
         attn: Any,
@@ -402,22 +555,26 @@ class JointCaptureProcessor:
         encoder: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         rotary: Any,
-    ) -> None:
-        """Add this call's conditional joint softmax to the store (no output); public so that its memory can be
-        measured apart from the wrapped processor's (``benchmarks/bench_attention.py``)."""
+        tapped: dict[str, torch.Tensor] | None = None,
+    ) -> bool:
+        """Add this call's conditional joint softmax to the store, from the block's ``tapped`` q / k tensors
+        (:class:`_Taps`) or projections of its own; False when ``tapped`` cannot be used (nothing added).
+        Public so that its memory can be measured apart from the wrapped processor's (``bench_attention.py``)."""
         store, layer = self.store, self.layer
         cond = self._cond(hidden.shape[0])
         text_len = int(store.text_len or 0)
-        hidden, encoder = hidden[cond], encoder[cond] if encoder is not None else None
         n = hidden.shape[1] - (text_len if layer.stream == "single" else 0)
         if n != store.grid[0] * store.grid[1]:
             raise RuntimeError(f"{layer.name}: {n} image tokens, but the store expects a {store.grid} grid.")
+        found = self._sources(attn, hidden, encoder, cond, tapped)
+        if found is None:
+            return False
+        source, groups = found
         mask = attention_mask[cond][..., -n:, :] if attention_mask is not None else None
-        d = _head_dim(attn)
-        scale = float(getattr(attn, "scale", d**-0.5))
+        scale = float(getattr(attn, "scale", _head_dim(attn) ** -0.5))
         sums = store.open(layer.name, hidden.device)
-        for columns in self.head_groups(attn, hidden, n + text_len):
-            query, key = self._qk(attn, hidden, encoder, text_len, columns)
+        for columns in groups:
+            query, key = self._qk(source, columns)
             if rotary is not None:  # FLUX: rotary embedding over [text, image] positions
                 cos, sin = rotary
                 query = apply_rotary_emb(query, (cos[text_len:], sin[text_len:]), sequence_dim=1)
@@ -436,6 +593,7 @@ class JointCaptureProcessor:
                 int(attn.heads),
             )
             del query, key
+        return True
 
 
 @contextmanager
