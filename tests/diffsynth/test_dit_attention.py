@@ -8,6 +8,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers.models.normalization import RMSNorm
 
 from diffsynth.dit_attention import (
@@ -99,6 +100,25 @@ def test_accumulate_joint_equals_the_dense_softmax(text_first, chunk_bytes, mask
     torch.testing.assert_close(sums[0], pool_rows(i2t_ref, grid[1], pool))
     torch.testing.assert_close(sums[1], pool_columns(pool_rows(i2i_ref, grid[1], pool), grid, pool))
     torch.testing.assert_close(sums[0].sum(-1) + sums[1].sum(-1), torch.ones(b, np_))
+
+
+def test_accumulate_joint_takes_a_boolean_mask_as_sdpa_does():
+    """True = the key takes part (F.scaled_dot_product_attention's convention), not an additive 0/1."""
+    torch.manual_seed(1)
+    b, heads, d, text, grid, pool = 1, 2, 4, 3, (2, 4), 2
+    n = grid[0] * grid[1]
+    query, key = torch.randn(b, heads, n, d), torch.randn(b, heads, text + n, d)
+    keep = torch.ones(b, 1, 1, text + n, dtype=torch.bool)
+    keep[..., 1] = False  # one padded text token
+    identity = torch.eye(text + n).expand(b, heads, -1, -1)  # SDPA's output rows = its probabilities
+    probs = F.scaled_dot_product_attention(query, key, identity, attn_mask=keep, scale=0.5).mean(1)
+    i2t_ref, i2i_ref = split_joint(probs, text, True)
+    np_ = (grid[0] // pool) * (grid[1] // pool)
+    sums = (torch.zeros(b, np_, text), torch.zeros(b, np_, np_))
+    accumulate_joint(sums, query, key, 0.5, text, True, grid, pool, 2**20, keep)
+    torch.testing.assert_close(sums[0], pool_rows(i2t_ref, grid[1], pool))
+    torch.testing.assert_close(sums[1], pool_columns(pool_rows(i2i_ref, grid[1], pool), grid, pool))
+    assert torch.all(sums[0][..., 1] == 0)
 
 
 def test_window_indices():

@@ -170,7 +170,8 @@ def accumulate_joint(
     """Add ``mean_h softmax(scale q k^T)`` of image queries ``[B, H, N, d]`` against all keys ``[B, H, T+N, d]``,
     split and pooled, into ``sums = (I2T [B, Np, T], I2I [B, Np, Np])`` (fp32). ``total_heads``: the mean's
     denominator when these ``H`` heads are one group of the layer's heads (default ``H``). ``attention_mask``:
-    added to the logits, ``[B, 1 | H, 1 | N, T+N]``.
+    added to the logits, ``[B, 1 | H, 1 | N, T+N]``; a boolean one keeps the keys marked True, as in
+    ``F.scaled_dot_product_attention``.
 
     Exact per head (each head's softmax runs over all its keys), done in groups of heads and bands of ``pool``
     token rows so that the fp32 keys of a group fit half of ``chunk_bytes`` and the fp32 logits of a chunk of
@@ -179,6 +180,12 @@ def accumulate_joint(
     cost as much CPU time as the softmax, in page faults.
     """
     b, heads, n, d = query.shape
+    if (
+        attention_mask is not None and attention_mask.dtype == torch.bool
+    ):  # SDPA's convention: False = blocked
+        attention_mask = torch.zeros(attention_mask.shape, device=query.device).masked_fill_(
+            ~attention_mask, float("-inf")
+        )
     w = grid[1]
     columns = key.shape[2]
     band = pool * w
