@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from seemadapt.model.postprocess import (
     ARGMAX_COPY_ROWS,
@@ -16,6 +17,7 @@ from seemadapt.model.postprocess import (
     resize_mask_logits,
     semantic_inference,
 )
+from seemadapt.model.predictor import PostprocessOptions, postprocess_image
 
 BIG = 30.0  # sigmoid(+-30) is 1 or 0 up to 1e-13
 
@@ -61,6 +63,49 @@ def test_resize_downsampling_is_antialiased():
     checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 2.0 - 1.0  # +-1 checkerboard
     out = resize_mask_logits(checker[None], padded_size=(32, 32), image_size=(32, 32), output_size=(8, 8))
     assert out.abs().max() < 0.3  # averaged away; a plain bicubic resize would keep +-1 values
+
+
+def interpolate_chain(logits, padded_size, image_size, output_size):
+    """SEEM's resize as ``F.interpolate`` calls: what :func:`resize_mask_logits` composes into two matrices."""
+    x = F.interpolate(logits[None], size=padded_size, mode="bilinear", align_corners=False)
+    x = x[..., : image_size[0], : image_size[1]]
+    if output_size != image_size:
+        x = F.interpolate(x, size=output_size, mode="bicubic", align_corners=False, antialias=True)
+    return x[0]
+
+
+def disc_logits(shape, scale):
+    """Hand-made: a disc of positive logits with a sharp rim, values in [-scale, scale]."""
+    yy, xx = torch.meshgrid(torch.arange(shape[0]), torch.arange(shape[1]), indexing="ij")
+    radius = ((yy - shape[0] / 3) ** 2 + (xx - shape[1] / 2) ** 2).sqrt()
+    return (scale * torch.tanh(3.0 - radius))[None]
+
+
+@pytest.mark.parametrize(
+    ("shape", "padded", "image", "output"),
+    [
+        ((88, 64), (352, 256), (341, 256), (640, 480)),  # the benchmark's 480x640 images at short edge 256
+        ((9, 7), (36, 28), (33, 25), (61, 47)),  # odd sizes
+        ((16, 16), (64, 64), (60, 40), (30, 20)),  # downscaling (antialiased)
+        ((32, 32), (128, 128), (128, 96), (37, 29)),  # stronger downscaling
+        ((8, 12), (32, 48), (32, 45), (32, 45)),  # output = image size: no bicubic step
+        ((5, 6), (20, 24), (17, 24), (17, 50)),  # one axis unchanged
+    ],
+)
+def test_resize_equals_the_interpolate_chain_up_to_rounding(shape, padded, image, output):
+    generator = torch.Generator().manual_seed(0)
+    realistic = 5 * torch.randn(6, *shape, generator=generator)  # |logit| up to about 20
+    for logits in (realistic, disc_logits(shape, 10.0)):
+        torch.testing.assert_close(
+            resize_mask_logits(logits, padded, image, output),
+            interpolate_chain(logits, padded, image, output),
+            atol=1e-5,
+            rtol=0,
+        )
+    large = 100 * torch.randn(3, *shape, generator=generator)  # a few float32 ulps of the largest value
+    expected = interpolate_chain(large, padded, image, output)
+    got = resize_mask_logits(large, padded, image, output)
+    torch.testing.assert_close(got, expected, atol=4e-7 * float(expected.abs().max()), rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------ semantic
@@ -188,6 +233,28 @@ def test_instance_pairs_are_identical_whether_few_or_most_queries_are_used():
     for mask, score, label in zip(few["masks"], few["scores"], few["labels"]):
         same = (every["labels"] == label) & (every["scores"] == score)
         assert any(torch.equal(mask, other) for other in every["masks"][same])
+
+
+@pytest.mark.parametrize("top_k", [2, 36])  # few queries used (copied out) / all of them (scored in place)
+def test_postprocess_image_in_place_equals_each_task_on_the_logits(top_k):
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(12, 4, generator=generator) * 3
+    logits[:3, 0] = 9.0  # a few confident queries, so that panoptic keeps some
+    masks = torch.randn(12, 9, 7, generator=generator) * 4
+    masks[0, 0, 0] = 0.0  # exactly on the instance threshold
+    options = PostprocessOptions(
+        tasks=("instance", "semantic", "panoptic"), things={0}, object_threshold=0.5, overlap=0.3, top_k=top_k
+    )
+    out = postprocess_image(logits, masks.clone(), options)
+    semantic = semantic_inference(logits, masks)
+    assert torch.equal(out["semantic"]["sem_seg"], semantic)
+    assert torch.equal(out["semantic"]["labels"], semantic.argmax(dim=0))
+    seg, segments = panoptic_inference(logits, masks, {0}, 0.5, 0.3)
+    assert segments and torch.equal(out["panoptic"]["panoptic_seg"], seg)
+    assert out["panoptic"]["segments_info"] == segments
+    instances = instance_inference(logits, masks, {0}, top_k)
+    for key, value in instances.items():
+        assert torch.equal(out["instance"][key], value), key
 
 
 @pytest.mark.parametrize("rows", [1, 3, ARGMAX_COPY_ROWS, ARGMAX_COPY_ROWS + 1])

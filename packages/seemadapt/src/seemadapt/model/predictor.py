@@ -183,9 +183,11 @@ class PostprocessOptions:
 def postprocess_image(class_logits: Tensor, masks: Tensor, options: PostprocessOptions) -> dict[str, Any]:
     """Every task of ``options`` for one image from the same resized mask logits ``[Q, H, W]``.
 
-    ``sigmoid(masks)`` is computed once and shared by the tasks; returns ``{task: that task's result}``.
+    ``sigmoid(masks)`` is computed once, in place (``masks`` is overwritten: one full-size buffer less), and shared
+    by the tasks; instances get ``masks > 0`` taken before. Returns ``{task: that task's result}``.
     """
-    probs = masks.sigmoid()
+    positive = torch.gt(masks, 0, out=torch.empty_like(masks)) if "instance" in options.tasks else None
+    probs = masks.sigmoid_()
     out: dict[str, Any] = {}
     for task in options.tasks:
         if task == "semantic":
@@ -203,7 +205,7 @@ def postprocess_image(class_logits: Tensor, masks: Tensor, options: PostprocessO
             out[task] = {"panoptic_seg": panoptic_seg, "segments_info": segments}
         else:
             out[task] = instance_inference(
-                class_logits, masks, options.things, options.top_k, mask_probs=probs
+                class_logits, masks, options.things, options.top_k, mask_probs=probs, positive=positive
             )
     return out
 
