@@ -46,6 +46,25 @@ def test_pairwise_costs_match_hand_values():
     assert dice[1, 1] == pytest.approx(1 - 1 / (1 + 0 + 1))
 
 
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e-30])
+@pytest.mark.parametrize("binary", [False, True])
+def test_pairwise_costs_equal_the_plain_formulas_bit_for_bit(scale, binary):
+    """The costs skip full-size passes (softplus of the negated logits, doubling the probabilities) without
+    changing a bit, so matches stay those of the plain formulas, saturated and tiny logits included."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(37, 1031, generator=g) * scale
+    logits[0, :8] = torch.tensor([0.0, -0.0, 20.0, -20.0, 88.0, -88.0, 104.0, -104.0])
+    targets = torch.rand(5, 1031, generator=g)
+    targets = (targets > 0.5).float() if binary else targets
+    pos = F.softplus(-logits)
+    plain_bce = (pos @ targets.t() + (pos + logits) @ (1 - targets).t()) / logits.shape[1]
+    probs = logits.sigmoid()
+    denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    plain_dice = 1 - ((2 * probs) @ targets.t() + 1) / (denominator + 1)
+    assert torch.equal(pairwise_bce(logits, targets), plain_bce)
+    assert torch.equal(pairwise_dice(logits, targets), plain_dice)
+
+
 def test_point_sample_reads_pixel_centres_and_interpolates():
     image = torch.arange(12.0).reshape(1, 1, 3, 4)
     centres = torch.tensor([[[(j + 0.5) / 4, (i + 0.5) / 3] for i in range(3) for j in range(4)]])

@@ -34,6 +34,7 @@ from seemadapt.train import (
     build_targets,
     param_groups,
 )
+from seemadapt.train import trainer as trainer_module
 from seemadapt.train.checkpoints import STATE_FILE, find_checkpoint
 from seemadapt.train.eval_hook import pick_metric
 from seemadapt.train.optim import match_state_layout
@@ -386,6 +387,24 @@ def test_gradient_accumulation_counts_optimizer_steps(data, cache, tmp_path):
     assert [h["lr"] for h in run.history] == pytest.approx(
         [1e-3 * LRSchedule(config, 3)(s) for s in (1, 2, 3)]
     )
+
+
+def test_cpu_training_keeps_freed_memory_and_hands_it_back_at_the_end(data, cache, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(trainer_module, "release_freed_memory", lambda: calls.append("release"))
+    trainer = Trainer(
+        tiny_with("frozen-backbone/adapter-head"), data, fast_config(tmp_path, cache, max_steps=1)
+    )
+    losses = trainer._losses
+
+    def counted(*args):
+        calls.append("step")
+        return losses(*args)
+
+    trainer._losses = counted
+    trainer.train()
+    assert calls == ["keep", "step", "release"]
 
 
 def _crash_at(monkeypatch, step_index: int) -> None:

@@ -59,15 +59,17 @@ def pairwise_bce(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean sigmoid BCE over points for every pair: ``logits [Q, P]``, ``targets [N, P]`` -> ``[Q, N]``.
 
     Uses ``BCE(x, 1) = softplus(-x)`` and ``BCE(x, 0) = softplus(-x) + x``, so one softplus serves both terms.
+    It is taken as ``-softplus(x, beta=-1)``, the same bits as ``softplus(-x)`` without negating the ``[Q, P]``
+    logits first (the matcher runs per image, layer and mode, so each full-size pass counts).
     """
-    pos = F.softplus(-logits)
-    return (pos @ targets.t() + (pos + logits) @ (1 - targets).t()) / logits.shape[1]
+    neg_pos = F.softplus(logits, beta=-1.0)  # -softplus(-logits)
+    return (-(neg_pos @ targets.t()) + (logits - neg_pos) @ (1 - targets).t()) / logits.shape[1]
 
 
 def pairwise_dice(logits: Tensor, targets: Tensor) -> Tensor:
     """``1 - (2 Σσt + 1) / (Σσ + Σt + 1)`` for every pair: ``logits [Q, P]``, ``targets [N, P]`` -> ``[Q, N]``."""
     probs = logits.sigmoid()
-    numerator = 2 * probs @ targets.t()
+    numerator = probs @ (2 * targets).t()  # = (2 * probs) @ targets.t() bit for bit, doubling N rows, not Q
     denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
     return 1 - (numerator + 1) / (denominator + 1)
 

@@ -1,0 +1,69 @@
+"""The CPU training heap settings: large blocks stay in the heap once set, and freed memory can be handed back."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import seemadapt
+from seemadapt.train.allocator import keep_freed_memory
+
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+# Run in a fresh interpreter: the settings are process-wide and cannot be undone.
+HEAP_CHECK = textwrap.dedent(
+    """
+    import ctypes
+    from seemadapt.train.allocator import keep_freed_memory, release_freed_memory
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+            "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    size = 64 << 20  # above glibc's largest dynamic mmap threshold (32 MiB)
+
+    def mapped_by(size):
+        before = libc.mallinfo2().hblkhd
+        block = libc.malloc(size)
+        ctypes.memset(block, 1, size)
+        mapped = libc.mallinfo2().hblkhd - before
+        return block, mapped
+
+    block, default_mapped = mapped_by(size)
+    libc.free(block)
+    applied = keep_freed_memory()
+    block, kept_mapped = mapped_by(size)
+    libc.free(block)
+    print(default_mapped >= size, applied, kept_mapped, release_freed_memory())
+    """
+)
+
+
+def test_keep_freed_memory_rejects_a_non_positive_limit():
+    with pytest.raises(ValueError, match="limit"):
+        keep_freed_memory(0)
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc heap settings")
+def test_large_blocks_come_from_the_heap_once_set_and_go_back_on_release():
+    source = str(Path(seemadapt.__file__).parents[1])  # this checkout's seemadapt, whatever is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-c", HEAP_CHECK], capture_output=True, text=True, check=True, env=env
+    )
+    default_mapped, applied, kept_mapped, released = done.stdout.split()
+    assert default_mapped == "True"  # glibc's default maps such a block from the kernel
+    assert applied == "True"
+    assert kept_mapped == "0"  # now it is carved from the heap (and reused after free)
+    assert released == "True"  # the freed 64 MiB go back to the kernel at the end of training
