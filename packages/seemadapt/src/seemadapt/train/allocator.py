@@ -13,10 +13,13 @@ from __future__ import annotations
 import ctypes
 import platform
 
-__all__ = ["KEEP_BYTES", "keep_freed_memory", "release_freed_memory"]
+__all__ = ["KEEP_BYTES", "SETTLED_MMAP_BYTES", "keep_freed_memory", "release_freed_memory"]
 
 KEEP_BYTES = 1 << 30
 """Blocks up to this size come from the heap, and up to this much free heap top is kept (glibc ``mallopt``)."""
+
+SETTLED_MMAP_BYTES = 32 << 20
+"""glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit systems: the highest mmap threshold its dynamic adjustment reaches."""
 
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -47,6 +50,16 @@ def keep_freed_memory(limit: int = KEEP_BYTES) -> bool:
 
 
 def release_freed_memory() -> bool:
-    """Return the free heap memory to the kernel (glibc ``malloc_trim``); whether any was released."""
+    """Return the free heap memory to the kernel (glibc ``malloc_trim``); whether any was released.
+
+    The thresholds then go down to where glibc's own dynamic adjustment tops out on 64-bit systems
+    (:data:`SETTLED_MMAP_BYTES`, trim at twice that), so that after training the process does not keep up to
+    :data:`KEEP_BYTES` of free heap for whatever runs next.
+    """
     libc = _glibc()
-    return libc is not None and libc.malloc_trim(ctypes.c_size_t(0)) == 1
+    if libc is None:
+        return False
+    released = libc.malloc_trim(ctypes.c_size_t(0)) == 1
+    libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(SETTLED_MMAP_BYTES))
+    libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2 * SETTLED_MMAP_BYTES))
+    return released
