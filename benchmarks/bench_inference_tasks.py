@@ -19,7 +19,7 @@ panoptic and instance over semantic (target <= 1.3), all three tasks and ``evalu
 images' resolution.
 
 Run: ``python benchmarks/bench_inference_tasks.py [--model focalt] [--size 480] [--short-edge 256] [--batch 2]
-[--former] [--seed 0]`` (Focal-T on 2 busy cores: about 3 minutes). The random weights come from ``--seed``: with
+[--former] [--seed 0] [--keep-heap]`` (Focal-T on 2 busy cores: about 3 minutes). The random weights come from ``--seed``: with
 random weights every query prefers the same class, so the draw decides whether instance inference has 100 masks or
 none; the script prints the counts.
 """
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from seemadapt.evaluation import evaluate
+from seemadapt.heap import keep_freed_memory
 from seemadapt.model import SEEM
 from seemadapt.testing import make_contract_dataset
 
@@ -160,7 +161,15 @@ def main() -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="random weights' seed (it decides the instance count)"
     )
+    parser.add_argument(
+        "--keep-heap",
+        action="store_true",
+        help="keep freed memory in the heap for the whole process (seemadapt.heap.keep_freed_memory), as a "
+        "long-running inference process may; by default predict/evaluate do it per call",
+    )
     args = parser.parse_args()
+    if args.keep_heap:
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = SEEM.from_config(args.model).eval()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from seemadapt import heap
 from seemadapt.adapters import (
     AdapterPlacement,
     adapter_report,
@@ -34,7 +35,6 @@ from seemadapt.train import (
     build_targets,
     param_groups,
 )
-from seemadapt.train import trainer as trainer_module
 from seemadapt.train.checkpoints import STATE_FILE, find_checkpoint
 from seemadapt.train.eval_hook import pick_metric
 from seemadapt.train.optim import match_state_layout
@@ -391,8 +391,8 @@ def test_gradient_accumulation_counts_optimizer_steps(data, cache, tmp_path):
 
 def test_cpu_training_keeps_freed_memory_and_hands_it_back_at_the_end(data, cache, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: calls.append("keep"))
-    monkeypatch.setattr(trainer_module, "release_freed_memory", lambda: calls.append("release"))
+    monkeypatch.setattr(heap, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append("release"))
     trainer = Trainer(
         tiny_with("frozen-backbone/adapter-head"), data, fast_config(tmp_path, cache, max_steps=1)
     )

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from seemadapt.data.sources import load_source
+from seemadapt.heap import freed_memory_kept
 from seemadapt.hub import load_model
 from seemadapt.metrics import (
     GroundingMetrics,
@@ -436,7 +437,8 @@ def evaluate(  # noqa: PLR0913 (the public signature: one keyword per option)
     total = len(ds) if max_images is None else min(len(ds), max_images)
     indices = list(range(rank, total, world))
     start = time.perf_counter()
-    examples = _score_rows(model, setup, ds, indices, batch_size, num_examples, progress and rank == 0)
+    with freed_memory_kept(_on_cpu(model)):  # one heap for every batch's masks (see seemadapt/heap.py)
+        examples = _score_rows(model, setup, ds, indices, batch_size, num_examples, progress and rank == 0)
     seconds = time.perf_counter() - start
 
     count = torch.tensor([float(len(indices))], dtype=torch.float64)
@@ -484,6 +486,12 @@ class _Setup:
         thing_classes = [names[k] for k in range(len(names)) if isthing.get(k, False)]
         metrics = _Metrics.create(names, isthing, tasks, grounding)
         return cls(names, thing_classes, categories, lookup, sizes, grounding, metrics)
+
+
+def _on_cpu(model: Any) -> bool:
+    """Whether ``model`` (a SEEM, or any object with a ``device``) runs on the CPU; False when it does not say."""
+    device = getattr(model, "device", None)
+    return isinstance(device, torch.device) and device.type == "cpu"
 
 
 def _score_rows(

@@ -23,7 +23,7 @@ then gradient-norm clipping, the optimizer and the scheduler. What keeps it fast
   trainer adds the step counter, the history and the best score (``trainer_state.json``, written last, marks a
   checkpoint complete). Checkpoints hold only the trained and adapter weights, not the frozen base.
 * **The data loader shards itself** (:mod:`seemadapt.train.loader`).
-* **On CPU, freed memory stays in the process** (:mod:`seemadapt.train.allocator`): glibc would return each step's
+* **On CPU, freed memory stays in the process** (:mod:`seemadapt.heap`): glibc would return each step's
   large tensors to the kernel and fault them in again as zeroed pages at the next step (5-10% of a CPU step).
 
 The parts live in their own modules: :mod:`~seemadapt.train.step` (losses and guards of one micro-batch),
@@ -49,9 +49,9 @@ from seemadapt.adapters import AdapterReport, adapter_report, adapter_state_dict
 from seemadapt.data import EpochDataset, SEEMTrainMapper, class_names_of, load_source, mix, register
 from seemadapt.data.register import registered_thing_classes
 from seemadapt.detectron2_compat import DatasetCatalog, MetadataCatalog
+from seemadapt.heap import freed_memory_kept
 from seemadapt.model.seem import SEEM
 from seemadapt.train.accelerator_state import release_precision
-from seemadapt.train.allocator import keep_freed_memory, release_freed_memory
 from seemadapt.train.checkpoint_files import verify_checkpoint
 from seemadapt.train.checkpoints import (
     BEST_DIR,
@@ -258,19 +258,18 @@ class Trainer:
             self._resume(accelerator, optimizer, scheduler)
         if config.tracker is not None:
             accelerator.init_trackers(config.project_name, config=_tracker_config(config))
-        on_cpu = accelerator.device.type == "cpu"
-        if on_cpu:  # each step would otherwise fault its large tensors in again (see train/allocator.py)
-            keep_freed_memory()
-        try:
-            self._fit(accelerator, prepared, optimizer, scheduler, criterion, eval_every, save_every)
-            if self.eval_data is not None:  # e.g. resumed from the final checkpoint: still report the scores
-                self._evaluate(accelerator)
-        finally:
-            # Not accelerator.end_training(): it also destroys the process group, which the caller may still use.
-            for tracker in accelerator.trackers:
-                tracker.finish()
-            if on_cpu:
-                release_freed_memory()
+        # On CPU each step would otherwise fault its large tensors in again (see seemadapt/heap.py).
+        with freed_memory_kept(accelerator.device.type == "cpu"):
+            try:
+                self._fit(accelerator, prepared, optimizer, scheduler, criterion, eval_every, save_every)
+                if (
+                    self.eval_data is not None
+                ):  # e.g. resumed from the final checkpoint: still report the scores
+                    self._evaluate(accelerator)
+            finally:
+                # Not accelerator.end_training(): it also destroys the process group, which the caller may still use.
+                for tracker in accelerator.trackers:
+                    tracker.finish()
         set_train_mode(self.model, False)
         return self._finish(accelerator)
 

@@ -1,19 +1,30 @@
-"""glibc heap settings for CPU training: keep freed memory in the process between steps.
+"""glibc heap settings for CPU training and inference: keep freed memory in the process while the work runs.
 
-A CPU training step allocates and frees a few hundred MB of large tensors. glibc hands allocations above its
-``mmap`` threshold (128 KiB, raised dynamically to at most 32 MiB) straight to the kernel and trims the top of the
-heap when more than twice that is free, so every step faults the same memory in again as fresh zeroed pages: on a
-Focal-T step at 256 px about 0.1-0.5 M page faults, 5-10% of the step's CPU time (mostly system time). Raising both
-thresholds keeps those pages in the heap for reuse; it changes no computed value. :func:`release_freed_memory`
-returns what is free to the kernel when training ends. Other C libraries (and other systems) are left alone.
+A CPU training step allocates and frees a few hundred MB of large tensors, and inference a few [queries, H, W] mask
+maps of ~120 MB per image. glibc hands allocations above its ``mmap`` threshold (128 KiB, raised dynamically to at
+most 32 MiB) straight to the kernel and trims the top of the heap when more than twice that is free, so every step
+faults the same memory in again as fresh zeroed pages: on a Focal-T step at 256 px about 0.1-0.5 M page faults, 5-10%
+of the step's CPU time (mostly system time); in post-processing of 480x640 images, about a third of its time. Raising
+both thresholds keeps those pages in the heap for reuse; it changes no computed value. :func:`release_freed_memory`
+returns what is free to the kernel when the work ends; :func:`freed_memory_kept` does both around a block. Other C
+libraries (and other systems) are left alone.
 """
 
 from __future__ import annotations
 
 import ctypes
 import platform
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["KEEP_BYTES", "SETTLED_MMAP_BYTES", "keep_freed_memory", "release_freed_memory"]
+__all__ = [
+    "KEEP_BYTES",
+    "SETTLED_MMAP_BYTES",
+    "freed_memory_kept",
+    "keep_freed_memory",
+    "release_freed_memory",
+]
 
 KEEP_BYTES = 1 << 30
 """Blocks up to this size come from the heap, and up to this much free heap top is kept (glibc ``mallopt``)."""
@@ -63,3 +74,28 @@ def release_freed_memory() -> bool:
     libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(SETTLED_MMAP_BYTES))
     libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2 * SETTLED_MMAP_BYTES))
     return released
+
+
+_depth = 0  # open freed_memory_kept blocks (evaluate() inside training, predict() inside evaluate())
+_depth_lock = threading.Lock()
+
+
+@contextmanager
+def freed_memory_kept(active: bool = True) -> Iterator[None]:
+    """Keep freed memory in the heap for the block (when ``active``: the work runs on the CPU); the outermost of
+    nested blocks hands it back at its end. Used by training, :func:`seemadapt.evaluate` and ``SEEM.predict``."""
+    global _depth
+    if not active:
+        yield
+        return
+    with _depth_lock:
+        _depth += 1
+        if _depth == 1:
+            keep_freed_memory()
+    try:
+        yield
+    finally:
+        with _depth_lock:
+            _depth -= 1
+            if _depth == 0:
+                release_freed_memory()

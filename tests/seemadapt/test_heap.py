@@ -10,9 +10,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 import seemadapt
-from seemadapt.train.allocator import keep_freed_memory
+from seemadapt import heap
+from seemadapt.heap import freed_memory_kept, keep_freed_memory
+from seemadapt.model import SEEM
+from seemadapt.testing import make_contract_dataset
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -20,7 +24,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 HEAP_CHECK = textwrap.dedent(
     """
     import ctypes
-    from seemadapt.train.allocator import keep_freed_memory, release_freed_memory
+    from seemadapt.heap import keep_freed_memory, release_freed_memory
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -73,3 +77,32 @@ def test_large_blocks_come_from_the_heap_once_set_and_go_back_on_release():
     assert (
         mapped_again == "True"
     )  # and afterwards such blocks are mapped from the kernel again, as by default
+
+
+def test_nested_blocks_keep_the_setting_until_the_outermost_ends(monkeypatch):
+    calls = []
+    monkeypatch.setattr(heap, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append("release"))
+    with freed_memory_kept():  # e.g. training
+        with freed_memory_kept(), freed_memory_kept(active=False):  # its evaluation; work on another device
+            calls.append("work")
+        calls.append("more steps")
+    assert calls == ["keep", "work", "more steps", "release"]
+    with pytest.raises(RuntimeError), freed_memory_kept():
+        raise RuntimeError("a failed run still hands the memory back")
+    assert calls[-2:] == ["keep", "release"]
+
+
+def test_predict_and_evaluate_on_cpu_keep_freed_memory_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(heap, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append("release"))
+    model = SEEM.from_config("tiny").eval()
+    data = make_contract_dataset(
+        num_images=2, size=(40, 48), classes=["square", "disc", "background"], seed=0
+    )
+    image = torch.zeros(3, 40, 48, dtype=torch.uint8)
+    model.predict(image, ["square", "disc"], task="semantic")
+    assert calls == ["keep", "release"]
+    seemadapt.evaluate(model, data, batch_size=1, progress=False)  # two predicts inside one evaluate
+    assert calls == ["keep", "release"] * 2
