@@ -81,7 +81,7 @@ def test_large_blocks_come_from_the_heap_once_set_and_go_back_on_release():
 
 def test_nested_blocks_keep_the_setting_until_the_outermost_ends(monkeypatch):
     calls = []
-    monkeypatch.setattr(heap, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(heap, "keep_freed_memory", lambda **_: calls.append("keep"))
     monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append("release"))
     with freed_memory_kept():  # e.g. training
         with freed_memory_kept(), freed_memory_kept(active=False):  # its evaluation; work on another device
@@ -95,7 +95,7 @@ def test_nested_blocks_keep_the_setting_until_the_outermost_ends(monkeypatch):
 
 def test_predict_and_evaluate_on_cpu_keep_freed_memory_once(monkeypatch):
     calls = []
-    monkeypatch.setattr(heap, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(heap, "keep_freed_memory", lambda **_: calls.append("keep"))
     monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append("release"))
     model = SEEM.from_config("tiny").eval()
     data = make_contract_dataset(
@@ -106,3 +106,16 @@ def test_predict_and_evaluate_on_cpu_keep_freed_memory_once(monkeypatch):
     assert calls == ["keep", "release"]
     seemadapt.evaluate(model, data, batch_size=1, progress=False)  # two predicts inside one evaluate
     assert calls == ["keep", "release"] * 2
+
+
+def test_a_process_wide_setting_is_left_alone_by_the_blocks(monkeypatch):
+    calls = []
+    monkeypatch.setattr(heap, "_glibc", lambda: None)  # no real settings in this process
+    keep_freed_memory()  # the user's: for a long-running inference process
+    monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append("release"))
+    with freed_memory_kept():
+        calls.append("predict")
+    assert calls == ["predict"]  # not handed back after the call
+    monkeypatch.undo()
+    heap.release_freed_memory()  # the user's own release ends it
+    assert not heap._process_wide

@@ -391,7 +391,7 @@ def test_gradient_accumulation_counts_optimizer_steps(data, cache, tmp_path):
 
 def test_cpu_training_keeps_freed_memory_and_hands_it_back_at_the_end(data, cache, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(heap, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(heap, "keep_freed_memory", lambda **_: calls.append("keep"))
     monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append("release"))
     trainer = Trainer(
         tiny_with("frozen-backbone/adapter-head"), data, fast_config(tmp_path, cache, max_steps=1)

@@ -32,6 +32,8 @@ KEEP_BYTES = 1 << 30
 SETTLED_MMAP_BYTES = 32 << 20
 """glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit systems: the highest mmap threshold its dynamic adjustment reaches."""
 
+_process_wide = False  # keep_freed_memory() called by the user: blocks leave the settings alone
+
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
 
@@ -45,13 +47,17 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
-def keep_freed_memory(limit: int = KEEP_BYTES) -> bool:
+def keep_freed_memory(limit: int = KEEP_BYTES, *, scoped: bool = False) -> bool:
     """Serve blocks up to ``limit`` bytes from the heap and keep up to ``limit`` free bytes at its top.
 
-    Process-wide and idempotent; returns whether glibc accepted both settings (False elsewhere).
+    Process-wide and idempotent; returns whether glibc accepted both settings (False elsewhere). Called by a user
+    (a long-running inference process, say), it holds until :func:`release_freed_memory`: the blocks of
+    :func:`freed_memory_kept` then leave it alone. ``scoped``: called by such a block.
     """
+    global _process_wide
     if limit < 1:
         raise ValueError(f"keep_freed_memory: limit must be >= 1 byte, got {limit}.")
+    _process_wide = _process_wide or not scoped
     libc = _glibc()
     if libc is None:
         return False
@@ -67,6 +73,8 @@ def release_freed_memory() -> bool:
     (:data:`SETTLED_MMAP_BYTES`, trim at twice that), so that after training the process does not keep up to
     :data:`KEEP_BYTES` of free heap for whatever runs next.
     """
+    global _process_wide
+    _process_wide = False
     libc = _glibc()
     if libc is None:
         return False
@@ -85,13 +93,13 @@ def freed_memory_kept(active: bool = True) -> Iterator[None]:
     """Keep freed memory in the heap for the block (when ``active``: the work runs on the CPU); the outermost of
     nested blocks hands it back at its end. Used by training, :func:`seemadapt.evaluate` and ``SEEM.predict``."""
     global _depth
-    if not active:
+    if not active or _process_wide:
         yield
         return
     with _depth_lock:
         _depth += 1
         if _depth == 1:
-            keep_freed_memory()
+            keep_freed_memory(scoped=True)
     try:
         yield
     finally:
