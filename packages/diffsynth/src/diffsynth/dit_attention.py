@@ -10,10 +10,10 @@ The model is not changed: a :class:`JointCaptureProcessor` wraps the block's own
 ``JointAttnProcessor2_0``, ``FluxAttnProcessor``, a fused one) and calls it untouched for the output, so a
 captured run draws exactly the pixels of a plain one. Inside the step window, forward hooks on the block's q / k
 norms (or, without norms, its q / k projections) read their outputs while the wrapped processor runs (a processor
-that does not call them gets the projections computed again, after its call); the capture computes the softmax of the image queries against all
-keys, row-chunked, averaged over heads at once and pooled to a coarse token grid before it is added to fp32
-running sums. Never stored: per-head maps, per-layer maps, any ``[N, N]`` map at
-the full token grid. The store holds ``[B, Np, Np]`` (I2I) and ``[B, Np, T]`` (I2T) with ``Np`` pooled tokens.
+that does not call them gets the projections computed again, after its call); the capture computes the softmax of
+the image queries against all keys, row-chunked, averaged over heads at once and pooled to a coarse token grid
+before it is added to fp32 running sums. Never stored: per-head maps, per-layer maps, any ``[N, N]`` map at the
+full token grid. The store holds ``[B, Np, Np]`` (I2I) and ``[B, Np, T]`` (I2T) with ``Np`` pooled tokens.
 
 Pooling: query rows are averaged over each ``pool x pool`` cell, key columns of the I2I block are summed, so a
 pooled row keeps the mass of the original rows (it stays a distribution over image cells plus text positions).
@@ -180,9 +180,7 @@ def accumulate_joint(
     cost as much CPU time as the softmax, in page faults.
     """
     b, heads, n, d = query.shape
-    if (
-        attention_mask is not None and attention_mask.dtype == torch.bool
-    ):  # SDPA's convention: False = blocked
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # SDPA's rule: False = blocked
         attention_mask = torch.zeros(attention_mask.shape, device=query.device).masked_fill_(
             ~attention_mask, float("-inf")
         )
