@@ -149,8 +149,8 @@ def finetune_toy(
     ``steps`` steps of batch 4 at 96 px, at the strategy's default lr unless ``overrides`` (``TrainConfig`` fields)
     say otherwise; ``strategy="full"`` trains everything but the text encoder (:data:`TRAIN_ALL`). The run's files
     go to ``workdir`` (default: a temporary folder, removed on return; the model stays in memory); the training
-    set is registered under ``cache_dir`` (an override; default: the seemadapt cache, which outlives the run, as
-    detectron2's catalog keeps pointing at it for the next run on the same data).
+    set is registered under ``cache_dir`` (an override; default: the seemadapt cache, so that later runs on the
+    same scenes reuse it).
     """
     strategy = TRAIN_ALL if strategy == "full" else strategy
     settings = {"max_steps": steps, "batch_size": 4, "image_size": 96, "seed": seed, **overrides}
