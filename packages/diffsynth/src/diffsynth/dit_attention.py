@@ -154,6 +154,16 @@ def _head_sum(probs: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
     return torch.sum(probs, dim=1, out=buffer[: b * r * s].view(b, r, s))
 
 
+def additive_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """An attention mask as fp32 to add to the logits: a boolean one keeps the keys marked True (SDPA's rule,
+    False -> -inf); once per call, not per head group and row chunk. Unchanged when already fp32 (or None)."""
+    if mask is None or mask.dtype == torch.float32:
+        return mask
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return mask.float()
+
+
 def accumulate_joint(
     sums: tuple[torch.Tensor, torch.Tensor],
     query: torch.Tensor,
@@ -180,10 +190,7 @@ def accumulate_joint(
     cost as much CPU time as the softmax, in page faults.
     """
     b, heads, n, d = query.shape
-    if attention_mask is not None and attention_mask.dtype == torch.bool:  # SDPA's rule: False = blocked
-        attention_mask = torch.zeros(attention_mask.shape, device=query.device).masked_fill_(
-            ~attention_mask, float("-inf")
-        )
+    attention_mask = additive_mask(attention_mask)
     w = grid[1]
     columns = key.shape[2]
     band = pool * w
@@ -196,6 +203,7 @@ def accumulate_joint(
     )
     i2t, i2i = sums
     pooled_w = w // pool
+    share = 1.0 / (total_heads or heads)  # the head mean, applied to the small pooled tensors
     for h0 in range(0, heads, group):
         h1 = min(heads, h0 + group)
         q = query[:, h0:h1].float().mul(scale).contiguous()
@@ -206,11 +214,10 @@ def accumulate_joint(
             torch.matmul(q[:, :, r0:r1], k_t, out=logits)
             if attention_mask is not None:
                 mask = attention_mask if attention_mask.shape[1] == 1 else attention_mask[:, h0:h1]
-                logits.add_((mask if mask.shape[-2] == 1 else mask[..., r0:r1, :]).float())
+                logits.add_(mask if mask.shape[-2] == 1 else mask[..., r0:r1, :])
             torch.softmax(logits, dim=-1, out=logits)  # in place: one fused pass
             text, image = split_joint(_head_sum(logits, mean_buffer), text_len, text_first)
             p0, p1 = (r0 // band) * pooled_w, (r1 // band) * pooled_w
-            share = 1.0 / (total_heads or heads)  # the head mean, applied to the small pooled tensors
             i2t[:, p0:p1].add_(pool_rows(text, w, pool), alpha=share)
             i2i[:, p0:p1].add_(pool_columns(pool_rows(image, w, pool), grid, pool), alpha=share)
 
@@ -507,7 +514,7 @@ class JointCaptureProcessor:
         projects on its own; one group, ``None``, when a projection cannot be sliced (:func:`sliceable`)."""
         if not sliceable(attn, states.device):
             return [None]
-        return list(self._group_columns(attn, states.shape[0], sequence))
+        return self._group_columns(attn, states.shape[0], sequence)
 
     def _sources(
         self,
@@ -575,7 +582,7 @@ class JointCaptureProcessor:
         if found is None:
             return False
         source, groups = found
-        mask = attention_mask[cond][..., -n:, :] if attention_mask is not None else None
+        mask = additive_mask(attention_mask[cond][..., -n:, :] if attention_mask is not None else None)
         scale = float(getattr(attn, "scale", _head_dim(attn) ** -0.5))
         sums = store.open(layer.name, hidden.device)
         for columns in groups:
