@@ -84,7 +84,7 @@ def test_nested_blocks_keep_the_setting_until_the_outermost_ends(monkeypatch):
     monkeypatch.setattr(heap, "keep_freed_memory", lambda **_: calls.append("keep"))
     monkeypatch.setattr(heap, "release_freed_memory", lambda: calls.append("release"))
     with freed_memory_kept():  # e.g. training
-        with freed_memory_kept(), freed_memory_kept(active=False):  # its evaluation; work on another device
+        with freed_memory_kept(), freed_memory_kept("cuda"):  # its evaluation; work on another device
             calls.append("work")
         calls.append("more steps")
     assert calls == ["keep", "work", "more steps", "release"]

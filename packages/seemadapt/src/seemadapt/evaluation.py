@@ -437,7 +437,8 @@ def evaluate(  # noqa: PLR0913 (the public signature: one keyword per option)
     total = len(ds) if max_images is None else min(len(ds), max_images)
     indices = list(range(rank, total, world))
     start = time.perf_counter()
-    with freed_memory_kept(_on_cpu(model)):  # one heap for every batch's masks (see seemadapt/heap.py)
+    # One heap for every batch's masks on CPU (see seemadapt/heap.py).
+    with freed_memory_kept(getattr(model, "device", None)):
         examples = _score_rows(model, setup, ds, indices, batch_size, num_examples, progress and rank == 0)
     seconds = time.perf_counter() - start
 
@@ -486,12 +487,6 @@ class _Setup:
         thing_classes = [names[k] for k in range(len(names)) if isthing.get(k, False)]
         metrics = _Metrics.create(names, isthing, tasks, grounding)
         return cls(names, thing_classes, categories, lookup, sizes, grounding, metrics)
-
-
-def _on_cpu(model: Any) -> bool:
-    """Whether ``model`` (a SEEM, or any object with a ``device``) runs on the CPU; False when it does not say."""
-    device = getattr(model, "device", None)
-    return isinstance(device, torch.device) and device.type == "cpu"
 
 
 def _score_rows(

@@ -17,6 +17,7 @@ import platform
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 __all__ = [
     "KEEP_BYTES",
@@ -89,11 +90,12 @@ _depth_lock = threading.Lock()
 
 
 @contextmanager
-def freed_memory_kept(active: bool = True) -> Iterator[None]:
-    """Keep freed memory in the heap for the block (when ``active``: the work runs on the CPU); the outermost of
-    nested blocks hands it back at its end. Used by training, :func:`seemadapt.evaluate` and ``SEEM.predict``."""
+def freed_memory_kept(device: Any = "cpu") -> Iterator[None]:
+    """Keep freed memory in the heap for the block when its work runs on the CPU (``device``: a ``torch.device``,
+    its name, or None when unknown: nothing changes); the outermost of nested blocks hands it back at its end.
+    Used by training, :func:`seemadapt.evaluate` and ``SEEM.predict``."""
     global _depth
-    if not active or _process_wide:
+    if getattr(device, "type", device) != "cpu" or _process_wide:
         yield
         return
     with _depth_lock:

@@ -291,7 +291,7 @@ class SEEMPredictor:
         image_list, single = as_image_list(images)
         sentences = None if grounding is None else _check_grounding(grounding, len(image_list))
         sizes = {"short_edge": short_edge, "max_size": max_size}
-        with evaluating(model), freed_memory_kept(model.device.type == "cpu"):  # see seemadapt/heap.py
+        with evaluating(model), freed_memory_kept(model.device):  # see seemadapt/heap.py
             # Text embeddings are made outside inference mode: they are cached and may later meet autograd.
             class_embs = model.class_embeddings(classes, mode="eval") if tasks else None
             with torch.inference_mode():

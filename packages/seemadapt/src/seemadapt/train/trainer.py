@@ -259,7 +259,7 @@ class Trainer:
         if config.tracker is not None:
             accelerator.init_trackers(config.project_name, config=_tracker_config(config))
         # On CPU each step would otherwise fault its large tensors in again (see seemadapt/heap.py).
-        with freed_memory_kept(accelerator.device.type == "cpu"):
+        with freed_memory_kept(accelerator.device):
             try:
                 self._fit(accelerator, prepared, optimizer, scheduler, criterion, eval_every, save_every)
                 if (
