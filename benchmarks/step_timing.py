@@ -13,6 +13,7 @@ import datasets
 
 from seemadapt.testing import make_contract_dataset
 from seemadapt.train import TrainConfig
+from seemadapt.train.config import QUIET_RUN
 
 IMAGE_SIZE = 256
 
@@ -23,12 +24,8 @@ def step_timing_config(steps: int, workdir: str, run_name: str, mixed_precision:
         max_steps=steps,
         batch_size=2,
         image_size=IMAGE_SIZE,
-        num_workers=0,
-        tracker=None,
-        progress=False,
         log_every=1,
-        eval_every=0,
-        save_every=0,
+        **QUIET_RUN,
         output_dir=os.path.join(workdir, run_name),
         mixed_precision=mixed_precision,
         cache_dir=os.path.join(workdir, "cache"),

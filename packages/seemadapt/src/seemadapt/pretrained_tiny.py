@@ -34,6 +34,7 @@ from seemadapt.data.cache import default_cache_dir
 from seemadapt.finetuning import finetune
 from seemadapt.model.seem import SEEM
 from seemadapt.toyworld import make_toy_scenes
+from seemadapt.train.config import QUIET_RUN
 from seemadapt.train.run import Run
 
 __all__ = [
@@ -117,19 +118,14 @@ def _train(recipe: PretrainRecipe, workdir: Path) -> SEEM:
 
 
 def _quiet_finetune(train: Any, model: SEEM | str, strategy: Any, output_dir: Path, **overrides: Any) -> Run:
-    """:func:`finetune` with no tracker, progress bar, evaluation, checkpoint or data loader worker (small CPU
-    runs: they would cost more than the training)."""
+    """:func:`finetune` as a small CPU run with no side work (:data:`~seemadapt.train.config.QUIET_RUN`)."""
     return finetune(
         train,
         model=model,
         strategy=strategy,
-        num_workers=0,
-        tracker=None,
-        progress=False,
-        eval_every=0,
-        save_every=0,
         log_every=overrides["max_steps"],
         output_dir=str(output_dir),
+        **QUIET_RUN,
         **overrides,
     )
 

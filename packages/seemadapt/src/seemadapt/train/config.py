@@ -15,8 +15,10 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
@@ -25,12 +27,23 @@ from seemadapt.adapters.names import GROUPS
 from seemadapt.tasks import TASKS
 from seemadapt.train.criterion_config import CriterionConfig
 
-__all__ = ["SCHEDULES", "TRACKERS", "TrainConfig"]
+__all__ = ["QUIET_RUN", "SCHEDULES", "TRACKERS", "TrainConfig"]
 
 SCHEDULES = ("cosine", "multistep", "constant")
 TRACKERS = ("tensorboard", "wandb")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 OFFICIAL_MILESTONES = (0.88889, 0.96296)  # SEEM v1: x0.1 at 8/9 and 26/27 of MAX_ITER
+#: TrainConfig fields of a small CPU run with no side work (loader workers, tracker, progress bar, evaluation,
+#: checkpoints would cost more than its steps): the toy fine-tuning recipe and the step-time benchmarks.
+QUIET_RUN: Mapping[str, Any] = MappingProxyType(
+    {
+        "num_workers": 0,
+        "tracker": None,
+        "progress": False,
+        "eval_every": 0,
+        "save_every": 0,
+    }
+)
 
 Schedule = Literal["cosine", "multistep", "constant"]
 Precision = Literal["auto", "no", "fp16", "bf16"]
