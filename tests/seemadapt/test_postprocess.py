@@ -92,20 +92,23 @@ def disc_logits(shape, scale):
         ((5, 6), (20, 24), (17, 24), (17, 50)),  # one axis unchanged
     ],
 )
-def test_resize_equals_the_interpolate_chain_up_to_rounding(shape, padded, image, output):
+@pytest.mark.parametrize("column_major", [False, True])
+def test_resize_equals_the_interpolate_chain_up_to_rounding(shape, padded, image, output, column_major):
     generator = torch.Generator().manual_seed(0)
     realistic = 5 * torch.randn(6, *shape, generator=generator)  # |logit| up to about 20
     for logits in (realistic, disc_logits(shape, 10.0)):
         torch.testing.assert_close(
-            resize_mask_logits(logits, padded, image, output),
+            resize_mask_logits(logits, padded, image, output, column_major=column_major),
             interpolate_chain(logits, padded, image, output),
             atol=1e-5,
             rtol=0,
         )
     large = 100 * torch.randn(3, *shape, generator=generator)  # a few float32 ulps of the largest value
     expected = interpolate_chain(large, padded, image, output)
-    got = resize_mask_logits(large, padded, image, output)
+    got = resize_mask_logits(large, padded, image, output, column_major=column_major)
     torch.testing.assert_close(got, expected, atol=4e-7 * float(expected.abs().max()), rtol=0)
+    # column-major: each mask's storage runs down the columns (COCO RLE's order); row-major: along the rows
+    assert got.is_contiguous() != column_major and got.transpose(1, 2).is_contiguous() == column_major
 
 
 # ------------------------------------------------------------------------------------------------ semantic
@@ -255,6 +258,37 @@ def test_postprocess_image_in_place_equals_each_task_on_the_logits(top_k):
     instances = instance_inference(logits, masks, {0}, top_k)
     for key, value in instances.items():
         assert torch.equal(out["instance"][key], value), key
+
+
+def test_postprocess_image_of_column_major_masks_is_the_transposed_image_transposed_back():
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(12, 4, generator=generator) * 3
+    logits[:3, 0] = 9.0
+    stored = (
+        torch.randn(12, 7, 9, generator=generator) * 4
+    )  # [Q, W, H] storage of [Q, H, W] = [12, 9, 7] masks
+    options = PostprocessOptions(
+        tasks=("instance", "semantic", "panoptic"), things={0}, object_threshold=0.5, overlap=0.3, top_k=36
+    )
+    out = postprocess_image(logits, stored.clone().transpose(1, 2), options)
+    of_transposed = postprocess_image(logits, stored.clone(), options)  # the same image, transposed
+    assert torch.equal(out["semantic"]["sem_seg"], of_transposed["semantic"]["sem_seg"].transpose(1, 2))
+    assert torch.equal(out["semantic"]["labels"], of_transposed["semantic"]["labels"].t())
+    assert out["semantic"]["labels"].is_contiguous() and out["panoptic"]["panoptic_seg"].is_contiguous()
+    assert (
+        out["panoptic"]["segments_info"]
+        and out["panoptic"]["segments_info"] == of_transposed["panoptic"]["segments_info"]
+    )
+    assert torch.equal(out["panoptic"]["panoptic_seg"], of_transposed["panoptic"]["panoptic_seg"].t())
+    masks = out["instance"]["masks"]
+    assert masks.shape[1:] == (9, 7) and masks.transpose(1, 2).is_contiguous()  # RLE-ready, no copy
+    assert torch.equal(masks, of_transposed["instance"]["masks"].transpose(1, 2))
+    # and the same results as the row-major masks, up to the order of the mask-score sums
+    row_major = postprocess_image(logits, stored.transpose(1, 2).contiguous(), options)
+    assert torch.equal(out["semantic"]["labels"], row_major["semantic"]["labels"])
+    assert torch.equal(out["panoptic"]["panoptic_seg"], row_major["panoptic"]["panoptic_seg"])
+    torch.testing.assert_close(out["instance"]["scores"], row_major["instance"]["scores"], rtol=1e-6, atol=0)
+    assert torch.equal(masks, row_major["instance"]["masks"])
 
 
 @pytest.mark.parametrize("rows", [1, 3, ARGMAX_COPY_ROWS, ARGMAX_COPY_ROWS + 1])

@@ -90,12 +90,18 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def _encode(masks: Any) -> list[dict[str, Any]]:
-    """COCO RLEs of bool masks ``[N, H, W]`` (tensor or array)."""
+    """COCO RLEs of bool (or 0/1) masks ``[N, H, W]`` (tensor or array).
+
+    pycocotools reads ``[H, W, N]`` in Fortran order, which is ``[N, W, H]`` in C order: column-major masks
+    (``predict``'s instance masks) are encoded without any copy, others with one transposing copy.
+    """
     if isinstance(masks, torch.Tensor):
-        # [N, W, H] C-contiguous is [H, W, N] Fortran-contiguous, the layout pycocotools wants: one copy only.
-        array = masks.detach().transpose(1, 2).to(torch.uint8).contiguous().cpu().numpy()
+        columns = masks.detach().transpose(1, 2).contiguous()
+        columns = columns.view(torch.uint8) if columns.dtype == torch.bool else columns.to(torch.uint8)
+        array = columns.cpu().numpy()
     else:
-        array = np.ascontiguousarray(np.asarray(masks, dtype=np.uint8).transpose(0, 2, 1))
+        array = np.ascontiguousarray(np.asarray(masks).transpose(0, 2, 1))
+        array = array.view(np.uint8) if array.dtype == np.bool_ else array.astype(np.uint8)
     return mask_utils.encode(array.transpose(2, 1, 0))
 
 
@@ -139,11 +145,12 @@ class InstanceMetrics:
         detections = []
         if keep.any():
             index = np.nonzero(keep)[0]
-            kept = (
-                masks[torch.from_numpy(index)]
-                if isinstance(masks, torch.Tensor)
-                else np.asarray(masks)[index]
-            )
+            if keep.all():  # predict(thing_classes=...) gives only things: no copy of the masks
+                kept = masks
+            elif isinstance(masks, torch.Tensor):
+                kept = masks[torch.from_numpy(index)]
+            else:
+                kept = np.asarray(masks)[index]
             for rle, label, score in zip(_encode(kept), labels_a[index], scores_a[index]):
                 detections.append(
                     {"category_id": int(label), "segmentation": rle, "score": float(score), "iscrowd": 0}
@@ -162,8 +169,9 @@ class InstanceMetrics:
         things = [s for s in segments if int(s["category_id"]) in self.category_ids]
         if not things:
             return []
-        masks = np.stack([gt_map == int(s["id"]) for s in things])
-        present = masks.reshape(len(things), -1).any(axis=1)
+        columns = np.ascontiguousarray(gt_map.T)  # masks made column-major: _encode needs no copy
+        masks = np.stack([columns == int(s["id"]) for s in things]).transpose(0, 2, 1)
+        present = masks.any(axis=(1, 2))
         return [
             {"category_id": int(s["category_id"]), "segmentation": rle, "iscrowd": int(s.get("iscrowd", 0))}
             for s, rle, keep in zip(things, _encode(masks), present)

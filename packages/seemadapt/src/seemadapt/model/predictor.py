@@ -186,7 +186,32 @@ def postprocess_image(class_logits: Tensor, masks: Tensor, options: PostprocessO
 
     ``sigmoid(masks)`` is computed once, in place (``masks`` is overwritten: one full-size buffer less), and shared
     by the tasks; instances get ``masks > 0`` taken before. Returns ``{task: that task's result}``.
+
+    Column-major ``masks`` (``resize_mask_logits(..., column_major=True)``, as ``predict`` makes them) are processed
+    as the transposed image, and the results transposed back: the label and segment maps contiguous, ``sem_seg``
+    and the instance masks as column-major views (the instance masks then reach COCO's RLE encoder without a copy).
     """
+    if masks.dim() == 3 and not masks.is_contiguous() and masks.transpose(1, 2).is_contiguous():
+        return _transposed(_postprocess(class_logits, masks.transpose(1, 2), options))
+    return _postprocess(class_logits, masks, options)
+
+
+def _transposed(out: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_postprocess`'s results on transposed masks, transposed back (see :func:`postprocess_image`)."""
+    if "semantic" in out:
+        semantic = out["semantic"]
+        out["semantic"] = {
+            "sem_seg": semantic["sem_seg"].transpose(1, 2),
+            "labels": semantic["labels"].t().contiguous(),
+        }
+    if "panoptic" in out:
+        out["panoptic"]["panoptic_seg"] = out["panoptic"]["panoptic_seg"].t().contiguous()
+    if "instance" in out:
+        out["instance"]["masks"] = out["instance"]["masks"].transpose(1, 2)
+    return out
+
+
+def _postprocess(class_logits: Tensor, masks: Tensor, options: PostprocessOptions) -> dict[str, Any]:
     positive = torch.gt(masks, 0, out=torch.empty_like(masks)) if "instance" in options.tasks else None
     probs = masks.sigmoid_()
     out: dict[str, Any] = {}
@@ -307,6 +332,7 @@ class SEEMPredictor:
                             batch.padded_size,
                             batch.image_sizes[b],
                             batch.original_sizes[b],
+                            column_major=True,
                         )
                         results[b] = postprocess_image(class_logits[b], masks, options)
                 if sentences is not None:

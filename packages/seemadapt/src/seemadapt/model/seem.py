@@ -290,7 +290,9 @@ class SEEM(nn.Module):
             task: ``"semantic"`` -> ``{"sem_seg": [K, H, W] scores, "labels": [H, W] int64}``;
                 ``"panoptic"`` -> ``{"panoptic_seg": [H, W] int32, "segments_info": [...]}`` (see
                 :func:`~seemadapt.model.postprocess.panoptic_inference`);
-                ``"instance"`` -> ``{"masks": bool [N, H, W], "scores": [N], "labels": [N]}``.
+                ``"instance"`` -> ``{"masks": bool [N, H, W], "scores": [N], "labels": [N]}``. ``masks`` (and
+                ``sem_seg``) are column-major views (``masks.transpose(1, 2)`` is contiguous: COCO's RLE order, which
+                ``evaluate`` encodes without a copy); call ``.contiguous()`` where row-major storage is needed.
                 A list of tasks (e.g. ``["semantic", "panoptic", "instance"]``) gives ``{task: that result}`` per
                 image, all from one forward pass and one resize of the masks (the same values as one call per task).
             thing_classes: names or indices of the classes that are things (panoptic: every other class is stuff and
