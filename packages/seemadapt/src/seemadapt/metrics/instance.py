@@ -89,8 +89,9 @@ def _to_numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
-def _encode(masks: Any) -> list[dict[str, Any]]:
-    """COCO RLEs of bool (or 0/1) masks ``[N, H, W]`` (tensor or array).
+def _encode(masks: Any) -> list[tuple[dict[str, Any], float]]:
+    """COCO RLEs of bool (or 0/1) masks ``[N, H, W]`` (tensor or array), each with its area (one pycocotools call
+    for all, not one per annotation in ``COCOeval``'s setup).
 
     pycocotools reads ``[H, W, N]`` in Fortran order, which is ``[N, W, H]`` in C order: column-major masks
     (``predict``'s instance masks) are encoded without any copy, others with one transposing copy.
@@ -102,7 +103,8 @@ def _encode(masks: Any) -> list[dict[str, Any]]:
     else:
         array = np.ascontiguousarray(np.asarray(masks).transpose(0, 2, 1))
         array = array.view(np.uint8) if array.dtype == np.bool_ else array.astype(np.uint8)
-    return mask_utils.encode(array.transpose(2, 1, 0))
+    rles = mask_utils.encode(array.transpose(2, 1, 0))
+    return list(zip(rles, mask_utils.area(rles).tolist())) if rles else []
 
 
 class InstanceMetrics:
@@ -151,9 +153,15 @@ class InstanceMetrics:
                 kept = masks[torch.from_numpy(index)]
             else:
                 kept = np.asarray(masks)[index]
-            for rle, label, score in zip(_encode(kept), labels_a[index], scores_a[index]):
+            for (rle, area), label, score in zip(_encode(kept), labels_a[index], scores_a[index]):
                 detections.append(
-                    {"category_id": int(label), "segmentation": rle, "score": float(score), "iscrowd": 0}
+                    {
+                        "category_id": int(label),
+                        "segmentation": rle,
+                        "area": float(area),
+                        "score": float(score),
+                        "iscrowd": 0,
+                    }
                 )
         self.images.append((gt_map.shape, self._ground_truth(gt_map, gt_segments), detections))
 
@@ -173,8 +181,13 @@ class InstanceMetrics:
         masks = np.stack([columns == int(s["id"]) for s in things]).transpose(0, 2, 1)
         present = masks.any(axis=(1, 2))
         return [
-            {"category_id": int(s["category_id"]), "segmentation": rle, "iscrowd": int(s.get("iscrowd", 0))}
-            for s, rle, keep in zip(things, _encode(masks), present)
+            {
+                "category_id": int(s["category_id"]),
+                "segmentation": rle,
+                "area": float(area),
+                "iscrowd": int(s.get("iscrowd", 0)),
+            }
+            for s, (rle, area), keep in zip(things, _encode(masks), present)
             if keep
         ]
 
@@ -240,8 +253,7 @@ class InstanceMetrics:
             images.append({"id": image_id, "height": height, "width": width})
             for kind, out in ((truths, gt), (detections, dt)):
                 for annotation in kind:
-                    area = float(mask_utils.area(annotation["segmentation"]))
-                    out.append({**annotation, "image_id": image_id, "id": len(out) + 1, "area": area})
+                    out.append({**annotation, "image_id": image_id, "id": len(out) + 1})
         categories = [{"id": cid} for cid in self.category_ids]
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             coco_gt, coco_dt = COCO(), COCO()
