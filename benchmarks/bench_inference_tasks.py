@@ -9,6 +9,9 @@ wall times (on a shared machine the fastest run is the least disturbed) of:
 * ``evaluate``: :func:`seemadapt.evaluate` of all three tasks (mIoU, PQ, mask AP with COCOeval) on a contract dataset
   of one batch of images of the same size;
 * ``evaluate + grounding``: the same with ``grounding=True`` (the dataset's grounded segments, from the same forward);
+* with ``--batches N`` (N > 1), ``evaluate, per batch of N``: :func:`seemadapt.evaluate` of all three tasks on N
+  batches (other images of the same kind) divided by N: the steady cost of a batch in a longer evaluation, where the
+  per-call work (COCOeval's setup, handing the heap back) is shared and later batches reuse the heap;
 * with ``--former``, ``former evaluate + grounding``: the same through a plain ``predict``/``ground`` wrapper, which
   ``evaluate`` calls as before the one-pass work (one ``predict`` per task, one ``ground`` per image).
 
@@ -19,7 +22,7 @@ panoptic and instance over semantic (target <= 1.3), all three tasks and ``evalu
 images' resolution.
 
 Run: ``python benchmarks/bench_inference_tasks.py [--model focalt] [--size 480] [--short-edge 256] [--batch 2]
-[--former] [--seed 0] [--keep-heap]`` (Focal-T on 2 busy cores: about 3 minutes). The random weights come from ``--seed``: with
+[--former] [--seed 0] [--keep-heap] [--batches 4]`` (Focal-T on 2 busy cores: about 3 minutes). The random weights come from ``--seed``: with
 random weights every query prefers the same class, so the draw decides whether instance inference has 100 masks or
 none; the script prints the counts.
 """
@@ -103,6 +106,11 @@ def measure(model: SEEM, args: argparse.Namespace) -> dict[str, tuple[float, flo
         "evaluate": lambda: evaluate(model, dataset, **options),
         "evaluate + grounding": lambda: evaluate(model, dataset, grounding=True, **options),
     }
+    if args.batches > 1:
+        longer = make_contract_dataset(
+            args.batch * args.batches, size=(args.size, width), classes=CLASSES, seed=1
+        )
+        lines["evaluate, per batch of N"] = lambda: evaluate(model, longer, **options)
     if args.former:
         lines["former evaluate + grounding"] = lambda: evaluate(
             Former(model), dataset, grounding=True, **options
@@ -121,7 +129,12 @@ def measure(model: SEEM, args: argparse.Namespace) -> dict[str, tuple[float, flo
     for _ in range(args.repeats):
         for name, line in lines.items():
             times[name].append(timed(line))
-    return {name: (min(w for w, _ in values), min(c for _, c in values)) for name, values in times.items()}
+    fastest = {name: (min(w for w, _ in values), min(c for _, c in values)) for name, values in times.items()}
+    if "evaluate, per batch of N" in fastest:
+        fastest["evaluate, per batch of N"] = tuple(
+            v / args.batches for v in fastest["evaluate, per batch of N"]
+        )
+    return fastest
 
 
 def report(fastest: dict[str, tuple[float, float]], args: argparse.Namespace) -> None:
@@ -137,6 +150,7 @@ def report(fastest: dict[str, tuple[float, float]], args: argparse.Namespace) ->
         ("instance / semantic", "predict instance", "predict semantic", "target <= 1.3"),
         ("all three tasks / forward", "predict all three", "forward", "target <= 1.3"),
         ("evaluate (3 tasks) / forward", "evaluate", "forward", "target <= 1.3"),
+        ("evaluate, per batch of N / fwd", "evaluate, per batch of N", "forward", "target <= 1.3"),
         ("evaluate + grounding / forward", "evaluate + grounding", "forward", ""),
         ("all three / semantic", "predict all three", "predict semantic", ""),
         ("former / one-pass (grounding)", "former evaluate + grounding", "evaluate + grounding", ""),
@@ -158,6 +172,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--former", action="store_true", help="also time evaluate's former per-task path")
+    parser.add_argument(
+        "--batches", type=int, default=1, help="also time evaluate of this many batches, per batch (when > 1)"
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="random weights' seed (it decides the instance count)"
     )
