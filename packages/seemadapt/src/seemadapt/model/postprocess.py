@@ -59,9 +59,7 @@ def resize_mask_logits(
     height, width = x.shape[-2:]
     rows = resize_matrix(height, padded_size[0], image_size[0], output_size[0], resample, x.device)
     cols = resize_matrix(width, padded_size[1], image_size[1], output_size[1], resample, x.device)
-    if (
-        column_major
-    ):  # resize the transposed masks (small at the decoder's stride), then transpose the view back
+    if column_major:  # resize the transposed masks (small at the stride), then transpose the view back
         resized = _resize_rows_cols(x.transpose(1, 2).contiguous(), cols, rows)
         return resized.transpose(1, 2)
     return _resize_rows_cols(x, rows, cols)
