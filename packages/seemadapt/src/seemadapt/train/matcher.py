@@ -27,7 +27,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from seemadapt.model.postprocess import grounding_logits
-from seemadapt.train.points import point_sample, random_points
+from seemadapt.train.points import point_sample, random_points, shared_point_sample
 
 MatchMode = Literal["object", "grounding", "spatial"]
 Indices = list[tuple[Tensor, Tensor]]
@@ -55,19 +55,27 @@ class SEEMTarget(TypedDict, total=False):
     gt_spatial_masks: Tensor
 
 
-def pairwise_bce(logits: Tensor, targets: Tensor) -> Tensor:
+def pairwise_bce(logits: Tensor, targets: Tensor, probs: Tensor | None = None) -> Tensor:
     """Mean sigmoid BCE over points for every pair: ``logits [Q, P]``, ``targets [N, P]`` -> ``[Q, N]``.
 
-    ``BCE(x, t) = softplus(x) - x t``, so the sum over points is one softplus row sum minus one product with the
-    targets: a single full-size pass besides the softplus (the matcher runs per image, layer and mode, 40 times a
-    Focal-T step). Equal to the two-term form ``softplus(-x) t + softplus(x) (1 - t)`` up to float rounding.
+    ``BCE(x, t) = x - log σ(x) - x t``: two row sums and one product with the targets. ``log σ`` is taken from
+    ``probs = sigmoid(logits)`` (pass them when the caller has them, as :meth:`HungarianMatcher.mask_cost` does for
+    Dice): a log pass costs a sixth of torch's CPU softplus, and the matcher runs per image, layer and mode (40 times a
+    Focal-T step). Rows where σ underflows to 0 (logits below -88) take the softplus instead. Equal to the
+    two-term form ``softplus(-x) t + softplus(x) (1 - t)`` up to float rounding.
     """
-    return (F.softplus(logits).sum(-1, keepdim=True) - logits @ targets.t()) / logits.shape[1]
+    probs = logits.sigmoid() if probs is None else probs
+    log_probs = probs.log().sum(-1)  # = -Σ softplus(-x)
+    underflow = ~torch.isfinite(log_probs)
+    if underflow.any():
+        log_probs[underflow] = -F.softplus(-logits[underflow]).sum(-1)
+    return ((logits.sum(-1) - log_probs)[:, None] - logits @ targets.t()) / logits.shape[1]
 
 
-def pairwise_dice(logits: Tensor, targets: Tensor) -> Tensor:
-    """``1 - (2 Σσt + 1) / (Σσ + Σt + 1)`` for every pair: ``logits [Q, P]``, ``targets [N, P]`` -> ``[Q, N]``."""
-    probs = logits.sigmoid()
+def pairwise_dice(logits: Tensor, targets: Tensor, probs: Tensor | None = None) -> Tensor:
+    """``1 - (2 Σσt + 1) / (Σσ + Σt + 1)`` for every pair: ``logits [Q, P]``, ``targets [N, P]`` -> ``[Q, N]``
+    (``probs``: ``sigmoid(logits)`` if the caller has them)."""
+    probs = logits.sigmoid() if probs is None else probs
     numerator = probs @ (2 * targets).t()  # = (2 * probs) @ targets.t() bit for bit, doubling N rows, not Q
     denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
     return 1 - (numerator + 1) / (denominator + 1)
@@ -146,9 +154,11 @@ class HungarianMatcher(nn.Module):
     ) -> Tensor:
         """``cost_mask * BCE + cost_dice * Dice`` ``[Q, N]`` at shared random points (``pred [Q,h,w]``, ``target [N,H,W]``)."""
         coords = random_points(1, self.num_points, device=pred_masks.device, generator=generator)
-        pred = point_sample(pred_masks[None].float(), coords)[0]  # [Q, P]
+        pred = shared_point_sample(pred_masks.float(), coords[0]).t()  # [Q, P], a view of [P, Q]
         target = point_sample(target_masks[None].to(pred), coords)[0]  # [N, P]
-        return self.cost_mask * pairwise_bce(pred, target) + self.cost_dice * pairwise_dice(pred, target)
+        probs = pred.sigmoid()
+        bce = pairwise_bce(pred, target, probs)
+        return self.cost_mask * bce + self.cost_dice * pairwise_dice(pred, target, probs)
 
     def _match_object(
         self, outputs: Mapping[str, Any], b: int, target: Mapping[str, Any], generator
