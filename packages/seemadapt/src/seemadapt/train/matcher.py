@@ -58,27 +58,35 @@ class SEEMTarget(TypedDict, total=False):
 def pairwise_bce(logits: Tensor, targets: Tensor, probs: Tensor | None = None) -> Tensor:
     """Mean sigmoid BCE over points for every pair: ``logits [Q, P]``, ``targets [N, P]`` -> ``[Q, N]``.
 
-    ``BCE(x, t) = x - log σ(x) - x t``: two row sums and one product with the targets. ``log σ`` is taken from
-    ``probs = sigmoid(logits)`` (pass them when the caller has them, as :meth:`HungarianMatcher.mask_cost` does for
-    Dice): a log pass costs a sixth of torch's CPU softplus, and the matcher runs per image, layer and mode (40 times a
-    Focal-T step). Rows where σ underflows to 0 (logits below -88) take the softplus instead. Equal to the
-    two-term form ``softplus(-x) t + softplus(x) (1 - t)`` up to float rounding.
+    ``BCE(x, t) = x - log σ(x) - x t``: one product with the targets (a row of ones appended gives ``Σ x`` in the
+    same pass) and a row sum of ``log σ``, taken from ``probs = sigmoid(logits)`` (pass them when the caller has them,
+    as :meth:`HungarianMatcher.mask_cost` does for Dice): a log pass costs a sixth of torch's CPU softplus, and the
+    matcher runs per image, layer and mode (40 times a Focal-T step). Rows where σ underflows to 0 (logits below -88)
+    take the softplus instead. Equal to the two-term form ``softplus(-x) t + softplus(x) (1 - t)`` up to float
+    rounding.
     """
     probs = logits.sigmoid() if probs is None else probs
     log_probs = probs.log().sum(-1)  # = -Σ softplus(-x)
     underflow = ~torch.isfinite(log_probs)
     if underflow.any():
         log_probs[underflow] = -F.softplus(-logits[underflow]).sum(-1)
-    return ((logits.sum(-1) - log_probs)[:, None] - logits @ targets.t()) / logits.shape[1]
+    products = logits @ _with_ones(targets).t()  # [Q, N + 1]: Σ x t per target, then Σ x
+    return ((products[:, -1] - log_probs)[:, None] - products[:, :-1]) / logits.shape[1]
 
 
 def pairwise_dice(logits: Tensor, targets: Tensor, probs: Tensor | None = None) -> Tensor:
     """``1 - (2 Σσt + 1) / (Σσ + Σt + 1)`` for every pair: ``logits [Q, P]``, ``targets [N, P]`` -> ``[Q, N]``
-    (``probs``: ``sigmoid(logits)`` if the caller has them)."""
+    (``probs``: ``sigmoid(logits)`` if the caller has them). ``Σ 2σt`` and ``Σσ`` come from one product (doubling
+    the ``N`` target rows, not the ``[Q, P]`` probabilities)."""
     probs = logits.sigmoid() if probs is None else probs
-    numerator = probs @ (2 * targets).t()  # = (2 * probs) @ targets.t() bit for bit, doubling N rows, not Q
-    denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
-    return 1 - (numerator + 1) / (denominator + 1)
+    products = probs @ _with_ones(2 * targets).t()  # [Q, N + 1]: Σ 2σt per target, then Σσ
+    denominator = products[:, -1:] + targets.sum(-1)[None, :]
+    return 1 - (products[:, :-1] + 1) / (denominator + 1)
+
+
+def _with_ones(rows: Tensor) -> Tensor:
+    """``rows [N, P]`` with a row of ones appended: its product gives the row sums of the other factor too."""
+    return torch.cat([rows, rows.new_ones(1, rows.shape[1])])
 
 
 def has_grounding(target: Mapping[str, Any]) -> bool:
