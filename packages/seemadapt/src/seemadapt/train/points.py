@@ -49,25 +49,18 @@ def _bilinear_corners(coords: Tensor, height: int, width: int) -> tuple[Tensor, 
     neighbours of each point, computed as ``grid_sample`` does with ``align_corners=False``."""
     grid = 2.0 * coords - 1.0  # as point_sample
     # torch's vectorised kernel rounds (g + 1) * size / 2 - 0.5 once (a fused multiply-add): float64 does the same
-    x = ((grid[:, 0] + 1).double() * (width / 2) - 0.5).to(coords.dtype)
-    y = ((grid[:, 1] + 1).double() * (height / 2) - 0.5).to(coords.dtype)
-    left, top = x.floor(), y.floor()
-    right_share, lower_share = x - left, y - top  # how far the point lies towards the east / south neighbours
-    left_share, upper_share = 1 - right_share, 1 - lower_share
-    weight = torch.stack(
-        [
-            upper_share * left_share,
-            upper_share * right_share,
-            lower_share * left_share,
-            lower_share * right_share,
-        ],
-        dim=1,
-    )
-    column = left.long()[:, None] + torch.tensor([0, 1, 0, 1], device=coords.device)
-    row = top.long()[:, None] + torch.tensor([0, 0, 1, 1], device=coords.device)
-    inside = (column >= 0) & (column < width) & (row >= 0) & (row < height)
-    index = row.clamp(0, height - 1) * width + column.clamp(0, width - 1)
-    return index, weight * inside
+    half_size = torch.tensor([width / 2, height / 2], dtype=torch.float64, device=coords.device)
+    xy = ((grid + 1).double() * half_size - 0.5).to(coords.dtype)  # [P, 2] in pixels
+    corner = xy.floor()
+    far = xy - corner  # the shares of the east and south neighbours
+    (x_near, y_near), (x_far, y_far) = (1 - far).unbind(1), far.unbind(1)
+    weight = torch.stack([y_near * x_near, y_near * x_far, y_far * x_near, y_far * x_far], dim=1)
+    start = corner.long()
+    column = start[:, :1] + torch.tensor([0, 1, 0, 1], device=coords.device)
+    row = start[:, 1:] + torch.tensor([0, 0, 1, 1], device=coords.device)
+    column_in, row_in = column.clamp(0, width - 1), row.clamp(0, height - 1)
+    inside = (column_in == column) & (row_in == row)
+    return row_in * width + column_in, weight * inside
 
 
 def random_points(
