@@ -13,7 +13,11 @@ import datasets
 
 from seemadapt.testing import make_contract_dataset
 from seemadapt.train import TrainConfig
-from seemadapt.train.config import QUIET_RUN
+
+try:
+    from seemadapt.train.config import QUIET_RUN
+except ImportError:  # a checkout before c540a9f, timed by `profile_train_step.py --compare` (e.g. 4b40bb2)
+    QUIET_RUN = {"num_workers": 0, "tracker": None, "progress": False, "eval_every": 0, "save_every": 0}
 
 IMAGE_SIZE = 256
 

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 
 from seemadapt.train.matcher import HungarianMatcher, grounding_logits, pairwise_bce, pairwise_dice
-from seemadapt.train.points import point_sample
+from seemadapt.train.points import point_sample, random_points, shared_point_sample
 
 STRIDE = 4
 
@@ -46,11 +47,12 @@ def test_pairwise_costs_match_hand_values():
     assert dice[1, 1] == pytest.approx(1 - 1 / (1 + 0 + 1))
 
 
-@pytest.mark.parametrize("scale", [1.0, 30.0, 1e-30])
+@pytest.mark.parametrize("scale", [1.0, 10.0, 30.0, 1e-30])
 @pytest.mark.parametrize("binary", [False, True])
-def test_pairwise_costs_equal_the_plain_formulas_bit_for_bit(scale, binary):
-    """The costs skip full-size passes (softplus of the negated logits, doubling the probabilities) without
-    changing a bit, so matches stay those of the plain formulas, saturated and tiny logits included."""
+def test_pairwise_costs_equal_the_plain_formulas(scale, binary):
+    """The costs skip full-size passes (log of the shared probabilities instead of softplus, row sums from the
+    products with the targets, doubling the targets, not the probabilities) and equal the plain formulas within
+    float rounding, saturated and tiny logits included (row 0 underflows σ and takes the softplus)."""
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(37, 1031, generator=g) * scale
     logits[0, :8] = torch.tensor([0.0, -0.0, 20.0, -20.0, 88.0, -88.0, 104.0, -104.0])
@@ -61,8 +63,57 @@ def test_pairwise_costs_equal_the_plain_formulas_bit_for_bit(scale, binary):
     probs = logits.sigmoid()
     denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
     plain_dice = 1 - ((2 * probs) @ targets.t() + 1) / (denominator + 1)
-    assert torch.equal(pairwise_bce(logits, targets), plain_bce)
-    assert torch.equal(pairwise_dice(logits, targets), plain_dice)
+    torch.testing.assert_close(pairwise_bce(logits, targets), plain_bce, rtol=2e-6, atol=1e-6)
+    assert torch.equal(pairwise_bce(logits, targets, probs), pairwise_bce(logits, targets))
+    torch.testing.assert_close(pairwise_dice(logits, targets), plain_dice, rtol=2e-6, atol=1e-6)
+    assert torch.equal(pairwise_dice(logits, targets, probs), pairwise_dice(logits, targets))
+
+
+def test_shared_point_sample_reads_every_channel_as_point_sample():
+    """The matcher's sampler (corner rows summed by embedding_bag) against grid_sample, per channel: odd sizes,
+    points whose neighbours fall outside the map, one channel alone."""
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(7, 6, 10, generator=g) * 5
+    coords = torch.rand(300, 2, generator=g)
+    coords[:6] = torch.tensor(
+        [[0.0, 0.0], [0.9999, 0.9999], [0.0, 0.5], [0.5, 0.0], [0.02, 0.97], [0.97, 0.02]]
+    )
+    sampled = shared_point_sample(maps, coords)
+    assert sampled.shape == (300, 7)
+    expected = point_sample(maps[None], coords[None])[0]
+    torch.testing.assert_close(sampled.t(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        shared_point_sample(maps[4:5], coords)[:, 0], expected[4], rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="coords"):
+        shared_point_sample(maps, coords[None])
+
+
+def test_matches_equal_those_of_the_plain_costs():
+    """The matcher's costs (shared sampler, shared probabilities) choose what grid_sample and the textbook BCE and
+    Dice choose, on random predictions and targets with the same points."""
+    g = torch.Generator().manual_seed(1)
+    queries, num_targets, points = 30, 6, 500
+    pred_masks = torch.randn(queries, 16, 12, generator=g) * 4
+    class_logits = torch.randn(queries, 4, generator=g)
+    masks = (torch.rand(num_targets, 64, 48, generator=g) > 0.6).float()
+    labels = torch.randint(0, 3, (num_targets,), generator=g)
+    matcher = HungarianMatcher(num_points=points)
+    outputs = {"pred_logits": class_logits[None], "pred_masks": pred_masks[None]}
+    ((q, t),) = matcher(
+        outputs, [{"labels": labels, "masks": masks}], generator=torch.Generator().manual_seed(5)
+    )
+    coords = random_points(1, points, generator=torch.Generator().manual_seed(5))
+    pred = point_sample(pred_masks[None], coords)[0]
+    target = point_sample(masks[None], coords)[0]
+    bce = F.binary_cross_entropy_with_logits(
+        pred[:, None].expand(-1, num_targets, -1), target[None].expand(queries, -1, -1), reduction="none"
+    ).mean(-1)
+    sig = pred.sigmoid()
+    dice = 1 - (2 * sig @ target.t() + 1) / (sig.sum(-1)[:, None] + target.sum(-1)[None] + 1)
+    cost = -2.0 * class_logits.softmax(-1)[:, labels] + 5.0 * bce + 5.0 * dice
+    rows, cols = linear_sum_assignment(cost.numpy())
+    assert q.tolist() == rows.tolist() and t.tolist() == cols.tolist()
 
 
 def test_point_sample_reads_pixel_centres_and_interpolates():

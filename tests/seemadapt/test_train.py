@@ -287,6 +287,17 @@ def test_metric_lookup_and_output_check():
     bad = {"pred_masks": torch.tensor([[[[math.nan]]]])}
     assert non_finite_outputs({**good, "aux_outputs": [good]}) == []
     assert non_finite_outputs({**good, "aux_outputs": [good, bad]}) == ["aux 1 pred_masks"]
+    for value in (math.nan, math.inf, -math.inf):  # one bad entry inside larger tensors (vectorised and tail)
+        for index in (0, 37, 1000):
+            masks = torch.randn(2, 3, 13, 13)
+            masks.view(-1)[index] = value
+            texts = torch.randn(2, 3, 5, dtype=torch.bfloat16)
+            texts.view(-1)[index % 30] = value
+            layer = {"pred_masks": masks, "pred_gtexts": texts, "pred_logits": torch.zeros(2, 0, 3)}
+            assert non_finite_outputs({**good, "aux_outputs": [layer]}) == [
+                "aux 0 pred_masks",
+                "aux 0 pred_gtexts",
+            ]
 
 
 # ---------------------------------------------------------------------- training runs

@@ -24,6 +24,45 @@ def point_sample(inputs: Tensor, coords: Tensor) -> Tensor:
     return F.grid_sample(inputs, grid, align_corners=False).squeeze(3)
 
 
+def shared_point_sample(maps: Tensor, coords: Tensor) -> Tensor:
+    """Bilinear values of every channel of ``maps [C, H, W]`` at the same ``coords [P, 2]``: ``[P, C]``, the
+    transpose of ``point_sample(maps[None], coords[None])[0]`` (zeros outside the map).
+
+    ``grid_sample`` gathers the four corners of each point once per channel; here the corner rows and weights are
+    computed once and ``embedding_bag`` sums the weighted rows of the channels-last ``[H*W, C]`` table (1.6x faster
+    for the matcher's 101 queries at 12544 points). Same weights, roundings and summation order as torch's CPU
+    kernel: the same bits on x86 in the tests, at any size (else equal up to float rounding).
+    """
+    if maps.dim() != 3 or coords.dim() != 2 or coords.shape[-1] != 2:
+        raise ValueError(
+            f"shared_point_sample: maps must be [C, H, W] and coords [P, 2], got {tuple(maps.shape)} and "
+            f"{tuple(coords.shape)}."
+        )
+    _, height, width = maps.shape
+    index, weight = _bilinear_corners(coords.to(maps.dtype), height, width)
+    table = maps.flatten(1).t().contiguous()
+    return F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
+
+
+def _bilinear_corners(coords: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Flat indices ``[P, 4]`` (clamped into the map) and weights ``[P, 4]`` (0 outside it) of the NW, NE, SW, SE
+    neighbours of each point, computed as ``grid_sample`` does with ``align_corners=False``."""
+    grid = 2.0 * coords - 1.0  # as point_sample
+    # torch's vectorised kernel rounds (g + 1) * size / 2 - 0.5 once (a fused multiply-add): float64 does the same
+    half_size = torch.tensor([width / 2, height / 2], dtype=torch.float64, device=coords.device)
+    xy = ((grid + 1).double() * half_size - 0.5).to(coords.dtype)  # [P, 2] in pixels
+    corner = xy.floor()
+    far = xy - corner  # the shares of the east and south neighbours
+    (x_near, y_near), (x_far, y_far) = (1 - far).unbind(1), far.unbind(1)
+    weight = torch.stack([y_near * x_near, y_near * x_far, y_far * x_near, y_far * x_far], dim=1)
+    start = corner.long()
+    column = start[:, :1] + torch.tensor([0, 1, 0, 1], device=coords.device)
+    row = start[:, 1:] + torch.tensor([0, 0, 1, 1], device=coords.device)
+    column_in, row_in = column.clamp(0, width - 1), row.clamp(0, height - 1)
+    inside = (column_in == column) & (row_in == row)
+    return row_in * width + column_in, weight * inside
+
+
 def random_points(
     num: int,
     num_points: int,

@@ -57,14 +57,24 @@ def term_totals(losses: dict[str, Tensor]) -> dict[str, float]:
 
 
 def non_finite_outputs(outputs: dict[str, Any]) -> list[str]:
-    """Names of prediction tensors (final and auxiliary layers) holding NaN or inf."""
+    """Names of prediction tensors (final and auxiliary layers) holding NaN or inf.
+
+    Each tensor is reduced to its minimum and maximum in one pass (NaN propagates to both, an infinity is an
+    extreme) and all extremes are tested with one host sync: ``isfinite(t).all()`` made four full-size passes per
+    tensor, about 60 ms of a Focal-T step on the CPU.
+    """
     layers = [("", outputs), *((f"aux {i} ", aux) for i, aux in enumerate(outputs.get("aux_outputs") or []))]
-    return [
-        f"{prefix}{key}"
-        for prefix, layer in layers
-        for key in _CHECKED_OUTPUTS
-        if isinstance(layer.get(key), Tensor) and not torch.isfinite(layer[key].detach()).all()
-    ]
+    names, extremes = [], []
+    for prefix, layer in layers:
+        for key in _CHECKED_OUTPUTS:
+            value = layer.get(key)
+            if isinstance(value, Tensor) and value.numel():
+                names.append(f"{prefix}{key}")
+                extremes.append(torch.stack(torch.aminmax(value.detach())).float())
+    if not names:
+        return []
+    finite = torch.isfinite(torch.stack(extremes)).all(dim=1).tolist()
+    return [name for name, ok in zip(names, finite, strict=True) if not ok]
 
 
 def compute_losses(
