@@ -262,9 +262,8 @@ class Trainer:
         with freed_memory_kept(accelerator.device):
             try:
                 self._fit(accelerator, prepared, optimizer, scheduler, criterion, eval_every, save_every)
-                if (
-                    self.eval_data is not None
-                ):  # e.g. resumed from the final checkpoint: still report the scores
+                # e.g. resumed from the final checkpoint: still report the scores
+                if self.eval_data is not None:
                     self._evaluate(accelerator)
             finally:
                 # Not accelerator.end_training(): it also destroys the process group, which the caller may still use.
