@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from seemadapt.evaluation import evaluate
+from seemadapt.model import predictor
 from seemadapt.model.postprocess import (
     instance_inference,
     match_grounding,
@@ -140,6 +141,31 @@ def test_one_pass_equals_one_call_per_task(model, images, thresholds):
                     assert torch.equal(together[task][key], value), (task, key)
                 else:
                     assert together[task][key] == value, (task, key)
+
+
+def test_each_image_keeps_its_results_though_the_batch_shares_one_workspace(model, monkeypatch):
+    seen = []
+    postprocess = predictor.postprocess_image
+
+    def spy(class_logits, masks, options):  # what each image's post-processing was given, before it runs
+        seen.append((class_logits.clone(), masks.clone(), options, masks.untyped_storage().data_ptr()))
+        return postprocess(class_logits, masks, options)
+
+    monkeypatch.setattr(predictor, "postprocess_image", spy)
+    generator = torch.Generator().manual_seed(5)
+    images = [torch.randint(0, 256, (3, 56, 56), dtype=torch.uint8, generator=generator) for _ in range(2)]
+    thresholds = {"object_mask_threshold": 0.0, "overlap_threshold": 0.0}
+    results = model.predict(images, CLASSES, task=TASKS, thing_classes=["cat", "dog"], top_k=7, **thresholds)
+    assert len(seen) == 2 and seen[0][3] == seen[1][3]  # both images' logits were resized into one buffer
+    for (class_logits, masks, options, _), result in zip(seen, results):
+        assert masks.transpose(1, 2).is_contiguous()  # the clone kept predict's column-major layout
+        with torch.inference_mode():  # on its own copy, after the whole batch ran
+            expected = postprocess(class_logits, masks, options)
+        assert result["panoptic"]["segments_info"] == expected["panoptic"]["segments_info"]
+        for task in TASKS:
+            for key, value in expected[task].items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(result[task][key], value), (task, key)
 
 
 def test_one_pass_runs_the_network_once(model, images, monkeypatch):

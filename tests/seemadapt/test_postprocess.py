@@ -16,6 +16,7 @@ from seemadapt.model.postprocess import (
     panoptic_inference,
     resize_mask_logits,
     semantic_inference,
+    sigmoid_with_mask_stats,
 )
 from seemadapt.model.predictor import PostprocessOptions, postprocess_image
 
@@ -109,6 +110,26 @@ def test_resize_equals_the_interpolate_chain_up_to_rounding(shape, padded, image
     torch.testing.assert_close(got, expected, atol=4e-7 * float(expected.abs().max()), rtol=0)
     # column-major: each mask's storage runs down the columns (COCO RLE's order); row-major: along the rows
     assert got.is_contiguous() != column_major and got.transpose(1, 2).is_contiguous() == column_major
+
+
+@pytest.mark.parametrize("column_major", [False, True])
+@pytest.mark.parametrize(
+    ("shape", "output"), [((9, 7), (61, 47)), ((8, 12), (17, 50))]
+)  # both product orders
+def test_resize_into_a_workspace_writes_the_same_values_into_its_storage(shape, output, column_major):
+    generator = torch.Generator().manual_seed(4)
+    logits = 5 * torch.randn(6, *shape, generator=generator)
+    padded, image = (shape[0] * 4, shape[1] * 4), (shape[0] * 4 - 3, shape[1] * 4)
+    workspace = torch.full(
+        (6 * output[0] * output[1] + 11,), float("nan")
+    )  # larger than needed: a prefix is used
+    expected = resize_mask_logits(logits, padded, image, output, column_major=column_major)
+    got = resize_mask_logits(logits, padded, image, output, column_major=column_major, workspace=workspace)
+    assert torch.equal(got, expected) and got.stride() == expected.stride()
+    assert got.data_ptr() == workspace.data_ptr() and workspace[-11:].isnan().all()
+    for bad in (torch.empty(10), torch.empty(6 * output[0] * output[1], dtype=torch.float64)):
+        with pytest.raises(ValueError, match="workspace must be a contiguous float32 tensor"):
+            resize_mask_logits(logits, padded, image, output, workspace=bad)
 
 
 # ------------------------------------------------------------------------------------------------ semantic
@@ -229,13 +250,45 @@ def test_instance_pairs_are_identical_whether_few_or_most_queries_are_used():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(12, 4, generator=generator) * 3
     masks = torch.randn(12, 9, 7, generator=generator) * 4
-    probs = masks.sigmoid()
+    _, stats = sigmoid_with_mask_stats(masks.clone())
     few = instance_inference(logits, masks, top_k=2)
-    every = instance_inference(logits, masks, top_k=12 * 3, mask_probs=probs)
+    every = instance_inference(logits, masks, top_k=12 * 3, stats=stats)
     assert torch.equal(every["scores"], instance_inference(logits, masks, top_k=12 * 3)["scores"])
     for mask, score, label in zip(few["masks"], few["scores"], few["labels"]):
         same = (every["labels"] == label) & (every["scores"] == score)
         assert any(torch.equal(mask, other) for other in every["masks"][same])
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 9 * 7 * 4, 5 * 9 * 7 * 4 - 1, None])  # 1 query, 3, 4, all
+def test_sigmoid_with_mask_stats_is_each_query_alone_in_any_chunking(chunk_bytes):
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(12, 9, 7, generator=generator) * 4
+    logits[2] = -1.0  # an empty mask
+    logits[0, 0, 0] = 0.0  # exactly on the threshold: outside
+    logits[0, 0, 1] = 1e-30  # sigmoid 0.5 exactly, yet inside (the logit decides, not the probability)
+    given = logits.clone()
+    probs, stats = sigmoid_with_mask_stats(given, chunk_bytes)
+    assert probs.data_ptr() == given.data_ptr()  # in place
+    # torch's vectorised sigmoid and its scalar tail may differ in the last bit where a chunk ends
+    torch.testing.assert_close(probs, logits.sigmoid(), rtol=0, atol=6e-8)
+    assert torch.equal(stats.masks, logits > 0) and stats.masks[0, 0, 1] and not stats.masks[0, 0, 0]
+    for q in range(len(logits)):
+        inside = stats.masks[q]
+        assert stats.areas[q] == inside.sum()
+        assert stats.inside_sums[q] == (probs[q] * inside).sum()  # the same float32 sum as the query's alone
+    assert stats.mask_scores()[2] == 0 and stats.mask_scores()[1] == pytest.approx(
+        (logits[1].sigmoid() * (logits[1] > 0)).sum().item() / (logits[1] > 0).sum().item(), rel=1e-6
+    )
+
+
+def test_sigmoid_with_mask_stats_converts_other_dtypes_and_layouts():
+    logits = torch.randn(3, 5, 4, dtype=torch.float64)
+    probs, stats = sigmoid_with_mask_stats(logits.transpose(1, 2))
+    assert probs.dtype == torch.float32 and probs.is_contiguous()
+    torch.testing.assert_close(probs, logits.transpose(1, 2).float().sigmoid(), rtol=0, atol=6e-8)
+    assert torch.equal(stats.masks, logits.transpose(1, 2) > 0)
+    with pytest.raises(ValueError, match=r"\[Q, H, W\]"):
+        sigmoid_with_mask_stats(torch.zeros(4, 5))
 
 
 @pytest.mark.parametrize("top_k", [2, 36])  # few queries used (copied out) / all of them (scored in place)

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from seemadapt.metrics.distributed import gather_across_processes
 from seemadapt.metrics.panoptic import OFFSET, VOID
+from seemadapt.metrics.rle import encode_with_areas
 
 __all__ = ["InstanceClassResult", "InstanceMetrics", "InstanceResults"]
 
@@ -90,8 +90,8 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def _encode(masks: Any) -> list[tuple[dict[str, Any], float]]:
-    """COCO RLEs of bool (or 0/1) masks ``[N, H, W]`` (tensor or array), each with its area (one pycocotools call
-    for all, not one per annotation in ``COCOeval``'s setup).
+    """COCO RLEs of bool (or 0/1) masks ``[N, H, W]`` (tensor or array), each with its area (taken with the RLEs,
+    not once per annotation in ``COCOeval``'s setup), encoded on several threads (:mod:`seemadapt.metrics.rle`).
 
     pycocotools reads ``[H, W, N]`` in Fortran order, which is ``[N, W, H]`` in C order: column-major masks
     (``predict``'s instance masks) are encoded without any copy, others with one transposing copy.
@@ -103,8 +103,8 @@ def _encode(masks: Any) -> list[tuple[dict[str, Any], float]]:
     else:
         array = np.ascontiguousarray(np.asarray(masks).transpose(0, 2, 1))
         array = array.view(np.uint8) if array.dtype == np.bool_ else array.astype(np.uint8)
-    rles = mask_utils.encode(array.transpose(2, 1, 0))
-    return list(zip(rles, mask_utils.area(rles).tolist())) if rles else []
+    rles, areas = encode_with_areas(array.transpose(2, 1, 0))
+    return list(zip(rles, areas))
 
 
 class InstanceMetrics:

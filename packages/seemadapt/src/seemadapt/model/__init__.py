@@ -31,10 +31,12 @@ from seemadapt.model.images import ImageBatch
 from seemadapt.model.language import LanguageEncoder
 from seemadapt.model.pixel_decoder import TransformerEncoderPixelDecoder
 from seemadapt.model.postprocess import (
+    MaskStats,
     instance_inference,
     panoptic_inference,
     resize_mask_logits,
     semantic_inference,
+    sigmoid_with_mask_stats,
 )
 from seemadapt.model.predictor import SEEMPredictor
 from seemadapt.model.seem import SEEM, GroundingPrompts, SEEMHead
@@ -51,6 +53,7 @@ __all__ = [
     "LanguageConfig",
     "LanguageEncoder",
     "LoadReport",
+    "MaskStats",
     "PixelDecoderConfig",
     "SEEMConfig",
     "SEEMDecoder",
@@ -70,5 +73,6 @@ __all__ = [
     "read_state_dict",
     "resize_mask_logits",
     "semantic_inference",
+    "sigmoid_with_mask_stats",
     "tiny_config",
 ]

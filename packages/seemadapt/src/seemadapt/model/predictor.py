@@ -27,6 +27,7 @@ from seemadapt.model.postprocess import (
     panoptic_inference,
     resize_mask_logits,
     semantic_inference,
+    sigmoid_with_mask_stats,
 )
 from seemadapt.model.prompts import (
     PromptGeometry,
@@ -185,7 +186,8 @@ def postprocess_image(class_logits: Tensor, masks: Tensor, options: PostprocessO
     """Every task of ``options`` for one image from the same resized mask logits ``[Q, H, W]``.
 
     ``sigmoid(masks)`` is computed once, in place (``masks`` is overwritten: one full-size buffer less), and shared
-    by the tasks; instances get ``masks > 0`` taken before. Returns ``{task: that task's result}``.
+    by the tasks; for instances, :func:`sigmoid_with_mask_stats` takes each query's binary mask (``masks > 0``),
+    area and probability sum in the same pass. Returns ``{task: that task's result}``.
 
     Column-major ``masks`` (``resize_mask_logits(..., column_major=True)``, as ``predict`` makes them) are processed
     as the transposed image, and the results transposed back: the label and segment maps contiguous, ``sem_seg``
@@ -212,8 +214,11 @@ def _transposed(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def _postprocess(class_logits: Tensor, masks: Tensor, options: PostprocessOptions) -> dict[str, Any]:
-    positive = torch.gt(masks, 0, out=torch.empty_like(masks)) if "instance" in options.tasks else None
-    probs = masks.sigmoid_()
+    stats = None
+    if "instance" in options.tasks:
+        probs, stats = sigmoid_with_mask_stats(masks)
+    else:
+        probs = masks.sigmoid_()
     out: dict[str, Any] = {}
     for task in options.tasks:
         if task == "semantic":
@@ -230,10 +235,14 @@ def _postprocess(class_logits: Tensor, masks: Tensor, options: PostprocessOption
             )
             out[task] = {"panoptic_seg": panoptic_seg, "segments_info": segments}
         else:
-            out[task] = instance_inference(
-                class_logits, masks, options.things, options.top_k, mask_probs=probs, positive=positive
-            )
+            out[task] = instance_inference(class_logits, masks, options.things, options.top_k, stats=stats)
     return out
+
+
+def _workspace(pred_masks: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
+    """One float32 buffer for every image's full-size mask logits in turn (see ``resize_mask_logits``)."""
+    largest = max(height * width for height, width in sizes)
+    return torch.empty(pred_masks.shape[1] * largest, dtype=torch.float32, device=pred_masks.device)
 
 
 def _segment_texts(text: str | Sequence[str] | None, rounds: int) -> list[str] | None:
@@ -326,6 +335,7 @@ class SEEMPredictor:
                 if tasks:
                     outputs = model.sem_seg_head.predictor(multi_scale, mask_features, class_embs, task="seg")
                     class_logits = outputs["pred_logits"].float()
+                    workspace = _workspace(outputs["pred_masks"], batch.original_sizes)
                     for b in range(len(batch)):
                         masks = resize_mask_logits(
                             outputs["pred_masks"][b],
@@ -333,6 +343,7 @@ class SEEMPredictor:
                             batch.image_sizes[b],
                             batch.original_sizes[b],
                             column_major=True,
+                            workspace=workspace,
                         )
                         results[b] = postprocess_image(class_logits[b], masks, options)
                 if sentences is not None:

@@ -1,0 +1,60 @@
+"""COCO RLE encoding on several threads against pycocotools' own ``mask.encode`` and ``mask.area``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from seemadapt.metrics import rle
+
+
+def fortran_masks(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """uint8 ``[H, W, N]`` in Fortran order: blobs (few runs), noise (many), an empty and a full mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    masks = []
+    for k in range(count):
+        kind = k % 4
+        if kind == 0:
+            cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(1, max(height, width) / 2)
+            masks.append((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)
+        elif kind == 1:
+            masks.append(rng.random((height, width)) < 0.5)
+        else:
+            masks.append(np.full((height, width), kind == 3))
+    return np.asfortranarray(np.stack(masks, axis=-1).astype(np.uint8))
+
+
+def expected(masks: np.ndarray) -> tuple[list[dict], list[int]]:
+    rles = mask_utils.encode(masks)
+    return rles, [int(a) for a in mask_utils.area(rles)]
+
+
+@pytest.mark.parametrize(("count", "height", "width"), [(1, 5, 7), (9, 31, 17), (13, 64, 48)])
+@pytest.mark.parametrize("pixels_per_thread", [1, None])  # every call split over threads / the default split
+def test_encode_equals_pycocotools_byte_for_byte(count, height, width, pixels_per_thread, monkeypatch):
+    if pixels_per_thread is not None:
+        monkeypatch.setattr(rle, "_MIN_PIXELS_PER_THREAD", pixels_per_thread)
+        monkeypatch.setattr(
+            rle, "ENCODE_THREADS", 3
+        )  # uneven groups, more threads than this machine may have
+    masks = fortran_masks(count, height, width)
+    assert rle.encode_with_areas(masks) == expected(masks)
+
+
+def test_encode_without_the_c_api_falls_back_to_pycocotools(monkeypatch):
+    assert (
+        rle._api() is not None
+    )  # the pinned pycocotools exports its C API: the threaded path is the one tested
+    monkeypatch.setattr(rle, "_api", lambda: None)
+    masks = fortran_masks(6, 12, 10, seed=1)
+    assert rle.encode_with_areas(masks) == expected(masks)
+
+
+def test_encode_of_no_masks_and_bad_layouts():
+    assert rle.encode_with_areas(np.zeros((4, 5, 0), dtype=np.uint8, order="F")) == ([], [])
+    with pytest.raises(ValueError, match="Fortran-ordered uint8"):
+        rle.encode_with_areas(np.zeros((4, 5, 2), dtype=np.uint8))  # C order: pixels would be read wrongly
+    with pytest.raises(ValueError, match="Fortran-ordered uint8"):
+        rle.encode_with_areas(np.zeros((4, 5, 2), dtype=bool, order="F"))
