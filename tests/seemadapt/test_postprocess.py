@@ -10,11 +10,14 @@ import torch.nn.functional as F
 
 from seemadapt.model.postprocess import (
     ARGMAX_COPY_ROWS,
+    BAND_ROWS,
     argmax_first_dim,
+    band_blocks,
     instance_inference,
     match_grounding,
     panoptic_inference,
     resize_mask_logits,
+    resize_matrix,
     semantic_inference,
     sigmoid_with_mask_stats,
 )
@@ -112,10 +115,44 @@ def test_resize_equals_the_interpolate_chain_up_to_rounding(shape, padded, image
     assert got.is_contiguous() != column_major and got.transpose(1, 2).is_contiguous() == column_major
 
 
-@pytest.mark.parametrize("column_major", [False, True])
 @pytest.mark.parametrize(
-    ("shape", "output"), [((9, 7), (61, 47)), ((8, 12), (17, 50))]
-)  # both product orders
+    "axis",
+    [
+        (88, 352, 341, 640, True),  # the benchmark's height: upscaled 1.9x
+        (64, 256, 256, 480, True),
+        (32, 128, 96, 29, True),  # downscaled with antialiasing: wide bands
+        (12, 48, 45, 45, False),  # no bicubic step
+        (300, 1200, 1200, 2000, True),  # many blocks
+    ],
+)
+def test_band_blocks_tile_the_rows_and_hold_every_weight(axis):
+    matrix = resize_matrix(*axis, torch.device("cpu"))
+    blocks = band_blocks(*axis)
+    assert [b[0] for b in blocks] == list(range(0, len(matrix), BAND_ROWS))
+    assert [b[1] for b in blocks] == [*[b[0] for b in blocks[1:]], len(matrix)]
+    for start, stop, first, last in blocks:
+        block = matrix[start:stop]
+        outside = torch.cat([block[:, :first], block[:, last:]], dim=1)
+        assert (outside == 0).all()  # the skipped columns hold no weight
+        assert block[:, first].any() and block[:, last - 1].any()  # and the window is no wider than needed
+    if len(blocks) >= 4 and axis[3] > 2 * axis[0]:  # upscaled in several blocks: most of the work is skipped
+        assert sum((b[1] - b[0]) * (b[3] - b[2]) for b in blocks) < 0.5 * matrix.numel()
+
+
+@pytest.mark.parametrize("column_major", [False, True])
+def test_banded_resize_equals_the_dense_composed_product(column_major):
+    generator = torch.Generator().manual_seed(6)
+    logits = 5 * torch.randn(5, 88, 64, generator=generator)
+    rows = resize_matrix(88, 352, 341, 640, True, torch.device("cpu")).double()
+    cols = resize_matrix(64, 256, 256, 480, True, torch.device("cpu")).double()
+    dense = rows @ logits.double() @ cols.t()  # float64: the composed product without float32 rounding
+    got = resize_mask_logits(logits, (352, 256), (341, 256), (640, 480), column_major=column_major)
+    torch.testing.assert_close(got.double(), dense, atol=2e-6 * float(dense.abs().max()), rtol=0)
+
+
+@pytest.mark.parametrize("column_major", [False, True])
+# both product orders of _resize_rows_cols
+@pytest.mark.parametrize(("shape", "output"), [((9, 7), (61, 47)), ((8, 12), (17, 50))])
 def test_resize_into_a_workspace_writes_the_same_values_into_its_storage(shape, output, column_major):
     generator = torch.Generator().manual_seed(4)
     logits = 5 * torch.randn(6, *shape, generator=generator)

@@ -28,12 +28,14 @@ from torch import Tensor
 from seemadapt.model.language import MAX_LOGIT_SCALE, NORM_EPS
 
 Size = tuple[int, int]
+Blocks = tuple[tuple[int, int, int, int], ...]  # band_blocks: (start, stop, first, last) per block
 
 OBJECT_MASK_THRESHOLD = 0.8
 OVERLAP_THRESHOLD = 0.8
 DETECTIONS_PER_IMAGE = 100
 ARGMAX_COPY_ROWS = 16  # argmax_first_dim: up to this many rows, argmax over a transposed copy
 STATS_CHUNK_BYTES = 1 << 20  # sigmoid_with_mask_stats: chunks of about half a core's L2 cache
+BAND_ROWS = 128  # band_blocks: output rows per block of a banded resize product
 
 
 def resize_mask_logits(
@@ -50,8 +52,9 @@ def resize_mask_logits(
     SEEM's chain (bilinear upsampling to the padded input size, crop of the padding, ``image_size`` being the image
     inside the padded batch, then bicubic resize with antialiasing to ``output_size``, the size the caller's image
     had) is linear and separable, so it runs as ``rows @ x @ cols.T`` with one composed matrix per axis
-    (:func:`resize_matrix`): two matrix products instead of two full-size resampling passes, 2-3x less time. It
-    equals ``F.interpolate``'s chain up to float32 rounding (at most about 2e-7 of the largest ``|logit|``).
+    (:func:`resize_matrix`): two matrix products instead of two full-size resampling passes, 2-3x less time, the
+    left one by blocks that skip the banded matrix's zeros (:func:`band_blocks`). It equals ``F.interpolate``'s
+    chain up to float32 rounding (at most about 2e-7 of the largest ``|logit|``).
 
     ``column_major``: the same ``[Q, H, W]`` values as a view of ``[Q, W, H]`` storage (each mask stored column by
     column, the order of COCO's RLE), made by the transposed products ``cols @ x.T @ rows.T``: pycocotools then
@@ -70,8 +73,9 @@ def resize_mask_logits(
     x = mask_logits.float()
     resample = tuple(output_size) != tuple(image_size)  # else SEEM skips the bicubic step
     height, width = x.shape[-2:]
-    rows = resize_matrix(height, padded_size[0], image_size[0], output_size[0], resample, x.device)
-    cols = resize_matrix(width, padded_size[1], image_size[1], output_size[1], resample, x.device)
+    row_axis = (height, padded_size[0], image_size[0], output_size[0], resample)
+    col_axis = (width, padded_size[1], image_size[1], output_size[1], resample)
+    rows, cols = resize_matrix(*row_axis, x.device), resize_matrix(*col_axis, x.device)
     out = None
     if workspace is not None:
         count = len(x) * output_size[0] * output_size[1]
@@ -82,22 +86,56 @@ def resize_mask_logits(
             )
         out = workspace.view(-1)[:count]
     if column_major:  # resize the transposed masks (small at the stride), then transpose the view back
-        resized = _resize_rows_cols(x.transpose(1, 2).contiguous(), cols, rows, out)
+        resized = _resize_rows_cols(x.transpose(1, 2).contiguous(), cols, rows, band_blocks(*col_axis), out)
         return resized.transpose(1, 2)
-    return _resize_rows_cols(x, rows, cols, out)
+    return _resize_rows_cols(x, rows, cols, band_blocks(*row_axis), out)
 
 
-def _resize_rows_cols(x: Tensor, rows: Tensor, cols: Tensor, out: Tensor | None = None) -> Tensor:
+def _resize_rows_cols(
+    x: Tensor, rows: Tensor, cols: Tensor, row_blocks: Blocks, out: Tensor | None = None
+) -> Tensor:
     """``rows @ x @ cols.T`` for ``x [Q, h, w]``, in the order with fewer multiplications (into ``out``'s storage,
-    flat, when given)."""
+    flat, when given); the product with ``rows`` by its :func:`band_blocks` ``row_blocks``."""
     count, height, width = x.shape
     out_h, out_w = rows.shape[0], cols.shape[0]
     if out_h * width * (height + out_w) <= height * out_w * (width + out_h):
-        x = torch.matmul(rows, x)  # [Q, H, w]
+        x = _banded_matmul(rows, row_blocks, x)  # [Q, H, w]
         final = None if out is None else out.view(count * out_h, out_w)
         return torch.mm(x.reshape(-1, width), cols.t(), out=final).view(count, out_h, out_w)
     x = torch.mm(x.reshape(-1, width), cols.t()).view(count, height, out_w)  # [Q, h, W]
-    return torch.matmul(rows, x, out=None if out is None else out.view(count, out_h, out_w))
+    return _banded_matmul(rows, row_blocks, x, None if out is None else out.view(count, out_h, out_w))
+
+
+def _banded_matmul(matrix: Tensor, blocks: Blocks, x: Tensor, out: Tensor | None = None) -> Tensor:
+    """``matrix @ x`` for ``x [Q, k, n]`` (into ``out [Q, m, n]`` when given), one product per block of the matrix's
+    rows over only the columns where that block has weights (:func:`band_blocks`).
+
+    A resize matrix is banded (each output row mixes a few neighbouring input rows), so most of a dense product
+    multiplies zeros: at 480x640 from stride 4 the blocks do a quarter of the work, 1.5x faster. The skipped
+    terms are exact zeros, so every sum keeps the same terms (on this CPU the values are bit-identical).
+    """
+    if out is None:
+        out = x.new_empty(len(x), matrix.shape[0], x.shape[2])
+    for start, stop, first, last in blocks:
+        if first == last:  # no weights: the output rows are zero
+            out[:, start:stop].zero_()
+        else:
+            torch.matmul(matrix[start:stop, first:last], x[:, first:last], out=out[:, start:stop])
+    return out
+
+
+@lru_cache(maxsize=64)
+def band_blocks(size: int, padded: int, image: int, output: int, resample: bool) -> Blocks:
+    """The row blocks of :func:`resize_matrix` (same arguments) with their weighted columns: ``(start, stop, first,
+    last)`` for blocks of :data:`BAND_ROWS` rows, each of which has non-zero weights only in columns
+    ``first:last`` (``first == last``: none). Read off the CPU matrix once per size."""
+    nonzero = resize_matrix(size, padded, image, output, resample, torch.device("cpu")) != 0
+    blocks = []
+    for start in range(0, len(nonzero), BAND_ROWS):
+        used = nonzero[start : start + BAND_ROWS].any(dim=0).nonzero().flatten().tolist()
+        first, last = (used[0], used[-1] + 1) if used else (0, 0)
+        blocks.append((start, min(start + BAND_ROWS, len(nonzero)), first, last))
+    return tuple(blocks)
 
 
 @lru_cache(maxsize=64)
