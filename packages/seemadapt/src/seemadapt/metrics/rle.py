@@ -11,9 +11,6 @@ strings are pycocotools' own, byte for byte. Where the extension does not export
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
@@ -23,10 +20,12 @@ import numpy as np
 from pycocotools import _mask as coco_extension
 from pycocotools import mask as mask_utils
 
+from seemadapt.workers import WORKER_THREADS, worker_pool
+
 __all__ = ["ENCODE_THREADS", "encode_with_areas"]
 
-ENCODE_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
-"""Threads that encode the masks of one call (up to 4; this process's CPUs)."""
+ENCODE_THREADS = WORKER_THREADS
+"""Groups of masks encoded side by side (on :func:`seemadapt.workers.worker_pool`)."""
 
 _MIN_PIXELS_PER_THREAD = 1 << 20  # below about a megapixel per thread, a thread costs more than it saves
 
@@ -74,18 +73,6 @@ def _api() -> _Api | None:
     return api
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="seemadapt-rle")
-        return _pool
-
-
 def encode_with_areas(masks: np.ndarray) -> tuple[list[dict[str, Any]], list[int]]:
     """COCO RLEs (``{"size": [H, W], "counts": bytes}``, as ``pycocotools.mask.encode`` gives) and pixel areas of
     ``masks``: uint8 ``[H, W, N]`` in Fortran order (``[N, W, H]`` C-contiguous storage), as pycocotools takes."""
@@ -105,7 +92,7 @@ def encode_with_areas(masks: np.ndarray) -> tuple[list[dict[str, Any]], list[int
     if len(parts) == 1:
         results = [_encode_group(api, masks, height, width, *parts[0])]
     else:
-        results = list(_executor().map(lambda part: _encode_group(api, masks, height, width, *part), parts))
+        results = list(worker_pool().map(lambda part: _encode_group(api, masks, height, width, *part), parts))
     return [rle for rles, _ in results for rle in rles], [a for _, areas in results for a in areas]
 
 
