@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -58,3 +60,34 @@ def test_encode_of_no_masks_and_bad_layouts():
         rle.encode_with_areas(np.zeros((4, 5, 2), dtype=np.uint8))  # C order: pixels would be read wrongly
     with pytest.raises(ValueError, match="Fortran-ordered uint8"):
         rle.encode_with_areas(np.zeros((4, 5, 2), dtype=bool, order="F"))
+
+
+def test_encoding_in_the_background_returns_at_once_and_gives_the_same(monkeypatch):
+    monkeypatch.setattr(rle, "_MIN_PIXELS_PER_THREAD", 1)
+    masks = fortran_masks(7, 20, 30, seed=2)
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+    encode_group = rle._encode_group
+
+    def held(*args):  # each group waits until the test lets it go: the call must not wait for it
+        started.set()
+        release.wait(timeout=10)
+        out = encode_group(*args)
+        finished.set()
+        return out
+
+    monkeypatch.setattr(rle, "_encode_group", held)
+    pending = rle.encode_in_background(masks)
+    assert not finished.is_set()  # returned while the groups are held
+    assert started.wait(timeout=10)  # and they do run on the workers
+    release.set()
+    assert pending.result() == expected(masks) and pending.result() == expected(masks)  # result() twice: same
+
+
+def test_background_errors_are_raised_by_result(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("encoder failed")
+
+    monkeypatch.setattr(rle, "_encode_group", broken)
+    pending = rle.encode_in_background(fortran_masks(3, 8, 8))
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        pending.result()

@@ -441,6 +441,10 @@ def evaluate(  # noqa: PLR0913 (the public signature: one keyword per option)
     # One heap for every batch's masks on CPU (see seemadapt/heap.py).
     with freed_memory_kept(getattr(model, "device", None)):
         examples = _score_rows(model, setup, ds, indices, batch_size, num_examples, progress and rank == 0)
+        if (
+            setup.metrics.instance is not None
+        ):  # the last masks' encoding ends before the heap is handed back:
+            setup.metrics.instance.settled()  # malloc_trim and the encoder's mallocs would wait on each other
     seconds = time.perf_counter() - start
 
     count = torch.tensor([float(len(indices))], dtype=torch.float64)
@@ -579,7 +583,7 @@ class _Metrics:
         return cls(
             SemanticMetrics(len(names), names, ignore_index=IGNORE) if "semantic" in tasks else None,
             PanopticMetrics(categories) if "panoptic" in tasks else None,
-            InstanceMetrics(categories) if "instance" in tasks else None,
+            InstanceMetrics(categories, encode_in_background=True) if "instance" in tasks else None,
             GroundingMetrics() if grounding else None,
         )
 

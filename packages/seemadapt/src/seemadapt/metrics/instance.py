@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from pycocotools.cocoeval import COCOeval
 
 from seemadapt.metrics.distributed import gather_across_processes
 from seemadapt.metrics.panoptic import OFFSET, VOID
-from seemadapt.metrics.rle import encode_with_areas
+from seemadapt.metrics.rle import PendingEncoding, encode_in_background, encode_with_areas
 
 __all__ = ["InstanceClassResult", "InstanceMetrics", "InstanceResults"]
 
@@ -89,13 +89,10 @@ def _to_numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
-def _encode(masks: Any) -> list[tuple[dict[str, Any], float]]:
-    """COCO RLEs of bool (or 0/1) masks ``[N, H, W]`` (tensor or array), each with its area (taken with the RLEs,
-    not once per annotation in ``COCOeval``'s setup), encoded on several threads (:mod:`seemadapt.metrics.rle`).
-
-    pycocotools reads ``[H, W, N]`` in Fortran order, which is ``[N, W, H]`` in C order: column-major masks
-    (``predict``'s instance masks) are encoded without any copy, others with one transposing copy.
-    """
+def _coco_layout(masks: Any) -> np.ndarray:
+    """Bool (or 0/1) masks ``[N, H, W]`` (tensor or array) as pycocotools reads them: uint8 ``[H, W, N]`` in Fortran
+    order, which is ``[N, W, H]`` in C order. Column-major masks (``predict``'s instance masks) need no copy, others
+    one transposing copy."""
     if isinstance(masks, torch.Tensor):
         columns = masks.detach().transpose(1, 2).contiguous()
         columns = columns.view(torch.uint8) if columns.dtype == torch.bool else columns.to(torch.uint8)
@@ -103,8 +100,43 @@ def _encode(masks: Any) -> list[tuple[dict[str, Any], float]]:
     else:
         array = np.ascontiguousarray(np.asarray(masks).transpose(0, 2, 1))
         array = array.view(np.uint8) if array.dtype == np.bool_ else array.astype(np.uint8)
-    rles, areas = encode_with_areas(array.transpose(2, 1, 0))
+    return array.transpose(2, 1, 0)
+
+
+def _encode(masks: Any) -> list[tuple[dict[str, Any], float]]:
+    """COCO RLEs of ``masks`` (see :func:`_coco_layout`), each with its area (taken with the RLEs, not once per
+    annotation in ``COCOeval``'s setup), encoded on several threads (:mod:`seemadapt.metrics.rle`)."""
+    rles, areas = encode_with_areas(_coco_layout(masks))
     return list(zip(rles, areas))
+
+
+@dataclass
+class _PendingDetections:
+    """An image's detections whose masks are still being encoded (``InstanceMetrics(encode_in_background=True)``)."""
+
+    encoding: PendingEncoding
+    labels: np.ndarray
+    scores: np.ndarray
+
+    def settle(self) -> list[dict[str, Any]]:
+        rles, areas = self.encoding.result()
+        return _detections(zip(rles, areas), self.labels, self.scores)
+
+
+def _detections(
+    encoded: Iterable[tuple[dict[str, Any], float]], labels: np.ndarray, scores: np.ndarray
+) -> list[dict[str, Any]]:
+    """COCO result dicts (no ids) of encoded masks with their labels and scores."""
+    return [
+        {
+            "category_id": int(label),
+            "segmentation": rle,
+            "area": float(area),
+            "score": float(score),
+            "iscrowd": 0,
+        }
+        for (rle, area), label, score in zip(encoded, labels, scores)
+    ]
 
 
 class InstanceMetrics:
@@ -113,20 +145,35 @@ class InstanceMetrics:
     Args:
         categories: ``[{"id", "name", "isthing"}, ...]`` as for :class:`~seemadapt.metrics.PanopticMetrics`;
             only thing categories are scored.
+        encode_in_background: :meth:`update` returns while the predicted masks are still being RLE-encoded on
+            worker threads (:func:`~seemadapt.metrics.rle.encode_in_background`), so the caller goes on meanwhile;
+            the masks must then stay unchanged until :meth:`compute` (``seemadapt.evaluate`` passes masks that
+            nothing else holds).
     """
 
-    def __init__(self, categories: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(
+        self, categories: Sequence[Mapping[str, Any]], *, encode_in_background: bool = False
+    ) -> None:
+        self.encode_in_background = encode_in_background
         things = [c for c in categories if bool(c["isthing"])]
         self.category_ids = tuple(int(c["id"]) for c in things)
         self.category_names = tuple(str(c["name"]) for c in things)
         if len(set(self.category_ids)) != len(self.category_ids):
             raise ValueError(f"categories have duplicate ids: {list(self.category_ids)}.")
         self.known = {int(c["id"]) for c in categories}
-        self.images: list[tuple[tuple[int, int], list[dict[str, Any]], list[dict[str, Any]]]] = []
-        """Per image ``((height, width), ground-truth annotations, detections)``, COCO dicts without ids."""
+        self.images: list[tuple[tuple[int, int], list[dict[str, Any]], Any]] = []
+        """Per image ``((height, width), ground-truth annotations, detections)``, COCO dicts without ids (the
+        detections of the latest images may still be encoding: :meth:`settled` waits for them)."""
 
     def reset(self) -> None:
-        self.images.clear()
+        self.settled().images.clear()
+
+    def settled(self) -> InstanceMetrics:
+        """Wait for the masks still encoding in the background (their errors are raised here); returns ``self``."""
+        for k, (shape, truths, detections) in enumerate(self.images):
+            if isinstance(detections, _PendingDetections):
+                self.images[k] = (shape, truths, detections.settle())
+        return self
 
     def update(
         self, masks: Any, scores: Any, labels: Any, gt_ids: Any, gt_segments: Sequence[Mapping[str, Any]]
@@ -144,7 +191,7 @@ class InstanceMetrics:
                 f"same N instances at the ground truth's size {gt_map.shape}."
             )
         keep = np.isin(labels_a, self.category_ids)
-        detections = []
+        detections: list[dict[str, Any]] | _PendingDetections = []
         if keep.any():
             index = np.nonzero(keep)[0]
             if keep.all():  # predict(thing_classes=...) gives only things: no copy of the masks
@@ -153,16 +200,11 @@ class InstanceMetrics:
                 kept = masks[torch.from_numpy(index)]
             else:
                 kept = np.asarray(masks)[index]
-            for (rle, area), label, score in zip(_encode(kept), labels_a[index], scores_a[index]):
-                detections.append(
-                    {
-                        "category_id": int(label),
-                        "segmentation": rle,
-                        "area": float(area),
-                        "score": float(score),
-                        "iscrowd": 0,
-                    }
-                )
+            if self.encode_in_background:
+                encoding = encode_in_background(_coco_layout(kept))
+                detections = _PendingDetections(encoding, labels_a[index], scores_a[index])
+            else:
+                detections = _detections(_encode(kept), labels_a[index], scores_a[index])
         self.images.append((gt_map.shape, self._ground_truth(gt_map, gt_segments), detections))
 
     def _ground_truth(
@@ -195,7 +237,7 @@ class InstanceMetrics:
         """Add another accumulator's images (same categories) to this one; returns ``self``."""
         if not isinstance(other, InstanceMetrics) or other.category_ids != self.category_ids:
             raise ValueError("merge() needs an InstanceMetrics with the same categories.")
-        self.images.extend(other.images)
+        self.settled().images.extend(other.settled().images)
         return self
 
     def all_reduce(self) -> InstanceMetrics:
@@ -206,12 +248,13 @@ class InstanceMetrics:
             self.category_names,
             set(self.known),
         )
-        for images in gather_across_processes(self.images):
+        for images in gather_across_processes(self.settled().images):
             reduced.images.extend(images)
         return reduced
 
     def compute(self) -> InstanceResults:
         """COCO AP of the images so far (``COCOeval`` runs here, quietly)."""
+        self.settled()
         evaluation = self._coco_eval() if self.images and self.category_ids else None
         precision = None if evaluation is None else evaluation.eval["precision"]  # [T, R, K, A, M]
 

@@ -5,12 +5,14 @@ masks of a 480x640 image take about 20 ms on one core whatever the machine has. 
 that C API (``maskApi.h``: ``rleEncode``, ``rleToString``, ``rleArea``, ``rleFree``); called through ``ctypes``,
 which releases the GIL, the masks are encoded in contiguous groups on :data:`ENCODE_THREADS` threads. The counts
 strings are pycocotools' own, byte for byte. Where the extension does not export those symbols (another build),
-:func:`encode_with_areas` falls back to ``pycocotools.mask.encode`` and ``area``.
+:func:`encode_with_areas` falls back to ``pycocotools.mask.encode`` and ``area``. :func:`encode_in_background`
+returns at once and lets the caller go on (``seemadapt.evaluate`` scores the next image meanwhile).
 """
 
 from __future__ import annotations
 
 import ctypes
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
@@ -22,7 +24,7 @@ from pycocotools import mask as mask_utils
 
 from seemadapt.workers import WORKER_THREADS, worker_pool
 
-__all__ = ["ENCODE_THREADS", "encode_with_areas"]
+__all__ = ["ENCODE_THREADS", "PendingEncoding", "encode_in_background", "encode_with_areas"]
 
 ENCODE_THREADS = WORKER_THREADS
 """Groups of masks encoded side by side (on :func:`seemadapt.workers.worker_pool`)."""
@@ -73,9 +75,38 @@ def _api() -> _Api | None:
     return api
 
 
-def encode_with_areas(masks: np.ndarray) -> tuple[list[dict[str, Any]], list[int]]:
+Encoded = tuple[list[dict[str, Any]], list[int]]  # (RLEs, areas)
+
+
+class PendingEncoding:
+    """RLEs and areas being encoded on :func:`~seemadapt.workers.worker_pool` (:func:`encode_in_background`)."""
+
+    def __init__(self, parts: list[Future[Encoded]] | None = None, done: Encoded | None = None) -> None:
+        self._parts = parts or []
+        self._done = done
+
+    def result(self) -> Encoded:
+        """The RLEs and areas, in the masks' order (waits for the workers; raises what they raised)."""
+        if self._done is None:
+            results = [part.result() for part in self._parts]
+            self._done = (
+                [rle for rles, _ in results for rle in rles],
+                [a for _, areas in results for a in areas],
+            )
+            self._parts = []
+        return self._done
+
+
+def encode_with_areas(masks: np.ndarray) -> Encoded:
     """COCO RLEs (``{"size": [H, W], "counts": bytes}``, as ``pycocotools.mask.encode`` gives) and pixel areas of
     ``masks``: uint8 ``[H, W, N]`` in Fortran order (``[N, W, H]`` C-contiguous storage), as pycocotools takes."""
+    return encode_in_background(masks, wait=True).result()
+
+
+def encode_in_background(masks: np.ndarray, *, wait: bool = False) -> PendingEncoding:
+    """:func:`encode_with_areas` on the worker threads, returning at once (``wait``: the caller waits anyway, so one
+    group of masks is encoded on the calling thread). ``masks`` must not change until :meth:`PendingEncoding.result`
+    has returned."""
     if masks.ndim != 3 or masks.dtype != np.uint8 or not masks.flags.f_contiguous:
         raise ValueError(
             f"masks must be a Fortran-ordered uint8 [H, W, N] array, got {masks.dtype} {masks.shape} "
@@ -85,15 +116,14 @@ def encode_with_areas(masks: np.ndarray) -> tuple[list[dict[str, Any]], list[int
     api = _api()
     if api is None or count == 0:
         rles = mask_utils.encode(masks) if count else []
-        return rles, [int(a) for a in mask_utils.area(rles)] if rles else []
+        return PendingEncoding(done=(rles, [int(a) for a in mask_utils.area(rles)] if rles else []))
     groups = max(1, min(ENCODE_THREADS, count, height * width * count // _MIN_PIXELS_PER_THREAD))
     bounds = np.linspace(0, count, groups + 1).astype(int).tolist()
     parts = [(start, stop) for start, stop in pairwise(bounds) if stop > start]
-    if len(parts) == 1:
-        results = [_encode_group(api, masks, height, width, *parts[0])]
-    else:
-        results = list(worker_pool().map(lambda part: _encode_group(api, masks, height, width, *part), parts))
-    return [rle for rles, _ in results for rle in rles], [a for _, areas in results for a in areas]
+    if wait and len(parts) == 1:
+        return PendingEncoding(done=_encode_group(api, masks, height, width, *parts[0]))
+    pool = worker_pool()
+    return PendingEncoding([pool.submit(_encode_group, api, masks, height, width, *part) for part in parts])
 
 
 def _encode_group(
