@@ -17,9 +17,11 @@ wall times (on a shared machine the fastest run is the least disturbed) of:
 
 Printed ratios, from wall times and from process CPU times (less disturbed by other processes on a shared machine):
 panoptic and instance over semantic (target <= 1.3), all three tasks and ``evaluate`` of the three over one forward
-(target <= 1.3), and ``evaluate`` with grounding over one forward (grounding used to cost one more forward per image). Images are ``--size`` (height x 4/3 width) and the model sees them resized to
-``--short-edge``, as SEEM's evaluation does; the masks come back at the full size, so post-processing works at the
-images' resolution.
+(target <= 1.3), and ``evaluate`` with grounding over one forward (grounding used to cost one more forward per
+image). Each ratio is given twice: of the fastest times, and as the median over the repeats of each repeat's own
+ratio (its lines ran back to back, so a fast or slow spell of the machine, which moves a fastest time alone, mostly
+cancels). Images are ``--size`` (height x 4/3 width) and the model sees them resized to ``--short-edge``, as SEEM's
+evaluation does; the masks come back at the full size, so post-processing works at the images' resolution.
 
 Run: ``python benchmarks/bench_inference_tasks.py [--model focalt] [--size 480] [--short-edge 256] [--batch 2]
 [--former] [--seed 0] [--keep-heap] [--batches 4]`` (Focal-T on 2 busy cores: about 3 minutes). The random weights come from ``--seed``: with
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from collections.abc import Callable
 
@@ -67,9 +70,8 @@ class Former:
         return self.model.ground(image, sentences, **options)
 
 
-def measure(model: SEEM, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
-    """Fastest wall and CPU time of each line (the run least disturbed by other processes), the lines interleaved
-    within every repeat."""
+def measure(model: SEEM, args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+    """Wall and CPU time of each line in every repeat, the lines interleaved within a repeat."""
     width = args.size * 4 // 3
     dataset = make_contract_dataset(args.batch, size=(args.size, width), classes=CLASSES, seed=0)
     images = [
@@ -129,15 +131,15 @@ def measure(model: SEEM, args: argparse.Namespace) -> dict[str, tuple[float, flo
     for _ in range(args.repeats):
         for name, line in lines.items():
             times[name].append(timed(line))
+    if "evaluate, per batch of N" in times:
+        times["evaluate, per batch of N"] = [
+            (w / args.batches, c / args.batches) for w, c in times["evaluate, per batch of N"]
+        ]
+    return times
+
+
+def report(times: dict[str, list[tuple[float, float]]], args: argparse.Namespace) -> None:
     fastest = {name: (min(w for w, _ in values), min(c for _, c in values)) for name, values in times.items()}
-    if "evaluate, per batch of N" in fastest:
-        fastest["evaluate, per batch of N"] = tuple(
-            v / args.batches for v in fastest["evaluate, per batch of N"]
-        )
-    return fastest
-
-
-def report(fastest: dict[str, tuple[float, float]], args: argparse.Namespace) -> None:
     print(
         f"SEEM {args.model}, CPU, {torch.get_num_threads()} threads, batch {args.batch} of {args.size}x"
         f"{args.size * 4 // 3} images (network at short edge {args.short_edge}), fastest of {args.repeats}"
@@ -155,11 +157,14 @@ def report(fastest: dict[str, tuple[float, float]], args: argparse.Namespace) ->
         ("all three / semantic", "predict all three", "predict semantic", ""),
         ("former / one-pass (grounding)", "former evaluate + grounding", "evaluate + grounding", ""),
     ]
-    print(f"  {'ratio':<32} {'wall':>6} {'CPU':>6}")
+    print(f"  {'ratio (fastest; median of repeats)':<36} {'wall':>6} {'CPU':>6} {'wall':>6} {'CPU':>6}")
     for label, top, bottom, target in ratios:
         if top in fastest:
             wall, cpu = (fastest[top][k] / fastest[bottom][k] for k in (0, 1))
-            print(f"  {label:<32} {wall:5.2f}x {cpu:5.2f}x  {target}")
+            # each repeat timed every line back to back: its ratio is the least disturbed by a slow or fast spell
+            per_repeat = [(t[0] / b[0], t[1] / b[1]) for t, b in zip(times[top], times[bottom])]
+            mwall, mcpu = (statistics.median(r[k] for r in per_repeat) for k in (0, 1))
+            print(f"  {label:<36} {wall:5.2f}x {cpu:5.2f}x {mwall:5.2f}x {mcpu:5.2f}x  {target}")
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
