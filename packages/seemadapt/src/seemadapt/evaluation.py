@@ -441,10 +441,6 @@ def evaluate(  # noqa: PLR0913 (the public signature: one keyword per option)
     # One heap for every batch's masks on CPU (see seemadapt/heap.py).
     with freed_memory_kept(getattr(model, "device", None)):
         examples = _score_rows(model, setup, ds, indices, batch_size, num_examples, progress and rank == 0)
-        # The last masks' encoding ends before the heap is handed back (malloc_trim and the encoder's mallocs
-        # would wait on each other).
-        if setup.metrics.instance is not None:
-            setup.metrics.instance.settled()
     seconds = time.perf_counter() - start
 
     count = torch.tensor([float(len(indices))], dtype=torch.float64)
@@ -529,6 +525,10 @@ def _score_rows(
                 flush()
         if pending:
             flush()
+        # The last masks' encoding ends here, before evaluate hands the heap back (malloc_trim and the encoder's
+        # mallocs would wait on each other).
+        if setup.metrics.instance is not None:
+            setup.metrics.instance.settled()
     finally:
         bar.close()
     return examples

@@ -13,11 +13,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["WORKER_THREADS", "worker_pool"]
 
-WORKER_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+WORKER_THREADS = max(1, min(4, _CPUS))
 """Threads in the pool: this process's CPUs, at most 4."""
 
 _pool: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    """A forked child has the pool object but none of its threads: it makes its own on first use."""
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def worker_pool() -> ThreadPoolExecutor:

@@ -12,6 +12,7 @@ returns at once and lets the caller go on (``seemadapt.evaluate`` scores the nex
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,7 +20,6 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
-from pycocotools import _mask as coco_extension
 from pycocotools import mask as mask_utils
 
 from seemadapt.workers import WORKER_THREADS, worker_pool
@@ -55,8 +55,11 @@ class _Api:
 @lru_cache(maxsize=1)
 def _api() -> _Api | None:
     """pycocotools' C functions with their signatures, or None where the extension or libc does not export them."""
+    spec = importlib.util.find_spec("pycocotools._mask")  # the compiled library that holds maskApi.c
+    if spec is None or not spec.origin:
+        return None
     try:
-        library = ctypes.CDLL(coco_extension.__file__)
+        library = ctypes.CDLL(spec.origin)
         libc = ctypes.CDLL(None)
         api = _Api(library.rleEncode, library.rleToString, library.rleArea, library.rleFree, libc.free)
     except (OSError, AttributeError, TypeError):
