@@ -157,9 +157,8 @@ def test_resize_into_a_workspace_writes_the_same_values_into_its_storage(shape, 
     generator = torch.Generator().manual_seed(4)
     logits = 5 * torch.randn(6, *shape, generator=generator)
     padded, image = (shape[0] * 4, shape[1] * 4), (shape[0] * 4 - 3, shape[1] * 4)
-    workspace = torch.full(
-        (6 * output[0] * output[1] + 11,), float("nan")
-    )  # larger than needed: a prefix is used
+    # larger than needed: a prefix is used, the rest left alone
+    workspace = torch.full((6 * output[0] * output[1] + 11,), float("nan"))
     expected = resize_mask_logits(logits, padded, image, output, column_major=column_major)
     got = resize_mask_logits(logits, padded, image, output, column_major=column_major, workspace=workspace)
     assert torch.equal(got, expected) and got.stride() == expected.stride()
