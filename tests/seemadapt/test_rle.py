@@ -39,7 +39,7 @@ def test_encode_equals_pycocotools_byte_for_byte(count, height, width, pixels_pe
     if pixels_per_thread is not None:
         monkeypatch.setattr(rle, "_MIN_PIXELS_PER_THREAD", pixels_per_thread)
         monkeypatch.setattr(
-            rle, "ENCODE_THREADS", 3
+            rle, "WORKER_THREADS", 3
         )  # uneven groups, more threads than this machine may have
     masks = fortran_masks(count, height, width)
     assert rle.encode_with_areas(masks) == expected(masks)

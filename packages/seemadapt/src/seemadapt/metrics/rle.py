@@ -3,8 +3,8 @@
 ``pycocotools.mask.encode`` runs its C loop (``rleEncode``: one compare per pixel) while holding the GIL, so 100
 masks of a 480x640 image take about 20 ms on one core whatever the machine has. Its extension module also exports
 that C API (``maskApi.h``: ``rleEncode``, ``rleToString``, ``rleArea``, ``rleFree``); called through ``ctypes``,
-which releases the GIL, the masks are encoded in contiguous groups on :data:`ENCODE_THREADS` threads. The counts
-strings are pycocotools' own, byte for byte. Where the extension does not export those symbols (another build),
+which releases the GIL, the masks are encoded in contiguous groups, one per worker thread
+(:mod:`seemadapt.workers`). The counts strings are pycocotools' own, byte for byte. Where the extension does not export those symbols (another build),
 :func:`encode_with_areas` falls back to ``pycocotools.mask.encode`` and ``area``. :func:`encode_in_background`
 returns at once and lets the caller go on (``seemadapt.evaluate`` scores the next image meanwhile).
 """
@@ -24,10 +24,7 @@ from pycocotools import mask as mask_utils
 
 from seemadapt.workers import WORKER_THREADS, worker_pool
 
-__all__ = ["ENCODE_THREADS", "PendingEncoding", "encode_in_background", "encode_with_areas"]
-
-ENCODE_THREADS = WORKER_THREADS
-"""Groups of masks encoded side by side (on :func:`seemadapt.workers.worker_pool`)."""
+__all__ = ["PendingEncoding", "encode_in_background", "encode_with_areas"]
 
 _MIN_PIXELS_PER_THREAD = 1 << 20  # below about a megapixel per thread, a thread costs more than it saves
 
@@ -120,7 +117,7 @@ def encode_in_background(masks: np.ndarray, *, wait: bool = False) -> PendingEnc
     if api is None or count == 0:
         rles = mask_utils.encode(masks) if count else []
         return PendingEncoding(done=(rles, [int(a) for a in mask_utils.area(rles)] if rles else []))
-    groups = max(1, min(ENCODE_THREADS, count, height * width * count // _MIN_PIXELS_PER_THREAD))
+    groups = max(1, min(WORKER_THREADS, count, height * width * count // _MIN_PIXELS_PER_THREAD))
     bounds = np.linspace(0, count, groups + 1).astype(int).tolist()
     parts = [(start, stop) for start, stop in pairwise(bounds) if stop > start]
     if wait and len(parts) == 1:
