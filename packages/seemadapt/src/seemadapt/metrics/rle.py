@@ -4,8 +4,8 @@
 masks of a 480x640 image take about 20 ms on one core whatever the machine has. Its extension module also exports
 that C API (``maskApi.h``: ``rleEncode``, ``rleToString``, ``rleArea``, ``rleFree``); called through ``ctypes``,
 which releases the GIL, the masks are encoded in contiguous groups, one per worker thread
-(:mod:`seemadapt.workers`). The counts strings are pycocotools' own, byte for byte. Where the extension does not export those symbols (another build),
-:func:`encode_with_areas` falls back to ``pycocotools.mask.encode`` and ``area``. :func:`encode_in_background`
+(:mod:`seemadapt.workers`). The counts strings are pycocotools' own, byte for byte. Where the extension does not
+export those symbols (another build), :func:`encode_with_areas` falls back to ``pycocotools.mask.encode`` and ``area``. :func:`encode_in_background`
 returns at once and lets the caller go on (``seemadapt.evaluate`` scores the next image meanwhile).
 """
 
