@@ -1,12 +1,12 @@
 """COCO RLE encoding of many masks at once, on several threads: pycocotools' own C encoder without the GIL.
 
-``pycocotools.mask.encode`` runs its C loop (``rleEncode``: one compare per pixel) while holding the GIL, so 100
-masks of a 480x640 image take about 20 ms on one core whatever the machine has. Its extension module also exports
-that C API (``maskApi.h``: ``rleEncode``, ``rleToString``, ``rleArea``, ``rleFree``); called through ``ctypes``,
-which releases the GIL, the masks are encoded in contiguous groups, one per worker thread
-(:mod:`seemadapt.workers`). The counts strings are pycocotools' own, byte for byte. Where the extension does not
-export those symbols (another build), :func:`encode_with_areas` falls back to ``pycocotools.mask.encode`` and ``area``. :func:`encode_in_background`
-returns at once and lets the caller go on (``seemadapt.evaluate`` scores the next image meanwhile).
+``pycocotools.mask.encode`` runs its C loop (``rleEncode``: one compare per pixel) while holding the GIL, so 100 masks
+of a 480x640 image take about 20 ms on one core whatever the machine has. Its extension module also exports that C API
+(``maskApi.h``: ``rleEncode``, ``rleToString``, ``rleArea``, ``rleFree``); called through ``ctypes``, which releases the
+GIL, the masks are encoded in contiguous groups, one per worker thread (:mod:`seemadapt.workers`). The counts strings
+are pycocotools' own, byte for byte. Where the extension does not export those symbols (another build),
+:func:`encode_with_areas` falls back to ``pycocotools.mask.encode`` and ``area``. :func:`encode_in_background` returns
+at once and lets the caller go on (``seemadapt.evaluate`` scores the next image meanwhile).
 """
 
 from __future__ import annotations
