@@ -652,6 +652,11 @@ def _score(
     keep = max(0, min(len(rows), num_examples - len(examples)))
     new = [EvalExample(row.file_name, row.image, row.semantic) for row in rows[:keep]]
     outputs = _predict(model, images, rows, setup)
+    if metrics.instance is not None:  # first: the masks encode on the workers while the rest is scored
+        for row, output in zip(rows, outputs["instance"]):
+            metrics.instance.update(
+                output["masks"], output["scores"], output["labels"], row.panoptic, row.segments
+            )
     for k, row in enumerate(rows):
         if metrics.semantic is not None:
             labels = outputs["semantic"][k]["labels"]
@@ -667,11 +672,6 @@ def _score(
             if k < keep:
                 new[k].panoptic_seg = _to_numpy(output["panoptic_seg"])
                 new[k].segments_info = [dict(s) for s in output["segments_info"]]
-        if metrics.instance is not None:
-            output = outputs["instance"][k]
-            metrics.instance.update(
-                output["masks"], output["scores"], output["labels"], row.panoptic, row.segments
-            )
         if metrics.grounding is not None and row.grounding:
             predicted = outputs["grounding"][k]["masks"]
             metrics.grounding.update(predicted, np.stack([mask for _, mask in row.grounding]))
