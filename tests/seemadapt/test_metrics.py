@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from pycocotools.cocoeval import COCOeval
 
 from seemadapt.metrics import (
     GroundingMetrics,
@@ -22,6 +23,7 @@ from seemadapt.metrics import (
     format_table,
     to_json,
 )
+from seemadapt.metrics import instance as instance_metrics
 
 # ----------------------------------------------------------------------------------------------- semantic
 
@@ -780,6 +782,38 @@ def test_instance_masks_in_any_layout_score_alike():
         len(d) < len(s[2]) for (_, _, d), s in zip(results[0][0], scenes)
     )  # some stuff detections dropped
     assert all(result == results[0] for result in results[1:])
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_instance_precomputed_ious_give_cocoeval_its_own_results(background, monkeypatch):
+    """The IoUs the encoder takes from the masks' C RLEs stand in for ``COCOeval.computeIoU``'s: the same matrices
+    and the same precision, recall and scores, with ties in the scores and more detections of a category than
+    ``maxDets`` keeps (which detections it keeps follows its stable sort)."""
+    metrics = InstanceMetrics(INSTANCE_CATEGORIES, encode_in_background=background)
+    for seed in range(6):
+        masks, scores, labels, ids, segments = _random_instance_scene(np.random.default_rng(seed))
+        metrics.update(masks, np.round(scores, 1), labels, ids, segments)  # rounded: ties
+    rng = np.random.default_rng(9)
+    masks, _, _, ids, segments = _random_instance_scene(rng)
+    corners = rng.integers(0, 36, size=(130, 2))
+    sides = rng.integers(2, 12, size=(130, 2))
+    boxes = [_box(ids.shape, (y, y + h), (x, x + w)) for (y, x), (h, w) in zip(corners, sides)]
+    many = np.concatenate([masks, np.stack(boxes)])
+    label = next(
+        s["category_id"] for s in segments if s["category_id"] in (0, 1)
+    )  # a thing with ground truth
+    labels = np.full(len(many), label, dtype=np.int64)
+    metrics.update(many, np.round(rng.random(len(many)), 2), labels, ids, segments)
+    ours = metrics.settled()._coco_eval()
+    monkeypatch.setattr(instance_metrics, "_PrecomputedIoUs", COCOeval)
+    theirs = metrics._coco_eval()
+    assert type(theirs) is COCOeval and type(ours) is not COCOeval
+    assert ours.ious.keys() == theirs.ious.keys()
+    for key, expected in theirs.ious.items():
+        assert np.array_equal(np.asarray(ours.ious[key]), np.asarray(expected)), key
+    assert sum(np.asarray(v).shape[0] == 100 for v in theirs.ious.values()) == 1  # maxDets cut one category
+    for name in ("precision", "recall", "scores"):
+        assert np.array_equal(ours.eval[name], theirs.eval[name]), name
 
 
 def _random_instance_scene(rng, shape=(48, 40)):

@@ -28,9 +28,9 @@ def fortran_masks(count: int, height: int, width: int, seed: int = 0) -> np.ndar
     return np.asfortranarray(np.stack(masks, axis=-1).astype(np.uint8))
 
 
-def expected(masks: np.ndarray) -> tuple[list[dict], list[int]]:
+def expected(masks: np.ndarray) -> rle.Encoded:
     rles = mask_utils.encode(masks)
-    return rles, [int(a) for a in mask_utils.area(rles)]
+    return rle.Encoded(rles, [int(a) for a in mask_utils.area(rles)])
 
 
 @pytest.mark.parametrize(("count", "height", "width"), [(1, 5, 7), (9, 31, 17), (13, 64, 48)])
@@ -55,7 +55,7 @@ def test_encode_without_the_c_api_falls_back_to_pycocotools(monkeypatch):
 
 
 def test_encode_of_no_masks_and_bad_layouts():
-    assert rle.encode_with_areas(np.zeros((4, 5, 0), dtype=np.uint8, order="F")) == ([], [])
+    assert rle.encode_with_areas(np.zeros((4, 5, 0), dtype=np.uint8, order="F")) == ([], [], None)
     with pytest.raises(ValueError, match="Fortran-ordered uint8"):
         rle.encode_with_areas(np.zeros((4, 5, 2), dtype=np.uint8))  # C order: pixels would be read wrongly
     with pytest.raises(ValueError, match="Fortran-ordered uint8"):
@@ -91,3 +91,39 @@ def test_background_errors_are_raised_by_result(monkeypatch):
     pending = rle.encode_in_background(fortran_masks(3, 8, 8))
     with pytest.raises(RuntimeError, match="encoder failed"):
         pending.result()
+
+
+@pytest.mark.parametrize("c_api", [True, False])
+def test_ious_with_references_equal_pycocotools_iou_per_label(c_api, monkeypatch):
+    """Each mask's IoU with the references of its own label (crowd ones by the mask's area, as ``COCOeval``), NaN
+    with the others: on threads in uneven groups, and through pycocotools' Python API without the C API; references'
+    counts as bytes or as str."""
+    monkeypatch.setattr(rle, "_MIN_PIXELS_PER_THREAD", 1)
+    monkeypatch.setattr(rle, "WORKER_THREADS", 3)
+    if not c_api:
+        monkeypatch.setattr(rle, "_api", lambda: None)
+    masks = fortran_masks(11, 24, 20, seed=3)
+    references = mask_utils.encode(fortran_masks(6, 24, 20, seed=4))
+    references[1:3] = [{**r, "counts": r["counts"].decode()} for r in references[1:3]]  # str, as read from JSON
+    labels, reference_labels, crowd = np.arange(11) % 3, [0, 1, 1, 2, 5, 0], [0, 1, 0, 0, 0, 1]
+    overlap = rle.Overlap(references, reference_labels, crowd, labels)
+    want = np.full((11, 6), np.nan)
+    for i, j in np.argwhere(labels[:, None] == np.array(reference_labels)[None, :]):
+        want[i, j] = mask_utils.iou(mask_utils.encode(masks[:, :, i : i + 1]), [references[j]], [crowd[j]])[
+            0, 0
+        ]
+    assert np.isfinite(want).sum() == 19 and (want[np.isfinite(want)] > 0).any()
+    for encoded in (
+        rle.encode_with_areas(masks, overlap),
+        rle.encode_in_background(masks, overlap=overlap).result(),
+    ):
+        assert encoded[:2] == expected(masks)[:2]
+        np.testing.assert_array_equal(encoded.ious, want)
+
+
+def test_overlap_checks_its_lengths():
+    with pytest.raises(ValueError, match="one label and one crowd flag per reference"):
+        rle.Overlap([{"size": [2, 2], "counts": b"04"}], [0, 1], [0], np.zeros(3))
+    overlap = rle.Overlap([], [], [], np.zeros(2, dtype=np.int64))
+    with pytest.raises(ValueError, match="Overlap has 2 labels for 3 masks"):
+        rle.encode_with_areas(fortran_masks(3, 4, 4), overlap)

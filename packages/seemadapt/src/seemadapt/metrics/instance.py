@@ -3,9 +3,11 @@
 Ground truth comes from panoptic annotations: every segment of a thing category is one instance (its mask is its
 pixels in the id map, its area their count), crowd segments (``iscrowd=1``) are COCO crowd regions (a detection on one
 is ignored, neither TP nor FP). Predictions are ``(masks, scores, labels)``, e.g. ``predict(task="instance")``;
-detections of stuff categories are dropped. Each image's masks are kept as COCO RLE (small), and ``compute`` runs
-``COCOeval(iouType="segm")`` with the default parameters (IoU 0.50:0.95, 101 recall points, 100 detections per
-image), so the numbers are COCO's: AP, AP50, AP75, AP for small / medium / large objects, and per-class AP.
+detections of stuff categories are dropped. Each image's masks are kept as COCO RLE (small), with each detection's
+IoUs with the image's instances of its category (taken by the encoder from the C RLEs, pycocotools' own ``rleIou``),
+and ``compute`` runs ``COCOeval(iouType="segm")`` on them with the default parameters (IoU 0.50:0.95, 101 recall
+points, 100 detections per image), so the numbers are COCO's: AP, AP50, AP75, AP for small / medium / large objects,
+and per-class AP.
 
 Unlike the other metrics AP is not a sum: ``all_reduce`` gathers every process's images instead of summing.
 A category without ground-truth instances has no AP (NaN) and is left out of the averages, as in COCO.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +29,7 @@ from pycocotools.cocoeval import COCOeval
 
 from seemadapt.metrics.distributed import gather_across_processes
 from seemadapt.metrics.panoptic import OFFSET, VOID
-from seemadapt.metrics.rle import PendingEncoding, encode_in_background, encode_with_areas
+from seemadapt.metrics.rle import Encoded, Overlap, PendingEncoding, encode_in_background, encode_with_areas
 
 __all__ = ["InstanceClassResult", "InstanceMetrics", "InstanceResults"]
 
@@ -103,13 +105,6 @@ def _coco_layout(masks: Any) -> np.ndarray:
     return array.transpose(2, 1, 0)
 
 
-def _encode(masks: Any) -> list[tuple[dict[str, Any], float]]:
-    """COCO RLEs of ``masks`` (see :func:`_coco_layout`), each with its area (taken with the RLEs, not once per
-    annotation in ``COCOeval``'s setup), encoded on several threads (:mod:`seemadapt.metrics.rle`)."""
-    rles, areas = encode_with_areas(_coco_layout(masks))
-    return list(zip(rles, areas))
-
-
 @dataclass
 class _PendingDetections:
     """An image's detections whose masks are still being encoded (``InstanceMetrics(encode_in_background=True)``)."""
@@ -119,14 +114,14 @@ class _PendingDetections:
     scores: np.ndarray
 
     def settle(self) -> list[dict[str, Any]]:
-        rles, areas = self.encoding.result()
-        return _detections(zip(rles, areas), self.labels, self.scores)
+        return _detections(self.encoding.result(), self.labels, self.scores)
 
 
-def _detections(
-    encoded: Iterable[tuple[dict[str, Any], float]], labels: np.ndarray, scores: np.ndarray
-) -> list[dict[str, Any]]:
-    """COCO result dicts (no ids) of encoded masks with their labels and scores."""
+def _detections(encoded: Encoded, labels: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+    """COCO result dicts (no ids) of encoded masks with their labels and scores, and each one's IoUs with the
+    image's ground-truth instances of its category (``"ious"``: ``{"column" of the instance: IoU}``; see
+    :class:`_PrecomputedIoUs`)."""
+    assert encoded.ious is not None  # InstanceMetrics always encodes detections with an Overlap
     return [
         {
             "category_id": int(label),
@@ -134,9 +129,25 @@ def _detections(
             "area": float(area),
             "score": float(score),
             "iscrowd": 0,
+            "ious": {column: float(iou) for column, iou in enumerate(row.tolist()) if not math.isnan(iou)},
         }
-        for (rle, area), label, score in zip(encoded, labels, scores)
+        for rle, area, label, score, row in zip(encoded.rles, encoded.areas, labels, scores, encoded.ious)
     ]
+
+
+class _PrecomputedIoUs(COCOeval):
+    """``COCOeval`` that reads each (image, category)'s IoU matrix off the detections' ``"ious"`` rows, taken by the
+    encoder from the masks' C RLEs (:class:`~seemadapt.metrics.rle.Overlap`), instead of decoding every RLE
+    string again: the same ``rleIou`` values, in ``computeIoU``'s order (detections by descending score, stable,
+    at most ``maxDets[-1]``; ground truth as indexed)."""
+
+    def computeIoU(self, imgId: int, catId: int) -> np.ndarray | list:
+        truths, detections = self._gts[imgId, catId], self._dts[imgId, catId]
+        if not truths or not detections:
+            return []
+        order = np.argsort([-d["score"] for d in detections], kind="mergesort")[: self.params.maxDets[-1]]
+        columns = [g["column"] for g in truths]
+        return np.array([[detections[k]["ious"][c] for c in columns] for k in order], dtype=np.float64)
 
 
 class InstanceMetrics:
@@ -162,8 +173,9 @@ class InstanceMetrics:
             raise ValueError(f"categories have duplicate ids: {list(self.category_ids)}.")
         self.known = {int(c["id"]) for c in categories}
         self.images: list[tuple[tuple[int, int], list[dict[str, Any]], Any]] = []
-        """Per image ``((height, width), ground-truth annotations, detections)``, COCO dicts without ids (the
-        detections of the latest images may still be encoding: :meth:`settled` waits for them)."""
+        """Per image ``((height, width), ground-truth annotations, detections)``, COCO dicts without ids, the
+        annotations with their ``"column"``, the detections with their ``"ious"`` (the detections of the latest
+        images may still be encoding: :meth:`settled` waits for them)."""
 
     def reset(self) -> None:
         self.settled().images.clear()
@@ -190,6 +202,7 @@ class InstanceMetrics:
                 f"masks {tuple(masks.shape)}, scores {scores_a.shape} and labels {labels_a.shape} must describe the "
                 f"same N instances at the ground truth's size {gt_map.shape}."
             )
+        truths = self._ground_truth(gt_map, gt_segments)
         keep = np.isin(labels_a, self.category_ids)
         detections: list[dict[str, Any]] | _PendingDetections = []
         if keep.any():
@@ -200,17 +213,25 @@ class InstanceMetrics:
                 kept = masks[torch.from_numpy(index)]
             else:
                 kept = np.asarray(masks)[index]
+            overlap = Overlap(
+                [t["segmentation"] for t in truths],
+                [t["category_id"] for t in truths],
+                [t["iscrowd"] for t in truths],
+                labels_a[index],
+            )
             if self.encode_in_background:
-                encoding = encode_in_background(_coco_layout(kept))
+                encoding = encode_in_background(_coco_layout(kept), overlap=overlap)
                 detections = _PendingDetections(encoding, labels_a[index], scores_a[index])
             else:
-                detections = _detections(_encode(kept), labels_a[index], scores_a[index])
-        self.images.append((gt_map.shape, self._ground_truth(gt_map, gt_segments), detections))
+                encoded = encode_with_areas(_coco_layout(kept), overlap)
+                detections = _detections(encoded, labels_a[index], scores_a[index])
+        self.images.append((gt_map.shape, truths, detections))
 
     def _ground_truth(
         self, gt_map: np.ndarray, segments: Sequence[Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
-        """One COCO annotation per thing segment with pixels (a segment a resize erased is no instance)."""
+        """One COCO annotation per thing segment with pixels (a segment a resize erased is no instance), each with
+        its place among them (``"column"``: the detections' IoU rows follow this order)."""
         for seg in segments:
             if int(seg["category_id"]) not in self.known:
                 raise ValueError(
@@ -219,19 +240,21 @@ class InstanceMetrics:
         things = [s for s in segments if int(s["category_id"]) in self.category_ids]
         if not things:
             return []
-        columns = np.ascontiguousarray(gt_map.T)  # masks made column-major: _encode needs no copy
+        columns = np.ascontiguousarray(gt_map.T)  # masks made column-major: encoding needs no copy
         masks = np.stack([columns == int(s["id"]) for s in things]).transpose(0, 2, 1)
         present = masks.any(axis=(1, 2))
-        return [
+        encoded = encode_with_areas(_coco_layout(masks))
+        annotations = [
             {
                 "category_id": int(s["category_id"]),
                 "segmentation": rle,
                 "area": float(area),
                 "iscrowd": int(s.get("iscrowd", 0)),
             }
-            for s, (rle, area), keep in zip(things, _encode(masks), present)
+            for s, rle, area, keep in zip(things, encoded.rles, encoded.areas, present)
             if keep
         ]
+        return [{**annotation, "column": k} for k, annotation in enumerate(annotations)]
 
     def merge(self, other: InstanceMetrics) -> InstanceMetrics:
         """Add another accumulator's images (same categories) to this one; returns ``self``."""
@@ -304,7 +327,7 @@ class InstanceMetrics:
             coco_dt.dataset = {"images": images, "categories": categories, "annotations": dt}
             coco_gt.createIndex()
             coco_dt.createIndex()
-            evaluation = COCOeval(coco_gt, coco_dt, iouType="segm")
+            evaluation = _PrecomputedIoUs(coco_gt, coco_dt, iouType="segm")
             evaluation.params.imgIds = [image["id"] for image in images]
             evaluation.params.catIds = list(self.category_ids)
             evaluation.evaluate()
