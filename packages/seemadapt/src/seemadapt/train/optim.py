@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from seemadapt.adapters import adapter_report
 from seemadapt.adapters.strategies import default_lr
+from seemadapt.train.adamw import ChannelsLastAdamW
 from seemadapt.train.config import TrainConfig
 
 __all__ = [
@@ -106,8 +107,9 @@ def build_optimizer(
     config: TrainConfig,
     group_of: Mapping[str, str] | None = None,
     fused: bool | None = None,
-) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`.
+) -> ChannelsLastAdamW:
+    """AdamW over :func:`param_groups` (:class:`~seemadapt.train.adamw.ChannelsLastAdamW`: torch's, stepping the
+    backbone adapters' channels-last conv weights without copying their gradients).
 
     ``fused=None`` uses the fused kernel whenever every trainable parameter is a floating-point CPU or CUDA
     tensor: one pass over all parameters instead of a Python loop over them (on CPU about 3x faster for SEEM's
@@ -118,7 +120,7 @@ def build_optimizer(
         fused = all(
             p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"]
         )
-    return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=config.betas, eps=config.eps, fused=fused)
+    return ChannelsLastAdamW(groups, lr=groups[0]["lr"], betas=config.betas, eps=config.eps, fused=fused)
 
 
 def match_state_layout(optimizer: torch.optim.Optimizer) -> int:
