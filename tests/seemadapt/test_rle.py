@@ -104,7 +104,9 @@ def test_ious_with_references_equal_pycocotools_iou_per_label(c_api, monkeypatch
         monkeypatch.setattr(rle, "_api", lambda: None)
     masks = fortran_masks(11, 24, 20, seed=3)
     references = mask_utils.encode(fortran_masks(6, 24, 20, seed=4))
-    references[1:3] = [{**r, "counts": r["counts"].decode()} for r in references[1:3]]  # str, as read from JSON
+    references[1:3] = [
+        {**r, "counts": r["counts"].decode()} for r in references[1:3]
+    ]  # str, as read from JSON
     labels, reference_labels, crowd = np.arange(11) % 3, [0, 1, 1, 2, 5, 0], [0, 1, 0, 0, 0, 1]
     overlap = rle.Overlap(references, reference_labels, crowd, labels)
     want = np.full((11, 6), np.nan)
