@@ -90,3 +90,15 @@ def test_a_failing_step_leaves_the_parameters_as_they_were(monkeypatch):
         )
     for state in optimizer.state.values():
         assert all(v.dim() != 4 or v.is_contiguous(memory_format=torch.channels_last) for v in state.values())
+
+
+def test_step_hooks_run_once_outside_the_permutation():
+    torch.optim.AdamW([nn.Parameter(torch.zeros(2))])  # torch hooks AdamW.step itself on first use
+    model = _model()
+    optimizer = ChannelsLastAdamW(model.parameters(), lr=0.01, fused=True)
+    conv = model[0].spatial[0].weight
+    seen = []
+    optimizer.register_step_pre_hook(lambda *_: seen.append(("pre", conv.shape)))
+    optimizer.register_step_post_hook(lambda *_: seen.append(("post", conv.shape)))
+    _steps(model, optimizer, count=1)
+    assert seen == [("pre", (4, 8, 3, 3)), ("post", (4, 8, 3, 3))]  # once each, in the model's own shape

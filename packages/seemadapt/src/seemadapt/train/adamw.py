@@ -32,10 +32,21 @@ class ChannelsLastAdamW(torch.optim.AdamW):
     (see the module docstring). Same arguments, same updates, same ``state_dict``."""
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        # torch wraps this method in its step hooks (they see the parameters as they are between steps); the step
+        # inside is AdamW's own, without a second round of hooks.
         if closure is not None:  # the closure runs the model, which needs its parameters' own shapes
-            return super().step(closure)
+            return _adamw_step()(self, closure)
         with _flat_channels_last(self):
-            return super().step()
+            return _adamw_step()(self)
+
+
+def _adamw_step() -> Callable[..., float | None]:
+    """``torch.optim.AdamW.step`` without the hook wrapper(s) torch adds to an optimizer class's ``step`` on first
+    use (``Optimizer.profile_hook_step``: marked ``hooked``, the original kept as ``__wrapped__``)."""
+    step = torch.optim.AdamW.step
+    while getattr(step, "hooked", False) and hasattr(step, "__wrapped__"):
+        step = step.__wrapped__
+    return step
 
 
 def _flat_candidate(param: Tensor, state: dict[str, Any]) -> bool:
